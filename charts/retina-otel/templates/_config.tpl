@@ -1,0 +1,72 @@
+{{/*
+The agent's pipeline configuration (retina_otel/config.py), built from values. Which keys each
+component takes is checked by tests/test_chart.py, which runs retina_otel.config.parse_config on the
+rendered ConfigMap for every values case.
+*/}}
+{{- define "retina-otel.agent.config" -}}
+{{- $a := .Values.agent -}}
+{{- $receivers := dict -}}
+{{- $nodeReceivers := list -}}
+{{- $flowReceivers := list -}}
+{{- range $name := list "packetforward" "linuxutil" "packetparser" "dropreason" "tcpretrans" "dns" -}}
+{{- $r := index $a.receivers $name -}}
+{{- if $r.enabled -}}
+{{- $derived := dict -}}
+{{- if or (eq $name "packetforward") (eq $name "linuxutil") -}}
+{{- $_ := set $derived "interval" $a.metricsInterval -}}
+{{- $nodeReceivers = append $nodeReceivers $name -}}
+{{- else -}}
+{{- $flowReceivers = append $flowReceivers $name -}}
+{{- end -}}
+{{- if eq $name "packetparser" -}}
+{{- $_ := set $derived "aggregation" $a.dataAggregationLevel -}}
+{{- $_ := set $derived "sampling_rate" $a.dataSamplingRate -}}
+{{- end -}}
+{{- $_ := set $receivers $name (merge (deepCopy ($r.config | default dict)) $derived) -}}
+{{- end -}}
+{{- end -}}
+
+{{- $processors := dict -}}
+{{- $flowProcessors := list -}}
+{{- if $flowReceivers -}}
+{{- if $a.podLevel -}}
+{{- $k8s := dict "source" "kubernetes" "enable_annotations" $a.enableAnnotations "remote_context" $a.remoteContext -}}
+{{- $_ := set $processors "k8sattributes" (merge (deepCopy ($a.processors.k8sattributes.config | default dict)) $k8s) -}}
+{{- $flowProcessors = append $flowProcessors "k8sattributes" -}}
+{{- end -}}
+{{- $fm := dict "pod_level" $a.podLevel "context" (ternary "remote" "local" $a.remoteContext) -}}
+{{- $_ := set $processors "flowmetrics" (merge (deepCopy ($a.processors.flowmetrics.config | default dict)) $fm) -}}
+{{- end -}}
+
+{{- $exporters := dict "prometheus" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.metricsPort))) -}}
+{{- $metricExporters := list "prometheus" -}}
+{{- $logExporters := list -}}
+{{- if $a.otlp.enabled -}}
+{{- $type := ternary "otlp" "otlphttp" (eq $a.otlp.protocol "grpc") -}}
+{{- $otlp := dict "endpoint" (required "agent.otlp.endpoint is required when agent.otlp.enabled is true" $a.otlp.endpoint) "insecure" $a.otlp.insecure "compression" $a.otlp.compression "timeout" $a.otlp.timeout -}}
+{{- if $a.otlp.headers -}}
+{{- $headers := dict -}}
+{{- range $h := $a.otlp.headers -}}
+{{- $_ := set $headers $h.name (printf "${env:%s}" (include "retina-otel.otlpHeaderEnv" $h.name)) -}}
+{{- end -}}
+{{- $_ := set $otlp "headers" $headers -}}
+{{- end -}}
+{{- $_ := set $exporters $type $otlp -}}
+{{- if $a.otlp.metrics -}}{{- $metricExporters = append $metricExporters $type -}}{{- end -}}
+{{- if and $a.otlp.flowLogs $flowReceivers -}}{{- $logExporters = append $logExporters $type -}}{{- end -}}
+{{- end -}}
+
+{{- $pipelines := dict -}}
+{{- $allReceivers := concat $nodeReceivers $flowReceivers -}}
+{{- if $allReceivers -}}
+{{- $_ := set $pipelines "metrics" (dict "receivers" $allReceivers "processors" (concat (ternary (list "k8sattributes") (list) (and $a.podLevel (gt (len $flowReceivers) 0))) (ternary (list "flowmetrics") (list) (gt (len $flowReceivers) 0))) "exporters" $metricExporters) -}}
+{{- end -}}
+{{- if $logExporters -}}
+{{- $_ := set $pipelines "logs" (dict "receivers" $flowReceivers "processors" $flowProcessors "exporters" $logExporters) -}}
+{{- end -}}
+
+{{- $telemetry := dict "health" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.healthPort))) "logs" (dict "level" $a.logLevel "format" $a.logFormat) -}}
+{{- $config := dict "receivers" $receivers "exporters" $exporters "service" (dict "telemetry" $telemetry "pipelines" $pipelines) -}}
+{{- if $processors -}}{{- $_ := set $config "processors" $processors -}}{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
