@@ -1,0 +1,37 @@
+"""Configuration of the dropreason receiver."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from retina_otel.component import ComponentConfig
+
+__all__ = ["DropReasonConfig"]
+
+
+class DropReasonConfig(ComponentConfig):
+    """How often to drain the kernel's drop counters, how many flows to keep, which reasons to skip."""
+
+    interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between drains of the kernel maps into metrics and flow records (default 10).",
+    )
+    max_flows: int = Field(
+        default=16384,
+        ge=16,
+        le=1 << 22,
+        description=(
+            "Entries of the in-kernel per-flow drop map (default 16384). Drops of new flows beyond it in one "
+            "interval still count in the metrics (a separate per-reason map) but get no flow record; they "
+            "are "
+            "counted as lost events {type=dropreason, reason=flow_map_full}."
+        ),
+    )
+    exclude_reasons: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Kernel drop reason names (as in the kfree_skb tracepoint, e.g. NOT_SPECIFIED) not to count "
+            "(default none). SKB_NOT_DROPPED_YET and SKB_CONSUMED are never counted: they are not drops."
+        ),
+    )

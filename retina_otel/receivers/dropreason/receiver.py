@@ -1,0 +1,201 @@
+"""The dropreason receiver: loads the tracepoint program, drains its maps every interval, publishes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
+from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, Verdict
+from retina_otel.metrics.store import Family
+from retina_otel.receivers.dropreason.config import DropReasonConfig
+from retina_otel.receivers.dropreason.reasons import DropReasons, resolve_reasons
+
+__all__ = ["FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "DropReasonReceiver"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("dropreason.bpf.c")
+
+# Must match struct drop_key / drop_val / total_key / total_val in dropreason.bpf.c.
+FLOW_KEY_DTYPE = np.dtype(
+    [
+        ("reason", "<u4"),
+        ("ifindex", "<u4"),
+        ("saddr", "V16"),
+        ("daddr", "V16"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("proto", "u1"),
+        ("ip_version", "u1"),
+        ("direction", "u1"),
+        ("pad", "u1"),
+    ]
+)
+FLOW_VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_ns", "<u8"), ("last_ns", "<u8")])
+TOTAL_KEY_DTYPE = np.dtype([("reason", "<u4"), ("direction", "<u4")])
+TOTAL_VALUE_DTYPE = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
+
+_DIRECTION_LABEL = {int(Direction.INGRESS): "ingress", int(Direction.EGRESS): "egress"}
+_LOST_REASONS = ("flow_map_full", "totals_map_full")
+
+
+def _btf_cflags() -> list[str]:
+    """The running kernel's sk_buff/net_device member offsets, as -D flags for the BPF program."""
+    from retina_otel.bpf.btf import kernel_btf
+
+    btf = kernel_btf()
+    wanted = {
+        "OFF_HEAD": ("sk_buff", "head", 8),
+        "OFF_NETWORK_HEADER": ("sk_buff", "network_header", 2),
+        "OFF_LEN": ("sk_buff", "len", 4),
+        "OFF_DEV": ("sk_buff", "dev", 8),
+        "OFF_SKB_IIF": ("sk_buff", "skb_iif", 4),
+        "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
+    }
+    flags = []
+    for macro, (struct_name, member, size) in wanted.items():
+        info = btf.member(struct_name, member)
+        if info.size != size or info.bitfield_size:
+            raise RuntimeError(f"unexpected layout of {struct_name}.{member}: {info}")
+        flags.append(f"-D{macro}={info.offset}")
+    return flags
+
+
+class DropReasonReceiver:
+    """See the package docstring. ``flush()`` drains now (tests call it for deterministic results)."""
+
+    def __init__(
+        self, settings: CreateSettings, config: DropReasonConfig, next_consumer: FlowConsumer | None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
+        self._host: Host | None = None
+        self._bpf: Any = None
+        self._reasons: DropReasons | None = None
+        self._count: Family | None = None
+        self._bytes: Family | None = None
+        self._lost_seen = [0, 0]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def reasons(self) -> DropReasons | None:
+        return self._reasons
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self, host: Host) -> None:
+        from retina_otel.bpf import load_bpf
+
+        self._host = host
+        reasons = resolve_reasons()
+        unknown = set(self.config.exclude_reasons) - set(reasons.names.values())
+        if unknown:
+            log.warning("dropreason: exclude_reasons not known to this kernel: %s", sorted(unknown))
+        skipped = sorted(reasons.not_drops | reasons.values_of(self.config.exclude_reasons))
+        condition = " || ".join(f"(r) == {v}u" for v in skipped) or "0"
+        cflags = [f"-DIS_NOT_A_DROP(r)=({condition})", f"-DMAX_FLOWS={self.config.max_flows}", *_btf_cflags()]
+        self._reasons = reasons
+        self._count = host.metrics.counter(
+            "networkobservability_drop_count", "Total dropped packets", ("reason", "direction")
+        )
+        self._bytes = host.metrics.counter(
+            "networkobservability_drop_bytes", "Total dropped bytes", ("reason", "direction"), unit="By"
+        )
+        self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches the TRACEPOINT_PROBE on load
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"{self.settings.id}-drain", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=10)
+        with self._lock:
+            bpf, self._bpf = self._bpf, None
+            if bpf is not None:
+                try:
+                    bpf.cleanup()  # detaches the tracepoint, closes the maps
+                except Exception:  # pragma: no cover - best effort on teardown
+                    log.exception("dropreason: cleanup failed")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.interval):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("dropreason: drain failed")
+
+    # -- draining ---------------------------------------------------------------------------------
+    def flush(self) -> FlowBatch | None:
+        """Drain the kernel maps now: write the metrics, send one batch of dropped flows (returned)."""
+        from retina_otel.bpf.mapdrain import drain
+
+        with self._lock:
+            bpf = self._bpf
+            if bpf is None or self._reasons is None or self._host is None:
+                return None
+            totals_k, totals_v = drain(bpf["drop_totals"], TOTAL_KEY_DTYPE, TOTAL_VALUE_DTYPE)
+            keys, values = drain(bpf["drop_flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+            self._publish_metrics(totals_k, totals_v)
+            self._count_lost(bpf)
+            if len(keys) == 0:
+                return None
+            batch = self._batch(keys, values)
+        self._next.consume_flows(batch)
+        return batch
+
+    def _publish_metrics(self, keys: np.ndarray, values: np.ndarray) -> None:
+        assert self._reasons is not None and self._count is not None and self._bytes is not None
+        if len(keys) == 0:
+            return
+        labels = [
+            (self._reasons.name(int(r)), _DIRECTION_LABEL.get(int(d), "unknown"))
+            for r, d in zip(keys["reason"].tolist(), keys["direction"].tolist(), strict=True)
+        ]
+        self._count.add_many(zip(labels, values["packets"].tolist(), strict=True))
+        self._bytes.add_many(zip(labels, values["bytes"].tolist(), strict=True))
+
+    def _count_lost(self, bpf: Any) -> None:
+        assert self._host is not None
+        table = bpf["drop_lost"]
+        for slot, reason in enumerate(_LOST_REASONS):
+            total = int(table.sum(table.Key(slot)).value)
+            delta, self._lost_seen[slot] = total - self._lost_seen[slot], total
+            if delta > 0:
+                self._host.count_lost("dropreason", reason, delta)
+
+    def _batch(self, keys: np.ndarray, values: np.ndarray) -> FlowBatch:
+        assert self._reasons is not None and self._host is not None
+        n = len(keys)
+        batch = FlowBatch.empty(n, receiver=self.settings.id)
+        r = batch.records
+        offset = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        r["time_start_ns"] = values["first_ns"] + offset
+        r["time_end_ns"] = np.maximum(values["last_ns"], values["first_ns"]) + offset
+        r["src_ip"] = keys["saddr"]
+        r["dst_ip"] = keys["daddr"]
+        r["src_port"] = keys["sport"]
+        r["dst_port"] = keys["dport"]
+        r["proto"] = keys["proto"]
+        r["ip_version"] = keys["ip_version"]
+        r["direction"] = keys["direction"]
+        r["ifindex"] = keys["ifindex"]
+        r["observation_point"] = ObservationPoint.STACK
+        r["verdict"] = Verdict.DROPPED
+        r["event"] = Event.DROP
+        r["packets"] = values["packets"]
+        r["bytes"] = values["bytes"]
+        unique, inverse = np.unique(keys["reason"], return_inverse=True)
+        ids = np.array([STRINGS.intern(self._reasons.name(int(v))) for v in unique.tolist()], dtype=np.uint32)
+        r["drop_reason"] = ids[inverse]
+        batch.attributes["k8s.node.name"] = self._host.node_name
+        return batch
