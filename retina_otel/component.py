@@ -17,6 +17,7 @@ Signals:
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ class Factory(Generic[ConfigT]):
 
     type: str
     kind: ComponentKind
-    config_model: type[ConfigT]
+    config_model: builtins.type[ConfigT]
     create: Callable[[CreateSettings, ConfigT, FlowConsumer | None], Lifecycle]
     description: str = ""
 

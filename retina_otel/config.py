@@ -182,8 +182,11 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None) -> AgentConf
             if body is None:
                 body = {}
             if not isinstance(body, dict):
-                problems.append(ConfigProblem(path, f"settings must be a mapping (valid keys: "
-                                              f"{_valid_keys_hint(factory.config_model)})"))
+                problems.append(
+                    ConfigProblem(
+                        path, f"settings must be a mapping (valid keys: {_valid_keys_hint(factory.config_model)})"
+                    )
+                )
                 continue
             try:
                 config = factory.config_model.model_validate(body)

@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict, bytes_to_ip
+from retina_otel.flows import (
+    STRINGS,
+    Direction,
+    Event,
+    FlowBatch,
+    ObservationPoint,
+    TcpFlag,
+    Verdict,
+    bytes_to_ip,
+)
 
 __all__ = [
     "ENDPOINT_KEYS",
@@ -136,4 +145,3 @@ def rows_as_attributes(batch: FlowBatch) -> Iterator[dict[str, Any]]:
 
 def flag_names() -> list[str]:
     return list(_FLAG_NAMES)
-

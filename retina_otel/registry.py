@@ -9,6 +9,7 @@ Third-party components register under the entry-point groups ``retina_otel.recei
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib.metadata import entry_points
 from typing import Any
 

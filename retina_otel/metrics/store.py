@@ -115,7 +115,9 @@ class Family:
         """The series for ``key``, created (or folded into overflow) when new. Caller holds the lock."""
         series = self._series.get(key)
         if series is None:
-            if self.max_series is not None and len(self._series) >= self.max_series:
+            # The budget counts real label sets; the overflow series comes on top of it.
+            real = len(self._series) - (self._overflow_key in self._series)
+            if self.max_series is not None and real >= self.max_series:
                 self._store._count_folded(self.name)
                 key = self._overflow_key
                 series = self._series.get(key)
@@ -280,9 +282,7 @@ class MetricStore:
             existing = self._families.get(name)
             if existing is not None:
                 if existing.kind is not kind or existing.label_names != tuple(label_names):
-                    raise ValueError(
-                        f"metric {name!r} already declared as {existing.kind.value}{existing.label_names}"
-                    )
+                    raise ValueError(f"metric {name!r} already declared as {existing.kind.value}{existing.label_names}")
                 return existing
             return self._create(
                 name,

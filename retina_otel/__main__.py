@@ -1,0 +1,3 @@
+from retina_otel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""``retina-otel``: the agent, config validation, the operator and the capture workload.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from retina_otel.config import ConfigError, default_config_text, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("retina_otel")
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(
+            logging.Formatter('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _print_config_error(source: str, error: ConfigError) -> None:
+    print(f"retina-otel: invalid configuration {source}:", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    source = args.config or "<embedded default>"
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(source, exc)
+        return 2
+    pipelines = ", ".join(
+        f"{name}: {' -> '.join([*p.receivers, *p.processors, *p.exporters])}"
+        for name, p in config.service.pipelines.items()
+    )
+    print(f"{source} is valid ({pipelines})")
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from retina_otel.health import HealthServer
+    from retina_otel.service import Agent
+
+    if args.print_default_config:
+        print(default_config_text(), end="")
+        return 0
+    source = args.config or "<embedded default>"
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _print_config_error(source, exc)
+        return 2
+    telemetry = config.service.telemetry
+    _setup_logging(args.log_level or telemetry.logs.level, telemetry.logs.format)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent = Agent(config)
+    except Exception as exc:  # a factory rejected its config at creation
+        print(f"retina-otel: cannot build pipelines from {source}: {exc}", file=sys.stderr)
+        return 2
+    health: HealthServer | None = None
+    try:
+        if telemetry.health.endpoint:
+            health = HealthServer(telemetry.health.endpoint, agent.readiness)
+            health.start()
+        log.info("starting agent on node %s with %s", agent.node_name, source)
+        agent.start()
+        ready, detail = agent.readiness()
+        log.info("agent started; ready=%s %s", ready, detail.get("failed", ""))
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.shutdown()
+        if health is not None:
+            health.shutdown()
+        log.info("agent stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retina-otel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="run the agent (default: embedded pipeline for this host)")
+    agent.add_argument("--config", help="collector-style YAML config; default: the embedded one")
+    agent.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides the config")
+    agent.add_argument("--print-default-config", action="store_true", help="print the embedded config and exit")
+    agent.set_defaults(func=cmd_agent)
+
+    validate = sub.add_parser("validate", help="check a config file; exit 2 when it is bad")
+    validate.add_argument("--config", help="the file to check; default: the embedded config")
+    validate.set_defaults(func=cmd_validate)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands whose packages pull in heavier dependencies, imported only when used."""
+    import importlib.util
+
+    if importlib.util.find_spec("retina_otel.controller.cli") is not None:
+        from retina_otel.controller import cli as controller_cli
+
+        op = sub.add_parser("operator", help="run the kopf operator for the retina.sh CRDs")
+        controller_cli.add_arguments(op)
+        op.set_defaults(func=controller_cli.main_from_args)
+    if importlib.util.find_spec("retina_otel.crds") is not None:
+        crds = sub.add_parser("crds", help="print the CRDs as YAML")
+        crds.set_defaults(func=_cmd_crds)
+    if importlib.util.find_spec("retina_otel.capture.cli") is not None:
+        from retina_otel.capture import cli as capture_cli
+
+        capture = sub.add_parser("capture", help="packet capture workload")
+        capture_sub = capture.add_subparsers(dest="capture_command", required=True)
+        run = capture_sub.add_parser("run", help="run one capture (what a Capture Job executes)")
+        capture_cli.add_arguments(run)
+        run.set_defaults(func=lambda a: capture_cli.main_from_args(a))
+
+
+def _cmd_crds(_args: argparse.Namespace) -> int:
+    from retina_otel.crds import render_crds
+
+    print(render_crds(), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

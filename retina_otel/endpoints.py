@@ -1,0 +1,17 @@
+"""Parsing of ``host:port`` endpoints in configs, with errors that name the field."""
+
+from __future__ import annotations
+
+__all__ = ["parse_endpoint"]
+
+
+def parse_endpoint(endpoint: str, *, field: str = "endpoint") -> tuple[str, int]:
+    """``"0.0.0.0:10093"`` -> ``("0.0.0.0", 10093)``; ``"[::]:10093"`` and ``":10093"`` work too."""
+    text = endpoint.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{field}: {endpoint!r} is not host:port (e.g. 0.0.0.0:10093 or [::]:10093)")
+    return host or "0.0.0.0", int(port_text)

@@ -1,0 +1,8 @@
+"""The ``prometheus`` exporter: ``/metrics`` with Retina's exact metric names.
+
+See :mod:`retina_otel.exporters.prometheus.exporter`.
+"""
+
+from retina_otel.exporters.prometheus.exporter import FACTORY, PrometheusConfig, PrometheusExporter, render
+
+__all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render"]

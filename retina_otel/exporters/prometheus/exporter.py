@@ -1,0 +1,193 @@
+"""Serves the metric store on ``/metrics`` in the Prometheus text exposition format (0.0.4).
+
+The text is rendered at every scrape from a store snapshot (nothing is mutated between scrapes).
+Every family keeps its exact name: Retina's dashboards query ``networkobservability_forward_count``,
+and Retina's Go client exposes counters without a ``_total`` suffix, which prometheus_client's
+renderers would append (and OpenMetrics requires), so the text format is rendered here directly, as
+the Go client writes it, and is always the format served.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import threading
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pydantic import Field
+
+from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
+from retina_otel.endpoints import parse_endpoint
+from retina_otel.metrics.store import FamilySnapshot, HistogramValue, MetricKind, MetricStore
+
+__all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render", "render_snapshots"]
+
+log = logging.getLogger(__name__)
+
+
+class PrometheusConfig(ComponentConfig):
+    endpoint: str = Field("0.0.0.0:10093", description="host:port to serve /metrics on (Retina's port 10093)")
+    const_labels: dict[str, str] = Field(
+        default_factory=dict, description="labels added to every series (e.g. cluster); none by default"
+    )
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    """Go's formatting, as Retina's client prints values: integers without a decimal point."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str) -> str:
+    inner = ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True))
+    if extra:
+        inner = f"{inner},{extra}" if inner else extra
+    return f"{{{inner}}}" if inner else ""
+
+
+_TYPES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge", MetricKind.HISTOGRAM: "histogram"}
+
+
+def render_snapshots(snapshots: Iterable[FamilySnapshot], const_labels: dict[str, str] | None = None) -> bytes:
+    """Prometheus text format 0.0.4 for store snapshots, every family under its exact name."""
+    extra = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted((const_labels or {}).items()))
+    out: list[str] = []
+    for snap in snapshots:
+        if not snap.series:
+            continue
+        name = snap.name
+        out.append(f"# HELP {name} {_escape_help(snap.description or name)}\n# TYPE {name} {_TYPES[snap.kind]}\n")
+        names = snap.label_names
+        if snap.kind is MetricKind.HISTOGRAM:
+            bounds = [_number(b) for b in snap.bounds] + ["+Inf"]
+            for labels, value, _start in snap.series:
+                assert isinstance(value, HistogramValue)
+                base = _labels(names, labels, extra)
+                inner = base[1:-1] + "," if base else ""
+                cumulative = 0
+                for bound, count in zip(bounds, value.bucket_counts, strict=True):
+                    cumulative += count
+                    out.append(f'{name}_bucket{{{inner}le="{bound}"}} {cumulative}\n')
+                out.append(f"{name}_sum{base} {_number(value.total)}\n{name}_count{base} {value.count}\n")
+        else:
+            out.extend(
+                f"{name}{_labels(names, labels, extra)} {_number(value)}\n"  # type: ignore[arg-type]
+                for labels, value, _start in snap.series
+            )
+    return "".join(out).encode()
+
+
+def render(store: MetricStore, const_labels: dict[str, str] | None = None) -> bytes:
+    """The exposition text of a store, as a scrape gets it."""
+    return render_snapshots(store.collect(), const_labels)
+
+
+def _handler_class(exporter: PrometheusExporter) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "retina-otel"
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] not in ("/metrics", "/metrics/"):
+                self.send_error(404, "only /metrics is served here")
+                return
+            try:
+                body = exporter.render()
+            except Exception:
+                log.exception("rendering /metrics failed")
+                self.send_error(500, "rendering metrics failed; see the agent's log")
+                return
+            encoding = self.headers.get("Accept-Encoding", "")
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            if "gzip" in encoding:
+                body = gzip.compress(body, compresslevel=1)
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("prometheus: " + format, *args)
+
+    return Handler
+
+
+class PrometheusExporter:
+    def __init__(self, settings: CreateSettings, config: PrometheusConfig) -> None:
+        self.id = settings.id
+        self.config = config
+        self._store: MetricStore | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (useful with port 0)."""
+        assert self._server is not None, "exporter not started"
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def render(self) -> bytes:
+        assert self._store is not None
+        return render(self._store, self.config.const_labels)
+
+    def start(self, host: Host) -> None:
+        if self._server is not None:
+            return
+        self._store = host.metrics
+        address, port = parse_endpoint(self.config.endpoint, field="exporters.prometheus.endpoint")
+        server_cls = ThreadingHTTPServer
+        if ":" in address:
+            import socket
+
+            class _Server6(ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+
+            server_cls = _Server6
+        server_cls.daemon_threads = True
+        server_cls.allow_reuse_address = True
+        self._server = server_cls((address, port), _handler_class(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self.id}-http", daemon=True)
+        self._thread.start()
+        log.info("prometheus exporter serving http://%s:%d/metrics", *self.address)
+
+    def shutdown(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+
+def _create(settings: CreateSettings, config: PrometheusConfig, _next: FlowConsumer | None) -> PrometheusExporter:
+    return PrometheusExporter(settings, config)
+
+
+FACTORY: Factory[PrometheusConfig] = Factory(
+    type="prometheus",
+    kind="exporter",
+    config_model=PrometheusConfig,
+    create=_create,
+    description="Prometheus /metrics (text format) with Retina's metric names",
+)
