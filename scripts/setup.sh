@@ -15,7 +15,7 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages -------------------------------------------------------------------------------
 APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 iproute2 tcpdump iperf3 nftables
-  iptables dnsmasq-base iputils-ping ethtool procps kmod)
+  iptables dnsmasq-base iputils-ping ethtool procps kmod bpftool)
 [[ $DEV -eq 1 ]] && APT_PACKAGES+=(prometheus kubectl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
