@@ -29,13 +29,16 @@ rendered ConfigMap for every values case.
 {{- $processors := dict -}}
 {{- $flowProcessors := list -}}
 {{- if $flowReceivers -}}
-{{- if $a.podLevel -}}
+{{- if and $a.podLevel $a.processors.k8sattributes.enabled -}}
 {{- $k8s := dict "source" "kubernetes" "enable_annotations" $a.enableAnnotations "remote_context" $a.remoteContext -}}
 {{- $_ := set $processors "k8sattributes" (merge (deepCopy ($a.processors.k8sattributes.config | default dict)) $k8s) -}}
 {{- $flowProcessors = append $flowProcessors "k8sattributes" -}}
 {{- end -}}
+{{- if $a.processors.flowmetrics.enabled -}}
 {{- $fm := dict "pod_level" $a.podLevel "context" (ternary "remote" "local" $a.remoteContext) -}}
 {{- $_ := set $processors "flowmetrics" (merge (deepCopy ($a.processors.flowmetrics.config | default dict)) $fm) -}}
+{{- $flowProcessors = append $flowProcessors "flowmetrics" -}}
+{{- end -}}
 {{- end -}}
 
 {{- $exporters := dict "prometheus" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.metricsPort))) -}}
@@ -43,7 +46,11 @@ rendered ConfigMap for every values case.
 {{- $logExporters := list -}}
 {{- if $a.otlp.enabled -}}
 {{- $type := ternary "otlp" "otlphttp" (eq $a.otlp.protocol "grpc") -}}
-{{- $otlp := dict "endpoint" (required "agent.otlp.endpoint is required when agent.otlp.enabled is true" $a.otlp.endpoint) "insecure" $a.otlp.insecure "compression" $a.otlp.compression "timeout" $a.otlp.timeout -}}
+{{- $signals := list -}}
+{{- if $a.otlp.metrics -}}{{- $signals = append $signals "metrics" -}}{{- end -}}
+{{- if and $a.otlp.flowLogs $flowReceivers -}}{{- $signals = append $signals "logs" -}}{{- end -}}
+{{- if $signals -}}
+{{- $otlp := dict "endpoint" (required "agent.otlp.endpoint is required when agent.otlp.enabled is true" $a.otlp.endpoint) "protocol" $a.otlp.protocol "tls" (dict "insecure" $a.otlp.insecure) "compression" $a.otlp.compression "timeout" $a.otlp.timeout "interval" $a.metricsInterval "signals" $signals -}}
 {{- if $a.otlp.headers -}}
 {{- $headers := dict -}}
 {{- range $h := $a.otlp.headers -}}
@@ -52,16 +59,21 @@ rendered ConfigMap for every values case.
 {{- $_ := set $otlp "headers" $headers -}}
 {{- end -}}
 {{- $_ := set $exporters $type $otlp -}}
-{{- if $a.otlp.metrics -}}{{- $metricExporters = append $metricExporters $type -}}{{- end -}}
-{{- if and $a.otlp.flowLogs $flowReceivers -}}{{- $logExporters = append $logExporters $type -}}{{- end -}}
+{{- if has "metrics" $signals -}}{{- $metricExporters = append $metricExporters $type -}}{{- end -}}
+{{- if has "logs" $signals -}}{{- $logExporters = append $logExporters $type -}}{{- end -}}
 {{- end -}}
+{{- end -}}
+{{- /* Flows only travel through logs pipelines (retina_otel/service.py). Without OTLP flow logs the
+logs pipeline ends in the prometheus exporter, which takes no flows: the flowmetrics processor has
+already turned them into metrics. */ -}}
+{{- if not $logExporters -}}{{- $logExporters = list "prometheus" -}}{{- end -}}
 
 {{- $pipelines := dict -}}
-{{- $allReceivers := concat $nodeReceivers $flowReceivers -}}
-{{- if $allReceivers -}}
-{{- $_ := set $pipelines "metrics" (dict "receivers" $allReceivers "processors" (concat (ternary (list "k8sattributes") (list) (and $a.podLevel (gt (len $flowReceivers) 0))) (ternary (list "flowmetrics") (list) (gt (len $flowReceivers) 0))) "exporters" $metricExporters) -}}
+{{- $metricReceivers := $nodeReceivers | default $flowReceivers -}}
+{{- if $metricReceivers -}}
+{{- $_ := set $pipelines "metrics" (dict "receivers" $metricReceivers "exporters" $metricExporters) -}}
 {{- end -}}
-{{- if $logExporters -}}
+{{- if $flowReceivers -}}
 {{- $_ := set $pipelines "logs" (dict "receivers" $flowReceivers "processors" $flowProcessors "exporters" $logExporters) -}}
 {{- end -}}
 

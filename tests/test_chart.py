@@ -1,0 +1,398 @@
+"""The Helm chart: rendered over a matrix of values with the Helm v4 SDK (no helm binary), linted,
+every manifest validated against a current Kubernetes schema, the values schema rejecting bad values,
+and the rendered agent ConfigMap accepted by the agent's own config loader."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+from retina_otel.config import ConfigError, parse_config  # noqa: E402
+from retina_otel.registry import get_factory  # noqa: E402
+
+CHART = Path(__file__).resolve().parents[1] / "charts" / "retina-otel"
+RELEASE = "ro"
+NAMESPACE = "retina"
+# Newest schema kubernetes-validate bundles; the chart's kubeVersion floor is 1.25.
+KUBE_VERSION = kubernetes_validate.latest_version()
+
+# Kinds that are not in Kubernetes' own schema; checked structurally instead.
+NON_CORE_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("kopf.dev/v1", "ClusterKopfPeering"),
+}
+
+OTLP_HEADERS = [
+    {"name": "authorization", "secretName": "otlp-credentials", "secretKey": "authorization"},
+    {"name": "X-Scope-OrgID", "secretName": "otlp-credentials", "secretKey": "tenant"},
+]
+
+CASES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "operator-off": {"operator": {"enabled": False}},
+    "agent-off": {"agent": {"enabled": False}},
+    "otlp-grpc-headers": {
+        "agent": {
+            "otlp": {
+                "enabled": True,
+                "endpoint": "otel-collector.observability.svc:4317",
+                "insecure": True,
+                "headers": OTLP_HEADERS,
+            }
+        }
+    },
+    "otlp-http-metrics-only": {
+        "agent": {
+            "otlp": {
+                "enabled": True,
+                "endpoint": "http://otel-collector.observability.svc:4318",
+                "protocol": "http/protobuf",
+                "flowLogs": False,
+            }
+        }
+    },
+    "pod-level-remote-context": {
+        "agent": {"podLevel": True, "remoteContext": True, "enableAnnotations": True},
+    },
+    "node-level-only": {"agent": {"podLevel": False}},
+    "low-aggregation-sampled": {"agent": {"dataAggregationLevel": "low", "dataSamplingRate": 10}},
+    "service-monitor": {"agent": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "pod-monitor-no-service": {
+        "agent": {"service": {"enabled": False}, "podMonitor": {"enabled": True}},
+    },
+    "dashboards": {"dashboards": {"enabled": True, "annotations": {"grafana_folder": "Network"}}},
+    "privileged-legacy-kernel": {"agent": {"privileged": True, "hostPID": True}},
+    "no-peering-no-rbac-sa": {
+        "rbac": {"create": False},
+        "operator": {"peering": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}},
+        "agent": {"serviceAccount": {"create": False, "name": "agents"}},
+    },
+    "receivers-off": {
+        "agent": {
+            "receivers": {
+                name: {"enabled": False}
+                for name in ("packetparser", "dropreason", "tcpretrans", "dns")
+            }
+        }
+    },
+    "operator-installs-crds": {"operator": {"installCRDs": True, "retinaEndpoints": True}},
+    "digest-and-pull-secrets": {
+        "image": {"digest": "sha256:" + "0" * 64},
+        "imagePullSecrets": ["regcred"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders (templates, then crds/ as Helm installs them first)."""
+    rendered = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def crd_docs(chart: Any) -> list[dict[str, Any]]:
+    return [d for f in chart.crds for d in yaml.safe_load_all(f["data"]) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def agent_config_text(docs: list[dict[str, Any]]) -> str:
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-agent")]
+    return str(cm["data"]["config.yaml"])
+
+
+def component_present(kind: str, type_name: str) -> bool:
+    """Whether this checkout has a loadable factory for the type (components land concurrently)."""
+    try:
+        return get_factory(kind, type_name) is not None  # type: ignore[arg-type]
+    except Exception:
+        return False
+
+
+def missing_components(raw: dict[str, Any]) -> list[str]:
+    """Component types a rendered config names that this checkout does not have yet."""
+    missing = []
+    for section, kind in (("receivers", "receiver"), ("processors", "processor"), ("exporters", "exporter")):
+        missing += [f"{kind} {cid}" for cid in raw.get(section) or {} if not component_present(kind, cid.split("/")[0])]
+    return missing
+
+
+# -- rendering and validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_values_pass_schema_and_lint(case: str) -> None:
+    report = helm.lint(CHART, CASES[case], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_manifest_validates(chart: Any, case: str) -> None:
+    docs = render(chart, CASES[case]) + crd_docs(chart)
+    assert docs
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert doc["metadata"]["name"], name
+        if key in NON_CORE_KINDS:
+            assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, name
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{case}: {name}: {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_agent_config_is_valid(chart: Any, case: str) -> None:
+    docs = render(chart, CASES[case])
+    if not CASES[case].get("agent", {}).get("enabled", True):
+        assert not by_kind(docs, "DaemonSet")
+        return
+    text = agent_config_text(docs)
+    raw = yaml.safe_load(text)
+    missing = missing_components(raw)
+    if missing:
+        pytest.skip(f"components not in this checkout yet: {', '.join(missing)}")
+    env = {"NODE_NAME": "node-1"}
+    env.update({h: "secret" for h in re.findall(r"\$\{env:([A-Z0-9_]+)\}", text)})
+    try:
+        parse_config(raw, env=env)
+    except ConfigError as exc:
+        pytest.fail(f"{case}: the rendered agent config is rejected:\n{exc}\n---\n{text}")
+
+
+def test_default_config_names_only_present_components(chart: Any) -> None:
+    """The chart's defaults enable only components this checkout has (the rest sit behind flags)."""
+    raw = yaml.safe_load(agent_config_text(render(chart, {})))
+    assert missing_components(raw) == []
+    parse_config(raw, env={})
+
+
+def test_default_pipeline_shape(chart: Any) -> None:
+    raw = yaml.safe_load(agent_config_text(render(chart, {})))
+    assert raw["exporters"]["prometheus"] == {"endpoint": "0.0.0.0:10093"}
+    assert raw["service"]["telemetry"]["health"]["endpoint"] == "0.0.0.0:18081"
+    pipelines = raw["service"]["pipelines"]
+    assert {"packetforward", "linuxutil"} <= set(pipelines["metrics"]["receivers"])
+    assert "prometheus" in pipelines["metrics"]["exporters"]
+    for pipeline in pipelines.values():
+        for section in ("receivers", "processors", "exporters"):
+            assert set(pipeline.get(section, [])) <= set(raw.get(section) or {})
+
+
+def test_otlp_headers_come_from_secrets(chart: Any) -> None:
+    docs = render(chart, CASES["otlp-grpc-headers"])
+    text = agent_config_text(docs)
+    raw = yaml.safe_load(text)
+    otlp = raw["exporters"]["otlp"]
+    assert otlp["endpoint"] == "otel-collector.observability.svc:4317"
+    assert otlp["protocol"] == "grpc"
+    assert otlp["tls"] == {"insecure": True}
+    assert otlp["headers"] == {
+        "authorization": "${env:RETINA_OTEL_OTLP_HEADER_AUTHORIZATION}",
+        "X-Scope-OrgID": "${env:RETINA_OTEL_OTLP_HEADER_X_SCOPE_ORGID}",
+    }
+    assert "otlp" in raw["service"]["pipelines"]["metrics"]["exporters"]
+    (ds,) = by_kind(docs, "DaemonSet")
+    env = {e["name"]: e for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["RETINA_OTEL_OTLP_HEADER_AUTHORIZATION"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "otlp-credentials", "key": "authorization"}
+    assert "value" not in env["RETINA_OTEL_OTLP_HEADER_X_SCOPE_ORGID"]
+    # The env substitution the agent performs yields the secret's value.
+    config = parse_config(raw, env={"RETINA_OTEL_OTLP_HEADER_AUTHORIZATION": "Bearer t",
+                                    "RETINA_OTEL_OTLP_HEADER_X_SCOPE_ORGID": "tenant-a"}) \
+        if not missing_components(raw) else None
+    if config is not None:
+        assert config.exporters["otlp"].config.headers["authorization"] == "Bearer t"  # type: ignore[attr-defined]
+
+
+def test_otlp_http_uses_otlphttp_exporter(chart: Any) -> None:
+    raw = yaml.safe_load(agent_config_text(render(chart, CASES["otlp-http-metrics-only"])))
+    assert "otlp" not in raw["exporters"]
+    assert raw["exporters"]["otlphttp"]["signals"] == ["metrics"]
+    assert "otlphttp" not in raw["service"]["pipelines"].get("logs", {}).get("exporters", [])
+
+
+def test_aggregation_and_sampling_reach_packetparser(chart: Any) -> None:
+    values = {"agent": {"dataAggregationLevel": "low", "dataSamplingRate": 10,
+                        "receivers": {"packetparser": {"enabled": True}}}}
+    raw = yaml.safe_load(agent_config_text(render(chart, values)))
+    assert raw["receivers"]["packetparser"]["aggregation"] == "low"
+    assert raw["receivers"]["packetparser"]["sampling_rate"] == 10
+
+
+def test_daemonset_shape(chart: Any) -> None:
+    (ds,) = by_kind(render(chart, {}), "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True
+    assert spec["hostPID"] is False
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    (container,) = spec["containers"]
+    sc = container["securityContext"]
+    assert sc["privileged"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert set(sc["capabilities"]["add"]) == {"BPF", "PERFMON", "NET_ADMIN", "NET_RAW", "SYS_RESOURCE"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 10093, "health": 18081}
+    node_name = next(e for e in container["env"] if e["name"] == "NODE_NAME")
+    assert node_name["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts["/lib/modules"] is True and mounts["/usr/src"] is True
+    assert {"/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/debug"} <= set(mounts)
+    hostpaths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert hostpaths == {"/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/debug", "/lib/modules", "/usr/src"}
+
+
+def test_agent_rbac_is_read_only(chart: Any) -> None:
+    docs = render(chart, CASES["pod-level-remote-context"])
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-agent")]
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert resources == {"pods", "services", "nodes", "namespaces", "metricsconfigurations", "retinaendpoints"}
+    # Without remote context the agent has no business reading RetinaEndpoints.
+    (role,) = [d for d in by_kind(render(chart, {}), "ClusterRole") if d["metadata"]["name"].endswith("-agent")]
+    assert "retinaendpoints" not in {r for rule in role["rules"] for r in rule["resources"]}
+
+
+def test_operator_rbac_least_privilege(chart: Any) -> None:
+    docs = render(chart, {})
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
+    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ("", "secrets") not in granted  # secrets only through the namespaced Role
+    assert ("apiextensions.k8s.io", "customresourcedefinitions") not in granted
+    assert ("retina.sh", "retinaendpoints") not in granted  # local context: no RetinaEndpoints
+    assert granted[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
+    assert "delete" not in granted[("retina.sh", "captures")]
+    (ns_role,) = by_kind(docs, "Role")
+    assert ns_role["metadata"]["namespace"] == NAMESPACE
+    assert ns_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]}]
+    docs = render(chart, CASES["operator-installs-crds"])
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
+    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert "create" in granted[("apiextensions.k8s.io", "customresourcedefinitions")]
+    assert granted[("retina.sh", "retinaendpoints")] >= {"create", "update", "delete"}
+
+
+def test_operator_deployment(chart: Any) -> None:
+    docs = render(chart, {})
+    (dep,) = by_kind(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "operator"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (peering,) = by_kind(docs, "ClusterKopfPeering")
+    assert env["RETINA_OTEL_PEERING"] == peering["metadata"]["name"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not by_kind(render(chart, CASES["operator-off"]), "Deployment")
+
+
+def test_monitors_and_service(chart: Any) -> None:
+    (svc,) = by_kind(render(chart, {}), "Service")
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 10093, "targetPort": "metrics", "protocol": "TCP"}]
+    assert not by_kind(render(chart, {}), "ServiceMonitor")
+    (sm,) = by_kind(render(chart, CASES["service-monitor"]), "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    docs = render(chart, CASES["pod-monitor-no-service"])
+    assert not by_kind(docs, "Service")
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_service_monitor_without_service_fails(chart: Any) -> None:
+    values = {"agent": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}
+    with pytest.raises(helm.HelmError, match="needs agent.service.enabled"):
+        chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_dashboards_configmaps(chart: Any) -> None:
+    cms = [d for d in by_kind(render(chart, CASES["dashboards"]), "ConfigMap") if "-dashboard-" in d["metadata"]["name"]]
+    files = sorted(p.stem for p in (CHART / "dashboards").glob("*.json"))
+    assert sorted(cm["metadata"]["name"].rsplit("-dashboard-", 1)[1] for cm in cms) == files
+    for cm in cms:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "Network"}
+
+
+# -- the values schema rejects bad values with a clear message ----------------------------------------
+
+BAD_VALUES = [
+    ({"agent": {"dataAggregationLevel": "medium"}}, r"/agent/dataAggregationLevel.*one of 'low', 'high'"),
+    ({"agent": {"dataSamplingRate": -1}}, r"/agent/dataSamplingRate.*minimum"),
+    ({"agent": {"dataSamplingRate": 0.5}}, r"/agent/dataSamplingRate"),
+    ({"agent": {"otlp": {"enabled": True}}}, r"/agent/otlp/endpoint"),
+    ({"agent": {"otlp": {"protocol": "http"}}}, r"/agent/otlp/protocol"),
+    ({"agent": {"otlp": {"headers": [{"name": "authorization", "value": "Bearer x"}]}}}, r"/agent/otlp/headers/0"),
+    ({"agent": {"metricsPort": 70000}}, r"/agent/metricsPort"),
+    ({"agent": {"capabilities": ["SYS_MODULE"]}}, r"/agent/capabilities/0"),
+    ({"agent": {"receivers": {"packetparser": {"enable": True}}}}, r"/agent/receivers/packetparser"),
+    ({"agent": {"unknown": 1}}, r"additional properties 'unknown' not allowed"),
+    ({"operator": {"replicas": 3}}, r"/operator/replicas.*maximum"),
+    ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES, ids=[m for _, m in BAD_VALUES])
+def test_schema_rejects_bad_values(chart: Any, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as info:
+        chart.validate_schema(values)
+    assert re.search(message, str(info.value)), str(info.value)
+    with pytest.raises(helm.HelmError):
+        chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_schema_covers_every_default_value(chart: Any) -> None:
+    """Every key in values.yaml is declared in the schema (so the README and schema stay complete)."""
+    schema = chart.schema
+
+    def walk(values: dict[str, Any], node: dict[str, Any], path: str) -> None:
+        for key, value in values.items():
+            assert key in node.get("properties", {}), f"{path}{key} is not in values.schema.json"
+            child = node["properties"][key]
+            if isinstance(value, dict) and child.get("additionalProperties") is False:
+                walk(value, child, f"{path}{key}.")
+
+    walk(chart.values, schema, "")
+
+
+def test_readme_documents_every_value(chart: Any) -> None:
+    readme = (CHART / "README.md").read_text()
+
+    def leaves(values: dict[str, Any], node: dict[str, Any], path: str) -> Iterator[str]:
+        for key, value in values.items():
+            child = node["properties"][key]
+            if isinstance(value, dict) and value and child.get("additionalProperties") is False:
+                yield from leaves(value, child, f"{path}{key}.")
+            else:
+                yield f"{path}{key}"
+
+    undocumented = [k for k in leaves(chart.values, chart.schema, "") if f"`{k}`" not in readme]
+    assert not undocumented, f"values missing from charts/retina-otel/README.md: {undocumented}"
