@@ -115,8 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", help="the file to check; default: the embedded config")
     validate.set_defaults(func=cmd_validate)
 
+    demo = sub.add_parser("demo", help="run the agent here against generated traffic between sandbox pods")
+    _demo_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
+
     _add_optional_commands(sub)
     return parser
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from retina_otel.demo import add_arguments
+
+    add_arguments(parser)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from retina_otel.demo import main_from_args
+
+    return main_from_args(args)
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
