@@ -91,7 +91,7 @@ def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -
     try:
         assert wait_for(lambda: _get(READYZ)[0] == 200 or proc.poll() is not None, timeout=120), _get(READYZ)
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        code, body = _get(READYZ)
+        _status, body = _get(READYZ)
         detail: dict[str, Any] = json.loads(body)
         assert detail["ready"] is True
         for _ in range(50):
