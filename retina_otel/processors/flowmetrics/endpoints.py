@@ -1,0 +1,86 @@
+"""Per-EndpointTable look-up arrays: which slots are local pods, their namespaces and label strings.
+
+Slot 0 is "unknown" (endpoint index -1); slot i+1 is ``entries[i]``. Built once per EndpointTable
+generation (k8sattributes shares one table between batches), never per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retina_otel import flowschema as fs
+from retina_otel.processors.flowmetrics.spec import ContextOptions, Plan
+
+__all__ = ["UNKNOWN", "EndpointIndex"]
+
+UNKNOWN = "unknown"
+
+_FIELD_KEYS = {
+    "namespace": fs.K8S_NAMESPACE,
+    "podname": fs.K8S_POD_NAME,
+    "workload_kind": fs.K8S_WORKLOAD_KIND,
+    "workload_name": fs.K8S_WORKLOAD_NAME,
+    "service": fs.K8S_SERVICE_NAME,
+    "zone": fs.ZONE,
+}
+
+
+def _text(entry: Mapping[str, Any], key: str) -> str:
+    value = entry.get(key)
+    if value is None or value == "":
+        return UNKNOWN
+    return str(value)
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+class EndpointIndex:
+    """Look-up arrays for one ``EndpointTable.entries`` sequence."""
+
+    def __init__(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        self.entries = entries
+        self.size = len(entries) + 1
+        local = np.zeros(self.size, dtype=bool)
+        namespaces: list[str] = [UNKNOWN]
+        for i, entry in enumerate(entries, start=1):
+            local[i] = _truthy(entry.get(fs.ENDPOINT_LOCAL, False))
+            namespaces.append(_text(entry, fs.K8S_NAMESPACE))
+        self.local = local
+        self.namespaces = namespaces
+        self._allowed: tuple[Plan, npt.NDArray[np.bool_]] | None = None
+        self._labels: dict[tuple[str, ...], dict[int, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+
+    def allowed(self, plan: Plan) -> npt.NDArray[np.bool_]:
+        """Slots whose namespace passes the plan's include/exclude (slot 0 never does when filtering)."""
+        cached = self._allowed
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        if not plan.filters_namespaces:
+            mask = np.ones(self.size, dtype=bool)
+        else:
+            mask = np.fromiter((plan.namespace_allowed(ns) for ns in self.namespaces), dtype=bool, count=self.size)
+            mask[0] = False
+        self._allowed = (plan, mask)
+        return mask
+
+    def context(self, opts: ContextOptions, slot: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The entry-derived labels of ``slot`` for ``opts``: (before port, after port) in label order."""
+        fields = opts.entry_fields
+        per_slot = self._labels.get(fields)
+        if per_slot is None:
+            per_slot = self._labels[fields] = {}
+        found = per_slot.get(slot)
+        if found is None:
+            entry: Mapping[str, Any] = self.entries[slot - 1] if slot > 0 else {}
+            head = tuple(_text(entry, _FIELD_KEYS[f]) for f in fields if f != "zone")
+            tail = (_text(entry, fs.ZONE),) if opts.zone else ()
+            found = per_slot[slot] = (head, tail)
+        return found
