@@ -1,0 +1,385 @@
+"""The k8sattributes processor: both endpoints' Kubernetes metadata on every flow record, vectorised.
+
+Per batch there is no per-record Python: the 16-byte addresses of both columns are hashed to uint64
+(with the full address kept alongside to verify hits), looked up with one ``np.searchsorted`` into a
+sorted table of every address the cache knows, and the table's entry indices written into
+``src_endpoint``/``dst_endpoint``. The table is rebuilt only when the cache's generation changed
+(entries themselves are cached per object version). Addresses whose pod history matters (a reused IP,
+a deleted pod within its grace period) carry a negative code; only their rows are resolved by time,
+again vectorised per address.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
+from retina_otel.flows import EndpointTable, FlowBatch
+from retina_otel.flowschema import (
+    ENDPOINT_KIND,
+    ENDPOINT_LOCAL,
+    K8S_NAMESPACE,
+    K8S_NODE_NAME,
+    K8S_POD_LABEL_PREFIX,
+    K8S_POD_NAME,
+    K8S_POD_UID,
+    K8S_SERVICE_NAME,
+    K8S_WORKLOAD_KIND,
+    K8S_WORKLOAD_NAME,
+    ZONE,
+)
+from retina_otel.k8s import CacheService, IpFilter, K8sCache, PodSelection, RefCountedIpSet
+from retina_otel.k8s.models import NodeInfo, PodInfo, ServiceInfo
+from retina_otel.processors.k8sattributes.config import K8sAttributesConfig
+
+__all__ = ["K8sAttributesProcessor", "LookupTable", "build_cache_service"]
+
+log = logging.getLogger(__name__)
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_NO_LIMIT = np.iinfo(np.int64).max
+RESOURCE_NODE_ATTRIBUTE = "k8s.node.name"
+
+
+def _ip_words(raw: bytes) -> tuple[int, int]:
+    a = np.frombuffer(raw, dtype="<u8")
+    return int(a[0]), int(a[1])
+
+
+def build_cache_service(config: K8sAttributesConfig, node_name: str, on_error: Any = None) -> CacheService:
+    """The cache and source the config describes (no I/O until ``start``)."""
+    local_only = not config.remote_context
+    cache = K8sCache(
+        node_name=node_name,
+        local_only=local_only and config.source == "kubernetes",
+        grace_period=config.grace_period,
+        history=config.ip_history,
+    )
+    if config.source == "file":
+        from retina_otel.k8s.filesource import FileSource
+
+        return CacheService(cache, FileSource(cache, config.file_path, config.file_poll_interval))
+    from retina_otel.k8s.watch import ApiSource, ClientSettings, WatchPlan
+
+    settings = ClientSettings(
+        api_url=config.api_url,
+        kubeconfig=config.kubeconfig,
+        context=config.context,
+        insecure_skip_tls_verify=config.insecure_skip_tls_verify,
+    )
+    plan = WatchPlan(
+        pods=True,
+        services=config.watch_services,
+        nodes=config.watch_nodes,
+        namespaces=config.watch_namespaces,
+        retina_endpoints=config.remote_context and config.use_retina_endpoints,
+        local_node=node_name if local_only else "",
+    )
+    source = ApiSource(
+        cache,
+        settings,
+        plan,
+        watch_timeout=config.watch_timeout,
+        backoff_base=config.backoff_base,
+        backoff_max=config.backoff_max,
+        on_error=on_error,
+    )
+    return CacheService(cache, source)
+
+
+@dataclass(frozen=True)
+class _Timed:
+    starts: npt.NDArray[np.int64]
+    limits: npt.NDArray[np.int64]  # end + grace, or "never" for the live claim
+    codes: npt.NDArray[np.int32]
+    fallback: int
+
+
+class LookupTable:
+    """Every known address of one cache generation, sorted by a 64-bit hash, with its entry code."""
+
+    def __init__(self, entry_of: Any, cache: K8sCache) -> None:
+        claims_idx, services_idx, nodes_idx = cache.ip_index()
+        self.entries: list[Mapping[str, Any]] = []
+        index: dict[int, int] = {}
+        keep_alive: list[object] = []  # ids stay unique while the objects live
+
+        def code(obj: PodInfo | ServiceInfo | NodeInfo) -> int:
+            found = index.get(id(obj))
+            if found is None:
+                found = len(self.entries)
+                self.entries.append(entry_of(obj))
+                index[id(obj)] = found
+                keep_alive.append(obj)
+            return found
+
+        ips: list[bytes] = []
+        codes: list[int] = []
+        self.timed: list[_Timed] = []
+        grace = cache.grace_ns
+        for ip, svc in list(services_idx.items()):
+            if ip not in claims_idx:
+                ips.append(ip)
+                codes.append(code(svc))
+        for ip, node in list(nodes_idx.items()):
+            if ip not in claims_idx and ip not in services_idx:
+                ips.append(ip)
+                codes.append(code(node))
+        for ip, claims in list(claims_idx.items()):
+            if not claims:
+                continue
+            if len(claims) == 1 and claims[0].end_ns == 0:
+                ips.append(ip)
+                codes.append(code(claims[0].pod))
+                continue
+            other = services_idx.get(ip) or nodes_idx.get(ip)
+            self.timed.append(
+                _Timed(
+                    starts=np.array([c.start_ns for c in claims], dtype=np.int64),
+                    limits=np.array([c.end_ns + grace if c.end_ns else _NO_LIMIT for c in claims], dtype=np.int64),
+                    codes=np.array([code(c.pod) for c in claims], dtype=np.int32),
+                    fallback=code(other) if other is not None else -1,
+                )
+            )
+            ips.append(ip)
+            codes.append(-2 - (len(self.timed) - 1))
+        raw = np.frombuffer(b"".join(ips), dtype="<u8").reshape(-1, 2) if ips else np.zeros((0, 2), "<u8")
+        keys = (raw[:, 0] * _MIX) ^ raw[:, 1]
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.hi = raw[order, 0].copy()
+        self.lo = raw[order, 1].copy()
+        self.codes = np.asarray(codes, dtype=np.int32)[order]
+        self.table = EndpointTable(entries=tuple(self.entries))
+
+    def resolve(self, raw16: npt.NDArray[np.void], times: npt.NDArray[np.int64] | None) -> npt.NDArray[np.int32]:
+        """Entry index per 16-byte address (``-1`` unknown); ``times`` (unix ns) for reused addresses."""
+        n = raw16.shape[0]
+        if n == 0 or self.keys.shape[0] == 0:
+            return np.full(n, -1, dtype=np.int32)
+        words = np.ascontiguousarray(raw16).view("<u8").reshape(-1, 2)
+        hi = words[:, 0]
+        lo = words[:, 1]
+        keys = (hi * _MIX) ^ lo
+        pos = np.searchsorted(self.keys, keys)
+        np.minimum(pos, self.keys.shape[0] - 1, out=pos)
+        hit = (self.keys[pos] == keys) & (self.hi[pos] == hi) & (self.lo[pos] == lo)
+        out = np.where(hit, self.codes[pos], np.int32(-1)).astype(np.int32, copy=False)
+        if self.timed:
+            timed_rows = np.nonzero(out <= -2)[0]
+            if timed_rows.size:
+                t = times[timed_rows] if times is not None else np.full(timed_rows.size, time.time_ns(), np.int64)
+                which = out[timed_rows]
+                for code in np.unique(which):
+                    sel = which == code
+                    rows = timed_rows[sel]
+                    info = self.timed[-2 - int(code)]
+                    tt = t[sel]
+                    ci = np.searchsorted(info.starts, tt, side="right") - 1
+                    np.maximum(ci, 0, out=ci)
+                    out[rows] = np.where(tt <= info.limits[ci], info.codes[ci], np.int32(info.fallback))
+        return out
+
+
+class K8sAttributesProcessor:
+    def __init__(
+        self, settings: CreateSettings, config: K8sAttributesConfig, next_consumer: FlowConsumer | None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.next_consumer = next_consumer
+        self.cache: K8sCache | None = None
+        self.selection: PodSelection | None = None
+        self.ipset: RefCountedIpSet | None = None
+        self._own_service: CacheService | None = None
+        self._host: Host | None = None
+        self._node = ""
+        self._label_keys = tuple(config.pod_labels)
+        self._table: LookupTable | None = None
+        self._table_gen = -1
+        self._meta_gen = -1
+        self._entry_cache: dict[int, tuple[object, Mapping[str, Any]]] = {}
+        self._table_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._status_thread: threading.Thread | None = None
+        self._started = False
+        self.table_builds = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self, host: Host) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._stop.clear()
+        self._host = host
+        self._node = self.config.node_name or host.node_name
+        shared = host.get_extension("k8s_cache")
+        if isinstance(shared, CacheService):
+            self.cache = shared.cache
+        elif isinstance(shared, K8sCache):
+            self.cache = shared
+        else:
+
+            def on_error(resource: str, reason: str) -> None:
+                host.count_lost("k8s_watch", f"{resource}:{reason}", 1)
+
+            self._own_service = build_cache_service(self.config, self._node, on_error)
+            self.cache = self._own_service.cache
+        ip_filter = host.get_extension("ip_filter")
+        self.ipset = RefCountedIpSet(ip_filter if isinstance(ip_filter, IpFilter) else None)
+        self.selection = PodSelection(
+            self.cache,
+            self.ipset,
+            enable_annotations=self.config.enable_annotations,
+            include=self.config.namespaces_include,
+            exclude=self.config.namespaces_exclude,
+        )
+        self.selection.attach()
+        if self.config.wait_for_sync:
+            host.report_status(self.settings.id, ComponentStatus.STARTING, "waiting for the first full sync")
+        if self._own_service is not None:
+            self._own_service.start()
+        if self.config.wait_for_sync:
+            self._status_thread = threading.Thread(target=self._await_sync, name="k8sattributes-sync", daemon=True)
+            self._status_thread.start()
+        else:
+            host.report_status(self.settings.id, ComponentStatus.OK)
+
+    def _await_sync(self) -> None:
+        cache, host = self.cache, self._host
+        assert cache is not None and host is not None
+        deadline = time.monotonic() + self.config.sync_timeout
+        reported_late = False
+        while not self._stop.is_set():
+            if cache.wait_synced(0.1):
+                host.report_status(self.settings.id, ComponentStatus.OK, "synced")
+                return
+            if not reported_late and time.monotonic() > deadline:
+                reported_late = True
+                host.report_status(
+                    self.settings.id,
+                    ComponentStatus.FAILED,
+                    f"no full sync within {self.config.sync_timeout:g}s; still trying, enrichment partial",
+                )
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._status_thread is not None:
+            self._status_thread.join(5)
+            self._status_thread = None
+        if self.selection is not None:
+            self.selection.detach()
+        if self._own_service is not None:
+            self._own_service.shutdown()
+        self._started = False
+
+    # -- control -------------------------------------------------------------------------------------------
+
+    def set_namespace_filter(
+        self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()
+    ) -> None:
+        """Namespace include/exclude from the accepted MetricsConfiguration (without annotations)."""
+        if self.selection is None:
+            raise RuntimeError("k8sattributes is not started")
+        self.selection.set_namespace_filter(include=include, exclude=exclude)
+
+    # -- entries ---------------------------------------------------------------------------------------------
+
+    def _entry(self, obj: PodInfo | ServiceInfo | NodeInfo) -> Mapping[str, Any]:
+        cached = self._entry_cache.get(id(obj))
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        cache = self.cache
+        assert cache is not None
+        entry: dict[str, Any]
+        if isinstance(obj, PodInfo):
+            services = cache.services_of(obj)
+            entry = {
+                K8S_NAMESPACE: obj.namespace,
+                K8S_POD_NAME: obj.name,
+                K8S_POD_UID: obj.uid,
+                K8S_NODE_NAME: obj.node,
+                K8S_WORKLOAD_KIND: obj.workload_kind,
+                K8S_WORKLOAD_NAME: obj.workload_name,
+                K8S_SERVICE_NAME: services[0].name if services else "",
+                ZONE: cache.zone_of(obj.node),
+                ENDPOINT_KIND: "pod",
+                ENDPOINT_LOCAL: bool(obj.node) and obj.node == self._node,
+            }
+            labels = dict(obj.labels)
+            for key in self._label_keys:
+                value = labels.get(key)
+                if value is not None:
+                    entry[K8S_POD_LABEL_PREFIX + key] = value
+        elif isinstance(obj, ServiceInfo):
+            entry = {
+                K8S_NAMESPACE: obj.namespace,
+                K8S_SERVICE_NAME: obj.name,
+                ENDPOINT_KIND: "service",
+                ENDPOINT_LOCAL: False,
+            }
+        else:
+            entry = {
+                K8S_NODE_NAME: obj.name,
+                ZONE: obj.zone,
+                ENDPOINT_KIND: "node",
+                ENDPOINT_LOCAL: obj.name == self._node,
+            }
+        frozen = MappingProxyType(entry)
+        self._entry_cache[id(obj)] = (obj, frozen)
+        return frozen
+
+    def lookup_table(self) -> LookupTable:
+        """The table of the cache's current generation (rebuilt only when the cache changed)."""
+        cache = self.cache
+        if cache is None:
+            raise RuntimeError("k8sattributes is not started")
+        with self._table_lock:
+            generation = cache.generation
+            if self._table is None or generation != self._table_gen:
+                if cache.meta_generation != self._meta_gen or len(self._entry_cache) > 4 * len(cache.pods()) + 10_000:
+                    self._entry_cache.clear()
+                    self._meta_gen = cache.meta_generation
+                self._table = LookupTable(self._entry, cache)
+                self._table_gen = generation
+                self.table_builds += 1
+            return self._table
+
+    # -- data path -------------------------------------------------------------------------------------------
+
+    def consume_flows(self, batch: FlowBatch) -> None:
+        if self.cache is not None:
+            self.enrich(batch)
+        if self.next_consumer is not None:
+            self.next_consumer.consume_flows(batch)
+
+    def enrich(self, batch: FlowBatch) -> None:
+        table = self.lookup_table()
+        records = batch.records
+        n = records.shape[0]
+        if self._node:
+            batch.attributes[RESOURCE_NODE_ATTRIBUTE] = self._node
+        if n == 0:
+            batch.endpoints = table.table
+            return
+        times: npt.NDArray[np.int64] | None = None
+        if table.timed:
+            start = records["time_start_ns"].astype(np.int64)
+            end = records["time_end_ns"].astype(np.int64)
+            t = np.where(start > 0, start, end)
+            t = np.where(t > 0, t, np.int64(time.time_ns()))
+            times = np.concatenate((t, t))
+        codes = table.resolve(np.concatenate((records["src_ip"], records["dst_ip"])), times)
+        records["src_endpoint"] = codes[:n]
+        records["dst_endpoint"] = codes[n:]
+        batch.endpoints = table.table
