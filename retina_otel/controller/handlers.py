@@ -1,0 +1,229 @@
+"""kopf handlers, registered on a private registry per operator run (so tests can run several).
+
+Handlers are synchronous (kopf runs them in worker threads) and share one :class:`KubeClient`.
+Capture status is always recomputed from the Capture's Jobs under a per-Capture lock, so events
+arriving in any order converge on the same status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from retina_otel.controller import kube
+from retina_otel.controller.capture import (
+    APP_CAPTURE,
+    LABEL_APP,
+    LABEL_CAPTURE,
+    CaptureFailure,
+    CaptureSettings,
+    Reason,
+    cleanup_capture,
+    compute_status,
+    create_jobs,
+    failure_status,
+    list_capture_jobs,
+    now_iso,
+    plan_jobs,
+)
+from retina_otel.controller.configs import (
+    prune_endpoints,
+    reconcile_metrics_configurations,
+    reconcile_traces_configurations,
+    sync_endpoint,
+)
+from retina_otel.controller.kube import ApiError, KubeClient, Obj
+from retina_otel.crds import crd_manifests
+
+__all__ = ["FINALIZER", "OperatorConfig", "build_registry", "install_crds", "refresh_capture"]
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "retina.sh/capture-cleanup"
+_JOB_REASONS = {Reason.JOBS_IN_PROGRESS, Reason.JOBS_COMPLETED, Reason.RUN_JOB_FAILED}
+
+
+@dataclass
+class OperatorConfig:
+    settings: CaptureSettings = field(default_factory=CaptureSettings)
+    install_crds: bool = False
+    retina_endpoints: bool = False
+    resync_interval: float = 30.0
+    api_url: str | None = None
+    insecure: bool = False
+    token: str | None = None
+
+
+def install_crds(client: KubeClient) -> list[str]:
+    """Create or update every retina.sh CRD (apiextensions.k8s.io/v1); returns 'created'/'updated' lines."""
+    done = []
+    for crd in crd_manifests():
+        name = crd["metadata"]["name"]
+        if client.get_or_none(kube.CRDS, name) is None:
+            client.create(kube.CRDS, crd)
+            done.append(f"created {name}")
+        else:
+            client.patch(kube.CRDS, name, {"metadata": {"labels": crd["metadata"]["labels"]}, "spec": crd["spec"]})
+            done.append(f"updated {name}")
+    return done
+
+
+def _same(a: Obj, b: Obj) -> bool:
+    def strip(s: Obj) -> Obj:
+        out = {k: v for k, v in s.items() if v is not None}
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s.get("conditions") or []
+        ]
+        return out
+
+    return strip(a) == strip(b)
+
+
+def _has_final_failure(status: Obj) -> bool:
+    return any(
+        c.get("type") == "error" and c.get("status") == "True" and c.get("reason") not in _JOB_REASONS
+        for c in status.get("conditions") or []
+    )
+
+
+def refresh_capture(client: KubeClient, namespace: str, name: str) -> Obj | None:
+    """Recompute a Capture's status from its Jobs and write it if it changed."""
+    capture = client.get_or_none(kube.CAPTURES, name, namespace)
+    if capture is None or (capture.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    old = capture.get("status") or {}
+    jobs = list_capture_jobs(client, namespace, name)
+    if not jobs:
+        return old
+    new = compute_status(old, jobs)
+    if not _same(old, new):
+        client.patch_status(kube.CAPTURES, name, new, namespace)
+        log.info("capture %s/%s: active=%d succeeded=%d failed=%d", namespace, name,
+                 new["active"], new["succeeded"], new["failed"])
+    return new
+
+
+def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+    locks_guard = threading.Lock()
+    configs_lock = threading.Lock()
+
+    def lock_for(namespace: str, name: str) -> threading.Lock:
+        with locks_guard:
+            return locks[(namespace, name)]
+
+    @kopf.on.login(registry=registry)  # type: ignore[arg-type]
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if cfg.api_url:
+            return kopf.ConnectionInfo(server=cfg.api_url, insecure=cfg.insecure, token=cfg.token)
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)  # type: ignore[arg-type]
+    def startup(logger: logging.Logger, **_: Any) -> None:
+        if cfg.install_crds:
+            for line in install_crds(client):
+                logger.info("CRD %s", line)
+        if cfg.retina_endpoints:
+            for gone in prune_endpoints(client):
+                logger.info("removed stale RetinaEndpoint %s", gone)
+
+    # -- Capture ------------------------------------------------------------------------------------
+
+    def reconcile_capture(body: kopf.Body, logger: Any) -> None:
+        name, namespace = str(body.metadata.name), str(body.metadata.namespace)
+        with lock_for(namespace, name):
+            capture = client.get_or_none(kube.CAPTURES, name, namespace)
+            if capture is None or (capture.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            status = capture.get("status") or {}
+            if status.get("startTime") or list_capture_jobs(client, namespace, name):
+                refresh_capture(client, namespace, name)
+                return
+            if _has_final_failure(status):
+                return
+            try:
+                jobs = plan_jobs(client, capture, cfg.settings)
+                created = create_jobs(client, jobs)
+            except CaptureFailure as failure:
+                logger.warning("capture %s/%s not started (%s): %s", namespace, name, failure.reason, failure.message)
+                client.patch_status(kube.CAPTURES, name, failure_status(status, failure), namespace)
+                return
+            new = compute_status({"startTime": now_iso()}, created)
+            client.patch_status(kube.CAPTURES, name, new, namespace)
+            logger.info("capture %s/%s: created %d job(s)", namespace, name, len(created))
+
+    @kopf.on.resume("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
+    @kopf.on.create("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
+    def capture_created(body: kopf.Body, logger: Any, **_: Any) -> None:
+        try:
+            reconcile_capture(body, logger)
+        except ApiError as exc:
+            raise kopf.TemporaryError(f"API error while starting the capture: {exc}", delay=5) from None
+
+    @kopf.on.delete("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
+    def capture_deleted(name: str, namespace: str, logger: Any, **_: Any) -> None:
+        with lock_for(namespace, name):
+            deleted, failed = cleanup_capture(client, namespace, name)
+        if failed:
+            raise kopf.TemporaryError(f"could not delete {', '.join(failed)}; retrying", delay=5)
+        logger.info("capture %s/%s: removed %s", namespace, name, ", ".join(deleted) or "nothing")
+        with locks_guard:
+            locks.pop((namespace, name), None)
+
+    @kopf.on.event(  # type: ignore[arg-type]
+        "batch", "v1", "jobs", labels={LABEL_APP: APP_CAPTURE, LABEL_CAPTURE: kopf.PRESENT}, registry=registry
+    )
+    def job_event(body: kopf.Body, **_: Any) -> None:
+        capture_name = str(body.metadata.labels.get(LABEL_CAPTURE))
+        namespace = str(body.metadata.namespace)
+        with lock_for(namespace, capture_name):
+            try:
+                refresh_capture(client, namespace, capture_name)
+            except ApiError as exc:
+                log.warning("capture %s/%s: status refresh failed: %s", namespace, capture_name, exc)
+
+    if cfg.resync_interval > 0:
+
+        @kopf.timer(  # type: ignore[arg-type]
+            "retina.sh", "v1alpha1", "captures", interval=cfg.resync_interval, registry=registry,
+            when=lambda status, **_: not any(
+                c.get("type") == "complete" and c.get("status") == "True" for c in status.get("conditions") or []
+            ),
+        )
+        def capture_resync(name: str, namespace: str, **_: Any) -> None:
+            with lock_for(namespace, name):
+                refresh_capture(client, namespace, name)
+
+    # -- MetricsConfiguration / TracesConfiguration -------------------------------------------------
+
+    @kopf.on.event("retina.sh", "v1alpha1", "metricsconfigurations", registry=registry)  # type: ignore[arg-type]
+    def metrics_event(**_: Any) -> None:
+        with configs_lock:
+            reconcile_metrics_configurations(client)
+
+    @kopf.on.event("retina.sh", "v1alpha1", "tracesconfigurations", registry=registry)  # type: ignore[arg-type]
+    def traces_event(**_: Any) -> None:
+        with configs_lock:
+            reconcile_traces_configurations(client)
+
+    # -- RetinaEndpoint -----------------------------------------------------------------------------
+
+    if cfg.retina_endpoints:
+
+        @kopf.on.event("", "v1", "pods", registry=registry)  # type: ignore[arg-type]
+        def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+            pod = dict(body)
+            key = (str(body.metadata.namespace), f"pod/{body.metadata.name}")
+            with lock_for(*key):
+                try:
+                    sync_endpoint(client, event.get("type"), pod)
+                except ApiError as exc:
+                    log.warning("RetinaEndpoint %s/%s: %s", key[0], body.metadata.name, exc)
+
+    return registry
