@@ -115,12 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", help="the file to check; default: the embedded config")
     validate.set_defaults(func=cmd_validate)
 
+    reference = sub.add_parser("config-reference", help="print every component's settings as Markdown")
+    reference.set_defaults(func=_cmd_reference)
+
     demo = sub.add_parser("demo", help="run the agent here against generated traffic between sandbox pods")
     _demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
 
     _add_optional_commands(sub)
     return parser
+
+
+def _cmd_reference(_args: argparse.Namespace) -> int:
+    from retina_otel.configdoc import render_reference
+
+    print(render_reference(), end="")
+    return 0
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retina_otel.component import ComponentConfig, ComponentKind, Factory
+from retina_otel.endpoints import parse_endpoint
 from retina_otel.registry import available_types, get_factory
 
 __all__ = [
@@ -76,15 +77,22 @@ class HealthConfig(_Strict):
         False, description="when true, /readyz fails while any component has failed to start"
     )
 
+    @field_validator("endpoint")
+    @classmethod
+    def _valid_endpoint(cls, value: str) -> str:
+        if value:
+            parse_endpoint(value)
+        return value
+
 
 class LogsConfig(_Strict):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="the agent's log level")
+    format: Literal["text", "json"] = Field("text", description="log line format on stderr")
 
 
 class TelemetryConfig(_Strict):
-    health: HealthConfig = HealthConfig()
-    logs: LogsConfig = LogsConfig()
+    health: HealthConfig = Field(HealthConfig(), description="the health endpoint")
+    logs: LogsConfig = Field(LogsConfig(), description="the agent's own log")
     node_name: str = Field(
         "", description="this node's name; default: $NODE_NAME, else the host name (used as resource attribute)"
     )
@@ -92,14 +100,18 @@ class TelemetryConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    receivers: list[str] = Field(min_length=1)
-    processors: list[str] = Field(default_factory=list)
-    exporters: list[str] = Field(min_length=1)
+    receivers: list[str] = Field(min_length=1, description="receiver ids feeding this pipeline")
+    processors: list[str] = Field(default_factory=list, description="processor ids, applied in order")
+    exporters: list[str] = Field(min_length=1, description="exporter ids this pipeline feeds")
 
 
 class ServiceConfig(_Strict):
-    telemetry: TelemetryConfig = TelemetryConfig()
-    pipelines: dict[str, PipelineConfig] = Field(min_length=1)
+    telemetry: TelemetryConfig = Field(TelemetryConfig(), description="the agent's own endpoints and logs")
+    pipelines: dict[str, PipelineConfig] = Field(
+        min_length=1,
+        description="pipelines by name: `logs[/name]` carry flow records, `metrics[/name]` the metric store; "
+        "each has receivers, processors, exporters",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,5 +13,5 @@ def parse_endpoint(endpoint: str, *, field: str = "endpoint") -> tuple[str, int]
     else:
         host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{field}: {endpoint!r} is not host:port (e.g. 0.0.0.0:10093 or [::]:10093)")
+        raise ValueError(f"{endpoint!r} is not host:port (e.g. 0.0.0.0:10093 or [::]:10093)")
     return host or "0.0.0.0", int(port_text)

@@ -120,3 +120,11 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
 def test_embedded_default_config_is_valid() -> None:
     load_config(None, env={})
     load_config(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+
+
+def test_bad_endpoint_is_a_config_error() -> None:
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    raw["exporters"]["prometheus"]["endpoint"] = "localhost"
+    assert any(
+        p.startswith("exporters.prometheus.endpoint: Value error, 'localhost' is not host:port") for p in problems(raw)
+    )

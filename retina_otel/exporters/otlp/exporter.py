@@ -60,7 +60,8 @@ class OtlpConfig(ComponentConfig):
     timeout: float = Field(10.0, gt=0, description="seconds per export, retries included")
     interval: float = Field(10.0, gt=0, description="seconds between metric exports (Retina's metricsInterval)")
     signals: list[Literal["metrics", "logs"]] = Field(
-        default_factory=lambda: list[Literal["metrics", "logs"]](["metrics", "logs"]), description="what this exporter sends"
+        default_factory=lambda: list[Literal["metrics", "logs"]](["metrics", "logs"]),
+        description="what this exporter sends",
     )
     queue_size: int = Field(100_000, gt=0, description="flow records held while the endpoint is slow or down")
     batch_size: int = Field(2_000, gt=0, description="log records per export request")

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
 from retina_otel.endpoints import parse_endpoint
@@ -32,6 +32,12 @@ class PrometheusConfig(ComponentConfig):
     const_labels: dict[str, str] = Field(
         default_factory=dict, description="labels added to every series (e.g. cluster); none by default"
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _valid_endpoint(cls, value: str) -> str:
+        parse_endpoint(value)
+        return value
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
