@@ -30,8 +30,7 @@ class Grouping:
 
     def sums(self, values: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
         weights = values.astype(np.float64, copy=False)
-        out: npt.NDArray[np.float64] = np.bincount(self.inverse, weights=weights, minlength=self.size)
-        return out
+        return np.bincount(self.inverse, weights=weights, minlength=self.size).astype(np.float64, copy=False)
 
 
 def _factorize(key: IntArray) -> tuple[IntArray, int]:
