@@ -281,10 +281,14 @@ def test_agent_rbac_is_read_only(chart: Any) -> None:
     assert "retinaendpoints" not in {r for rule in role["rules"] for r in rule["resources"]}
 
 
+def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    return {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+
+
 def test_operator_rbac_least_privilege(chart: Any) -> None:
     docs = render(chart, {})
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
-    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = grants(role)
     assert ("", "secrets") not in granted  # secrets only through the namespaced Role
     assert ("apiextensions.k8s.io", "customresourcedefinitions") not in granted
     assert ("retina.sh", "retinaendpoints") not in granted  # local context: no RetinaEndpoints
@@ -295,7 +299,7 @@ def test_operator_rbac_least_privilege(chart: Any) -> None:
     assert ns_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]}]
     docs = render(chart, CASES["operator-installs-crds"])
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
-    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = grants(role)
     assert "create" in granted[("apiextensions.k8s.io", "customresourcedefinitions")]
     assert granted[("retina.sh", "retinaendpoints")] >= {"create", "update", "delete"}
 
@@ -329,12 +333,13 @@ def test_monitors_and_service(chart: Any) -> None:
 
 def test_service_monitor_without_service_fails(chart: Any) -> None:
     values = {"agent": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}
-    with pytest.raises(helm.HelmError, match="needs agent.service.enabled"):
+    with pytest.raises(helm.HelmError, match=r"needs agent\.service\.enabled"):
         chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
 
 
 def test_dashboards_configmaps(chart: Any) -> None:
-    cms = [d for d in by_kind(render(chart, CASES["dashboards"]), "ConfigMap") if "-dashboard-" in d["metadata"]["name"]]
+    docs = render(chart, CASES["dashboards"])
+    cms = [d for d in by_kind(docs, "ConfigMap") if "-dashboard-" in d["metadata"]["name"]]
     files = sorted(p.stem for p in (CHART / "dashboards").glob("*.json"))
     assert sorted(cm["metadata"]["name"].rsplit("-dashboard-", 1)[1] for cm in cms) == files
     for cm in cms:
