@@ -132,7 +132,7 @@ class TcpRetransReceiver:
         r["dst_ip"] = keys["daddr"]
         r["src_port"] = keys["sport"]
         r["dst_port"] = keys["dport"]
-        prefix = keys["saddr"].view(np.uint8).reshape(-1, 16)[:, :12]
+        prefix = np.ascontiguousarray(keys["saddr"]).view(np.uint8).reshape(-1, 16)[:, :12]
         r["ip_version"] = np.where((prefix == _V4_PREFIX).all(axis=1), 4, 6)
         r["proto"] = 6
         r["direction"] = Direction.EGRESS
