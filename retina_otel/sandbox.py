@@ -176,9 +176,19 @@ class Sandbox:
         for pod in self.pods:
             _run(["ip", "link", "del", pod.host_veth], check=False)
             _run(["ip", "netns", "del", pod.netns], check=False)
+        if _other_sandboxes_exist():
+            # Another sandbox (maybe another process) still routes through the host: turning forwarding
+            # off under it would break its traffic. So forwarding may stay on once all have closed.
+            return
         for key, value in self._saved_sysctls.items():
             with contextlib.suppress(OSError):
                 _sysctl_path(key).write_text(value)
+
+
+def _other_sandboxes_exist() -> bool:
+    """Whether namespaces of any (other, since ours are gone) sandbox are still present."""
+    listing = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    return any(line.split(" ", 1)[0].startswith(NETNS_PREFIX) for line in listing)
 
 
 def remove_stale() -> int:
