@@ -28,7 +28,9 @@ ENTRIES = [
 ]
 
 
-def metrics_configuration(name: str, state: str, options: list[dict[str, Any]], **namespaces: list[str]) -> dict[str, Any]:
+def metrics_configuration(
+    name: str, state: str, options: list[dict[str, Any]], **namespaces: list[str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "retina.sh/v1alpha1",
         "kind": "MetricsConfiguration",
@@ -85,7 +87,8 @@ def test_effective_configuration_picks_oldest_accepted() -> None:
 
 async def test_only_accepted_configuration_applies_and_changes_live(kmock: kmock.KubernetesEmulator) -> None:
     kmock.resources[RESOURCE] = kmock.ResourceInfo(kind="MetricsConfiguration", namespaced=False)
-    pending = metrics_configuration("retina", "Initialized", [{"metricName": "drop_count", "sourceLabels": ["podname"]}])
+    options = [{"metricName": "drop_count", "sourceLabels": ["podname"]}]
+    pending = metrics_configuration("retina", "Initialized", options)
     resp = await kmock.post(URL, json=pending)
     assert resp.status < 300, await resp.text()
 
