@@ -81,7 +81,7 @@ def _parse_port(text: str, entry: str) -> tuple[int, int]:
 
 
 def parse_endpoint(entry: str) -> EndpointFilter:
-    """Parse ``IP``, ``IP:port``, ``*:port``, ``IP:*``, ``[v6]:port``, ``[v6]`` or a bare IPv6 address."""
+    """Parse ``IP``, ``IP:port``, ``*:port``, ``IP:*``, ``port``, ``[v6]:port``, ``[v6]`` or bare IPv6."""
     text = entry.strip()
     if not text:
         raise FilterError("empty filter entry")
@@ -104,6 +104,8 @@ def parse_endpoint(entry: str) -> EndpointFilter:
         ip_text, port_text = text, "*"  # bare IPv6 address
     elif ":" in text:
         ip_text, port_text = text.split(":", 1)
+    elif _PORT_RE.match(text):
+        ip_text, port_text = "*", text  # a bare port, as Retina reads an entry without '.'
     else:
         ip_text, port_text = text, "*"
     if ip_text in ("*", "") and port_text in ("*", ""):

@@ -116,8 +116,7 @@ def copy_proc_tree(src: str, dest: Path, limits: MetadataLimits, stats: _CopySta
             try:
                 if path.is_symlink() or not path.is_file():
                     continue
-                with open(path, "rb") as fh:
-                    data = fh.read(limits.proc_file_bytes)
+                data = _read_bounded(path, limits.proc_file_bytes)
             except OSError as exc:
                 if len(stats.skipped) < 200:
                     stats.skipped.append(f"{rel_dir / name}: {exc.strerror or exc}")
@@ -128,6 +127,20 @@ def copy_proc_tree(src: str, dest: Path, limits: MetadataLimits, stats: _CopySta
             stats.files += 1
             stats.bytes += len(data)
     return _summary(src, stats)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """Read in small chunks: a large read() on a sysctl file fails with ENOMEM."""
+    chunks: list[bytes] = []
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        while size < limit:
+            chunk = fh.read(min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
 
 
 def _summary(src: str, stats: _CopyStats) -> dict[str, object]:

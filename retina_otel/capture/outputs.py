@@ -140,7 +140,7 @@ def _blob_put(url: str, tarball: Path, timeout: float) -> None:
             client.upload_blob(tarball.name, data, overwrite=True, max_concurrency=2)
     except ClientAuthenticationError as exc:
         raise OutputError(
-            f"Azure refused the SAS token for container {container!r} ({_az_code(exc)}): check the SAS URL's "
+            f"Azure refused the SAS URL for container {container!r} ({_az_code(exc)}): check the SAS URL's "
             "signature, expiry and permissions (it needs create and write)"
         ) from None
     except ResourceNotFoundError as exc:
@@ -148,7 +148,7 @@ def _blob_put(url: str, tarball: Path, timeout: float) -> None:
     except HttpResponseError as exc:
         if exc.status_code == 403:
             raise OutputError(
-                f"Azure refused the upload to container {container!r} ({_az_code(exc)}): check the SAS URL's "
+                f"Azure refused the SAS URL for container {container!r} ({_az_code(exc)}): check the SAS URL's "
                 "signature, expiry and permissions (it needs create and write)"
             ) from None
         raise OutputError(f"blob upload to container {container!r} failed ({_az_code(exc)})") from None
@@ -161,6 +161,7 @@ def _blob_put(url: str, tarball: Path, timeout: float) -> None:
 
 def _az_code(exc: Any) -> str:
     code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code)  # StorageErrorCode is an enum
     status = getattr(exc, "status_code", None)
     bits = [f"HTTP {status}" if status else "", str(code) if code else ""]
     return " ".join(b for b in bits if b) or type(exc).__name__

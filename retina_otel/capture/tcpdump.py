@@ -4,7 +4,8 @@ tcpdump takes one ``-i``, so several interfaces mean one tcpdump each (``<stem>-
 Each runs with ``-U`` (packet-buffered writes: the size check sees real sizes and nothing is lost
 in a buffer), ``-Z root`` (Debian's tcpdump drops to the ``tcpdump`` user after opening the first
 file, which breaks ``-C`` rotation into a root-owned directory and is meaningless in a container
-that runs as root anyway) and the expression after ``--`` so it can never be read as an option.
+that runs as root anyway), ``--immediate-mode`` (without it libpcap hands packets over in blocks
+up to a second late, and a stop could lose the last second) and the expression after ``--`` so it can never be read as an option.
 
 Size is enforced by polling the pcap files (all rotations, all interfaces): tcpdump has no "stop at
 N bytes" option (``-C`` with ``-W 1`` overwrites instead of stopping). ``fileCount`` splits the
@@ -76,7 +77,7 @@ class TcpdumpRun:
 
 
 def tcpdump_args(settings: TcpdumpSettings, interface: str, pcap: Path) -> list[str]:
-    args = [settings.tcpdump, "-i", interface, "-w", str(pcap), "-U", "-n", "-Z", "root"]
+    args = [settings.tcpdump, "-i", interface, "-w", str(pcap), "-U", "--immediate-mode", "-n", "-Z", "root"]
     if settings.packet_size:
         args += ["-s", str(settings.packet_size)]
     if settings.file_count and settings.file_count > 1 and settings.max_bytes:
