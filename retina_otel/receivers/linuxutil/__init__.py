@@ -13,9 +13,7 @@ from retina_otel.receivers.linuxutil.receiver import LinuxUtilReceiver
 __all__ = ["FACTORY", "LinuxUtilConfig", "LinuxUtilReceiver"]
 
 
-def _create(
-    settings: CreateSettings, config: LinuxUtilConfig, next_consumer: FlowConsumer | None
-) -> LinuxUtilReceiver:
+def _create(settings: CreateSettings, config: LinuxUtilConfig, next_consumer: FlowConsumer | None) -> LinuxUtilReceiver:
     return LinuxUtilReceiver(settings, config)
 
 

@@ -7,6 +7,7 @@ thread that ``setns``-ed into a pod reads that pod's tables).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import sys
 from collections import Counter
@@ -103,9 +104,7 @@ def decode_address(hex_addr: str) -> str:
     The kernel prints each 32-bit word of the address in host byte order. IPv4-mapped IPv6 addresses
     come back as plain IPv4.
     """
-    raw = b"".join(
-        int(hex_addr[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(hex_addr), 8)
-    )
+    raw = b"".join(int(hex_addr[i : i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(hex_addr), 8))
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw))
     addr = ipaddress.IPv6Address(raw)
@@ -121,10 +120,13 @@ class SocketSummary:
     udp_sockets: int = 0
 
 
-def _remote_counts_as_peer(address: str) -> bool:
-    """Unspecified (listeners) and loopback remotes say nothing about the node's peers; leave them out."""
+@functools.lru_cache(maxsize=65536)
+def _peer(hex_addr: str) -> str | None:
+    """The remote address in text form, or None for unspecified (listeners) and loopback remotes, which
+    say nothing about the node's peers. Cached: a node's sockets share few remote addresses."""
+    address = decode_address(hex_addr)
     ip = ipaddress.ip_address(address)
-    return not (ip.is_unspecified or ip.is_loopback)
+    return None if ip.is_unspecified or ip.is_loopback else address
 
 
 def parse_sockets(texts: Iterable[str]) -> tuple[Counter[str], Counter[str], int]:
@@ -140,11 +142,11 @@ def parse_sockets(texts: Iterable[str]) -> tuple[Counter[str], Counter[str], int
             rows += 1
             try:
                 state = int(f[3], 16)
-                remote = decode_address(f[2].split(":", 1)[0])
+                remote = _peer(f[2].partition(":")[0])
             except ValueError:
                 continue
             by_state[TCP_STATES.get(state, f"UNKNOWN_{state}")] += 1
-            if _remote_counts_as_peer(remote):
+            if remote is not None:
                 by_remote[remote] += 1
     return by_state, by_remote, rows
 

@@ -63,9 +63,7 @@ def _error_or_drop(name: str) -> bool:
 class LinuxUtilReceiver:
     """Reads node statistics from procfs and ethtool; no BPF, nothing attached."""
 
-    def __init__(
-        self, settings: CreateSettings, config: LinuxUtilConfig, *, proc_net: Path = PROC_NET
-    ) -> None:
+    def __init__(self, settings: CreateSettings, config: LinuxUtilConfig, *, proc_net: Path = PROC_NET) -> None:
         self.settings = settings
         self.config = config
         self.proc_net = proc_net
@@ -180,9 +178,7 @@ class LinuxUtilReceiver:
                     log.debug("linuxutil: ethtool %s: %s", name, exc)
                     continue
                 values = {
-                    k: v
-                    for k, v in raw.items()
-                    if _error_or_drop(k) and (v != 0 or self.config.include_zero_values)
+                    k: v for k, v in raw.items() if _error_or_drop(k) and (v != 0 or self.config.include_zero_values)
                 }
                 seen.add(name)
                 family.set_many(((name, k), float(v)) for k, v in values.items())
