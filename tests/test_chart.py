@@ -28,7 +28,6 @@ KUBE_VERSION = kubernetes_validate.latest_version()
 NON_CORE_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
-    ("kopf.dev/v1", "ClusterKopfPeering"),
 }
 
 OTLP_HEADERS = [
@@ -71,9 +70,9 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "dashboards": {"dashboards": {"enabled": True, "annotations": {"grafana_folder": "Network"}}},
     "privileged-legacy-kernel": {"agent": {"privileged": True, "hostPID": True}},
-    "no-peering-no-rbac-sa": {
+    "no-rbac-existing-service-accounts": {
         "rbac": {"create": False},
-        "operator": {"peering": {"enabled": False}, "serviceAccount": {"create": False, "name": "ops"}},
+        "operator": {"serviceAccount": {"create": False, "name": "ops"}},
         "agent": {"serviceAccount": {"create": False, "name": "agents"}},
     },
     "receivers-off": {
@@ -85,6 +84,7 @@ CASES: dict[str, dict[str, Any]] = {
         }
     },
     "operator-installs-crds": {"operator": {"installCRDs": True, "retinaEndpoints": True}},
+    "operator-capture-namespaces": {"operator": {"captureNamespaces": ["default", "shop"], "jobNumLimit": 5}},
     "digest-and-pull-secrets": {
         "image": {"digest": "sha256:" + "0" * 64},
         "imagePullSecrets": ["regcred"],
@@ -289,33 +289,61 @@ def test_operator_rbac_least_privilege(chart: Any) -> None:
     docs = render(chart, {})
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
     granted = grants(role)
-    assert ("", "secrets") not in granted  # secrets only through the namespaced Role
     assert ("apiextensions.k8s.io", "customresourcedefinitions") not in granted
     assert ("retina.sh", "retinaendpoints") not in granted  # local context: no RetinaEndpoints
     assert granted[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
+    assert granted[("", "secrets")] == {"get", "list", "delete"}  # never create, update or watch
     assert "delete" not in granted[("retina.sh", "captures")]
-    (ns_role,) = by_kind(docs, "Role")
-    assert ns_role["metadata"]["namespace"] == NAMESPACE
-    assert ns_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]}]
+    assert not by_kind(docs, "Role")
     docs = render(chart, CASES["operator-installs-crds"])
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
     granted = grants(role)
     assert "create" in granted[("apiextensions.k8s.io", "customresourcedefinitions")]
     assert granted[("retina.sh", "retinaendpoints")] >= {"create", "update", "delete"}
+    # With capture namespaces listed, Secrets are reachable only through Roles there.
+    docs = render(chart, CASES["operator-capture-namespaces"])
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
+    assert ("", "secrets") not in grants(role)
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["default", "shop"]
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "delete"]}]
+               for r in roles)
 
 
 def test_operator_deployment(chart: Any) -> None:
-    docs = render(chart, {})
+    docs = render(chart, CASES["operator-capture-namespaces"])
     (dep,) = by_kind(docs, "Deployment")
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = dep["spec"]["template"]["spec"]["containers"]
-    assert container["args"][0] == "operator"
+    assert container["args"] == ["operator"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    (peering,) = by_kind(docs, "ClusterKopfPeering")
-    assert env["RETINA_OTEL_PEERING"] == peering["metadata"]["name"]
+    assert env["RETINA_CAPTURE_IMAGE"] == container["image"]
+    assert env["RETINA_CAPTURE_JOB_NUM_LIMIT"] == "5"
+    assert env["RETINA_INSTALL_CRDS"] == "false" and env["RETINA_ENDPOINTS"] == "false"
+    assert env["RETINA_OPERATOR_LIVENESS"] == "http://0.0.0.0:8080/healthz"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert not by_kind(render(chart, CASES["operator-off"]), "Deployment")
+
+
+def test_operator_env_matches_its_flags() -> None:
+    """The env names the chart sets are the defaults `retina-otel operator` reads."""
+    run = pytest.importorskip("retina_otel.controller.run")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    env = {"RETINA_CAPTURE_IMAGE": "img:1", "RETINA_CAPTURE_JOB_NUM_LIMIT": "5", "RETINA_ENDPOINTS": "true",
+           "RETINA_INSTALL_CRDS": "true", "RETINA_OPERATOR_LIVENESS": "http://0.0.0.0:8080/healthz",
+           "RETINA_CAPTURE_HOST_PATH_BASE": "/var/log/x"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        run.add_operator_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.capture_image, args.job_num_limit, args.retina_endpoints, args.install_crds) == ("img:1", 5, True, True)
+    assert args.liveness_endpoint == env["RETINA_OPERATOR_LIVENESS"]
+    assert args.host_path_base == "/var/log/x"
 
 
 def test_monitors_and_service(chart: Any) -> None:
@@ -361,6 +389,7 @@ BAD_VALUES = [
     ({"agent": {"receivers": {"packetparser": {"enable": True}}}}, r"/agent/receivers/packetparser"),
     ({"agent": {"unknown": 1}}, r"additional properties 'unknown' not allowed"),
     ({"operator": {"replicas": 3}}, r"/operator/replicas.*maximum"),
+    ({"operator": {"captureNamespaces": ["Bad_NS"]}}, r"/operator/captureNamespaces/0"),
     ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
 ]
 

@@ -28,14 +28,14 @@ rendered ConfigMap for every values case.
 
 {{- $processors := dict -}}
 {{- $flowProcessors := list -}}
-{{- if $flowReceivers -}}
-{{- if and $a.podLevel $a.processors.k8sattributes.enabled -}}
-{{- $k8s := dict "source" "kubernetes" "enable_annotations" $a.enableAnnotations "remote_context" $a.remoteContext -}}
+{{- if and $flowReceivers $a.podLevel -}}
+{{- if $a.processors.k8sattributes.enabled -}}
+{{- $k8s := dict "source" "kubernetes" "enable_annotations" $a.enableAnnotations "remote_context" $a.remoteContext "use_retina_endpoints" $a.remoteContext -}}
 {{- $_ := set $processors "k8sattributes" (merge (deepCopy ($a.processors.k8sattributes.config | default dict)) $k8s) -}}
 {{- $flowProcessors = append $flowProcessors "k8sattributes" -}}
 {{- end -}}
 {{- if $a.processors.flowmetrics.enabled -}}
-{{- $fm := dict "pod_level" $a.podLevel "context" (ternary "remote" "local" $a.remoteContext) -}}
+{{- $fm := dict "pod_level" true "remote_context" $a.remoteContext "enable_annotations" $a.enableAnnotations "metrics_configuration" (dict "enabled" true) -}}
 {{- $_ := set $processors "flowmetrics" (merge (deepCopy ($a.processors.flowmetrics.config | default dict)) $fm) -}}
 {{- $flowProcessors = append $flowProcessors "flowmetrics" -}}
 {{- end -}}

@@ -62,10 +62,6 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{- define "retina-otel.peeringName" -}}
-{{- default (include "retina-otel.fullname" .) .Values.operator.peering.name -}}
-{{- end -}}
-
 {{/* Whether the operator maintains RetinaEndpoints: explicit value, else follows remote context. */}}
 {{- define "retina-otel.operator.retinaEndpoints" -}}
 {{- if kindIs "bool" .Values.operator.retinaEndpoints -}}
