@@ -25,12 +25,13 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
         "dropreason": "retina_otel.receivers.dropreason:FACTORY",
         "tcpretrans": "retina_otel.receivers.tcpretrans:FACTORY",
         "dns": "retina_otel.receivers.dns:FACTORY",
+        "tcplatency": "retina_otel.receivers.tcplatency:FACTORY",
         "synthetic": "retina_otel.receivers.synthetic:FACTORY",
     },
     "processor": {
         "k8sattributes": "retina_otel.processors.k8sattributes:FACTORY",
         "flowmetrics": "retina_otel.processors.flowmetrics:FACTORY",
-        "apiserverlatency": "retina_otel.processors.apiserverlatency:FACTORY",
+        "tcplatency": "retina_otel.processors.tcplatency:FACTORY",
     },
     "exporter": {
         "prometheus": "retina_otel.exporters.prometheus:FACTORY",

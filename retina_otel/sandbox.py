@@ -148,6 +148,8 @@ class Sandbox:
         _run(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
         _run(["ip", "link", "set", host_veth, "address", HOST_MAC])
         _run(["sysctl", "-qw", f"net.ipv4.conf.{host_veth}.proxy_arp=1"])
+        # Proxy ARP answers after a random delay of up to 0.8 s by default: none here.
+        _run(["sysctl", "-qw", f"net.ipv4.neigh.{host_veth}.proxy_delay=0"])
         _run(["sysctl", "-qw", f"net.ipv6.conf.{host_veth}.accept_dad=0"])
         _run(["ip", "link", "set", host_veth, "up"])
         _run(["ip", "route", "add", f"{ipv4}/32", "dev", host_veth])

@@ -118,6 +118,10 @@ class Agent:
             state.pipelines.append(pipeline)
             return state.component
         component = entry.factory.create(CreateSettings(entry.id, entry.kind), entry.config, next_consumer)
+        provided = getattr(component, "extensions", None)
+        if callable(provided):  # shared services a component offers the others (tcp_latency, ip_filter, ...)
+            for name, service in provided().items():
+                self.register_extension(name, service)
         self._states[key] = ComponentState(entry.id, entry.kind, component, pipelines=[pipeline])
         self._order.append(key)
         return component

@@ -1,0 +1,226 @@
+"""The tcplatency receiver: handshake latency and smoothed RTT of every TCP flow, from tracepoints.
+
+``sock:inet_sock_set_state`` times each active open (SYN sent -> ESTABLISHED) and sees attempts that
+never got a SYN/ACK (SYN sent -> CLOSE); ``tcp:tcp_probe`` gives the kernel's smoothed RTT on every
+received segment. The kernel keeps one LRU entry per flow (local address first) and, for the API
+server's addresses, whole-millisecond histograms, which become Retina's
+``adv_node_apiserver_latency`` / ``adv_node_apiserver_tcp_handshake_latency`` (buckets 0 to 4.5 ms by
+0.5, as Retina) and ``adv_node_apiserver_no_response``.
+
+Differences from Retina, on purpose: Retina matches TCP timestamp options of single packets seen by
+packetparser on the host interface; here the latency is the kernel's own RTT estimate (srtt) sampled on
+every received segment of the node's API-server connections, which needs no per-packet events and
+works for IPv6 and without TCP timestamps. "No response" counts connection attempts without a
+SYN/ACK instead of packets unanswered within 500 ms.
+
+The per-flow table is offered to the ``tcplatency`` processor as the ``tcp_latency`` extension, which
+puts ``srtt_us`` and ``handshake_us`` on packetparser's flow records.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retina_otel.bpf import load_bpf
+from retina_otel.component import CreateSettings, Host
+from retina_otel.flows import ip_to_bytes
+from retina_otel.metrics.store import Family
+from retina_otel.receivers.tcplatency.config import TcpLatencyConfig
+
+__all__ = ["APISERVER_BUCKETS_MS", "FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "LatencyTable", "TcpLatencyReceiver"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("tcplatency.bpf.c")
+HIST_SLOTS = 64
+APISERVER_BUCKETS_MS = tuple(i * 0.5 for i in range(10))  # Retina: linear, start 0, width 0.5, count 10
+
+FLOW_KEY_DTYPE = np.dtype([("saddr", "V16"), ("daddr", "V16"), ("sport", "<u2"), ("dport", "<u2"), ("pad", "<u4")])
+FLOW_VALUE_DTYPE = np.dtype(
+    [
+        ("first_ns", "<u8"),
+        ("last_ns", "<u8"),
+        ("srtt_us", "<u4"),
+        ("min_srtt_us", "<u4"),
+        ("samples", "<u4"),
+        ("handshake_us", "<u4"),
+    ]
+)
+
+
+class LatencyTable:
+    """A snapshot of the per-flow table: ``lookup(src, dst, sport, dport)`` -> (srtt_us, handshake_us).
+
+    Keys are from the local socket's point of view; :meth:`lookup` tries both orientations, so a row
+    seen in either direction finds its flow.
+    """
+
+    def __init__(self, keys: npt.NDArray[Any], values: npt.NDArray[Any]) -> None:
+        self._index: dict[bytes, tuple[int, int]] = {}
+        if len(keys):
+            raw = keys.view(np.uint8).reshape(len(keys), -1)[:, :36].copy()
+            srtt = values["srtt_us"].tolist()
+            handshake = values["handshake_us"].tolist()
+            for i, row in enumerate(raw):
+                self._index[row.tobytes()] = (srtt[i], handshake[i])
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @staticmethod
+    def key(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+        return src + dst + int(sport).to_bytes(2, "little") + int(dport).to_bytes(2, "little")
+
+    def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None:
+        """RTT of the socket in this orientation (else the other); the handshake of whichever end
+        opened the connection (both ends are here when both are pods of this node)."""
+        forward = self._index.get(self.key(src, dst, sport, dport))
+        reverse = self._index.get(self.key(dst, src, dport, sport))
+        if forward is None:
+            return reverse
+        if reverse is None:
+            return forward
+        return forward[0] or reverse[0], max(forward[1], reverse[1])
+
+
+class TcpLatencyReceiver:
+    def __init__(self, settings: CreateSettings, config: TcpLatencyConfig) -> None:
+        self.id = settings.id
+        self.config = config
+        self._bpf: Any = None
+        self._host: Host | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._table = LatencyTable(np.zeros(0, FLOW_KEY_DTYPE), np.zeros(0, FLOW_VALUE_DTYPE))
+        self._prev_latency = np.zeros(HIST_SLOTS, dtype=np.int64)
+        self._prev_handshake = np.zeros(HIST_SLOTS, dtype=np.int64)
+        self._prev_counters = np.zeros(2, dtype=np.int64)
+        self._latency: Family | None = None
+        self._handshake: Family | None = None
+        self._no_response: Family | None = None
+
+    # -- the extension other components use ---------------------------------------------------------
+    def table(self) -> LatencyTable:
+        with self._lock:
+            return self._table
+
+    def extensions(self) -> dict[str, object]:
+        return {"tcp_latency": self}
+
+    def apiserver_ips(self) -> list[str]:
+        ips = list(self.config.apiserver_ips)
+        host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+        if self.config.use_kubernetes_service_host and host:
+            try:
+                ipaddress.ip_address(host)
+                ips.append(host)
+            except ValueError:
+                log.warning("KUBERNETES_SERVICE_HOST=%r is not an IP address; ignored", host)
+        return sorted(set(ips))
+
+    def set_apiserver_ips(self, ips: list[str]) -> None:
+        """Replace the API server's addresses in the kernel (e.g. from the k8s cache)."""
+        if self._bpf is None:
+            return
+        table = self._bpf["apiserver_ips"]
+        table.clear()
+        one = ct.c_ubyte(1)
+        for ip in ips:
+            key = table.Key()
+            ct.memmove(ct.byref(key), ip_to_bytes(ip), 16)
+            table[key] = one
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self, host: Host) -> None:
+        if self._bpf is not None:
+            return
+        self._host = host
+        self._bpf = load_bpf(SOURCE, [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}"])
+        self.set_apiserver_ips(self.apiserver_ips())
+        if self.config.apiserver_metrics:
+            store = host.metrics
+            self._latency = store.histogram(
+                "networkobservability_adv_node_apiserver_latency",
+                "Latency of node apiserver in ms",
+                (),
+                APISERVER_BUCKETS_MS,
+                unit="ms",
+            )
+            self._handshake = store.histogram(
+                "networkobservability_adv_node_apiserver_tcp_handshake_latency",
+                "Latency of node apiserver tcp handshake in ms",
+                (),
+                APISERVER_BUCKETS_MS,
+                unit="ms",
+            )
+            self._no_response = store.counter(
+                "networkobservability_adv_node_apiserver_no_response",
+                "Number of connection attempts to the node apiserver that got no response",
+                ("no_response",),
+            )
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=self.id, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.interval):
+            try:
+                self.poll()
+            except Exception:
+                log.exception("%s: reading the kernel tables failed", self.id)
+
+    def _array(self, name: str, size: int) -> npt.NDArray[np.int64]:
+        table = self._bpf[name]
+        return np.array([table[ct.c_int(i)].value for i in range(size)], dtype=np.int64)
+
+    def poll(self) -> None:
+        """Read the kernel tables now: refresh the flow snapshot and publish the histogram deltas."""
+        from retina_otel.bpf.mapdrain import drain
+
+        assert self._bpf is not None and self._host is not None
+        keys, values = drain(self._bpf["flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE, delete=False)
+        table = LatencyTable(keys, values)
+        with self._lock:
+            self._table = table
+        latency = self._array("api_latency_hist", HIST_SLOTS)
+        handshake = self._array("api_handshake_hist", HIST_SLOTS)
+        counters = self._array("counters", 2)
+        self._publish(self._latency, latency - self._prev_latency)
+        self._publish(self._handshake, handshake - self._prev_handshake)
+        new_counters = counters - self._prev_counters
+        if self._no_response is not None and new_counters[0]:
+            self._no_response.add(("no_response",), float(new_counters[0]))
+        if new_counters[1]:
+            self._host.count_lost("tcplatency", "flow_map_update_failed", int(new_counters[1]))
+        self._prev_latency, self._prev_handshake, self._prev_counters = latency, handshake, counters
+
+    @staticmethod
+    def _publish(family: Family | None, delta: npt.NDArray[np.int64]) -> None:
+        """Whole-millisecond slot counts -> observations (slot i is i ms; the last slot is a floor)."""
+        if family is None or not delta.any():
+            return
+        values = np.repeat(np.arange(len(delta), dtype=np.float64), delta)
+        family.observe_many((), values)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._bpf is not None:
+            try:
+                self.poll()
+            except Exception:
+                log.debug("final poll failed", exc_info=True)
+            self._bpf.cleanup()
+            self._bpf = None

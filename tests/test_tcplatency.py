@@ -1,0 +1,140 @@
+"""tcplatency: handshake latency, smoothed RTT and API-server metrics from real connections."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from retina_otel.component import CreateSettings
+from retina_otel.flows import FlowBatch, ip_to_bytes
+from retina_otel.metrics.store import HistogramValue
+from retina_otel.processors.tcplatency import annotate
+from retina_otel.receivers.tcplatency import FACTORY, TcpLatencyReceiver
+from retina_otel.sandbox import Pod, Sandbox
+from retina_otel.testing import TestHost
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[TcpLatencyReceiver, TestHost]]:
+    r = FACTORY.create(
+        CreateSettings("tcplatency", "receiver"),
+        FACTORY.config_model(interval=3600, use_kubernetes_service_host=False),
+        None,
+    )
+    assert isinstance(r, TcpLatencyReceiver)
+    host = TestHost()
+    r.start(host)
+    try:
+        yield r, host
+    finally:
+        r.shutdown()
+        r.shutdown()  # idempotent
+
+
+def _serve(server: Pod, port: int, count: int) -> tuple[threading.Thread, socket.socket]:
+    with server.entered():
+        listener = socket.socket()
+    listener.bind((server.ipv4, port))
+    listener.listen(64)
+
+    def loop() -> None:
+        for _ in range(count):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"ok")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread, listener
+
+
+def test_handshakes_and_latency_to_the_apiserver(
+    sandbox: Sandbox, receiver: tuple[TcpLatencyReceiver, TestHost]
+) -> None:
+    r, host = receiver
+    client, apiserver = sandbox.add_pod("client"), sandbox.add_pod("apiserver")
+    r.set_apiserver_ips([apiserver.ipv4])
+    n = 7
+    thread, listener = _serve(apiserver, 6443, n)
+    connect_times = []
+    ports = []
+    for _ in range(n):
+        with client.entered():
+            started = time.perf_counter()
+            conn = socket.create_connection((apiserver.ipv4, 6443), timeout=5)
+            connect_times.append(time.perf_counter() - started)
+        ports.append(conn.getsockname()[1])
+        with conn:
+            conn.sendall(b"GET /healthz")
+            conn.recv(10)
+    thread.join(timeout=10)
+    listener.close()
+    # An attempt the API server never answers with SYN/ACK (nothing listens: RST).
+    with client.entered(), pytest.raises(ConnectionRefusedError):
+        socket.create_connection((apiserver.ipv4, 6444), timeout=2)
+    r.poll()
+
+    handshake = host.metrics.get("networkobservability_adv_node_apiserver_tcp_handshake_latency")
+    assert handshake is not None
+    value = handshake.value(())
+    assert isinstance(value, HistogramValue)
+    assert value.count == n
+    # Whole milliseconds, never more than the connect() time the test measured.
+    assert value.maximum <= round(max(connect_times) * 1000) + 1
+    latency = host.metrics.get("networkobservability_adv_node_apiserver_latency")
+    assert latency is not None
+    lat = latency.value(())
+    assert isinstance(lat, HistogramValue) and lat.count >= n  # at least the reply segment of each request
+    no_response = host.metrics.get("networkobservability_adv_node_apiserver_no_response")
+    assert no_response is not None and no_response.value(("no_response",)) == 1
+
+    # Every flow has its handshake and RTT in the table, found from either direction.
+    table = r.table()
+    src, dst = ip_to_bytes(client.ipv4), ip_to_bytes(apiserver.ipv4)
+    for port, elapsed in zip(ports, connect_times, strict=True):
+        found = table.lookup(src, dst, port, 6443)
+        assert found is not None
+        srtt_us, handshake_us = found
+        assert 0 < handshake_us <= elapsed * 1e6 + 1000
+        assert srtt_us > 0
+        reverse = table.lookup(dst, src, 6443, port)  # the server's socket: its own RTT, the client's handshake
+        assert reverse is not None and reverse[0] > 0 and reverse[1] == handshake_us
+
+    # The processor puts them on flow records of those flows.
+    batch = FlowBatch.empty(2)
+    batch.records["proto"] = 6
+    batch.records["src_ip"] = [src, dst]
+    batch.records["dst_ip"] = [dst, src]
+    batch.records["src_port"] = [ports[0], 6443]
+    batch.records["dst_port"] = [6443, ports[0]]
+    assert annotate(batch, table) == 2
+    assert (batch.records["srtt_us"] > 0).all()
+    assert (batch.records["handshake_us"] == table.lookup(src, dst, ports[0], 6443)[1]).all()  # type: ignore[index]
+
+
+def test_other_destinations_do_not_count_as_apiserver(
+    sandbox: Sandbox, receiver: tuple[TcpLatencyReceiver, TestHost]
+) -> None:
+    r, host = receiver
+    client, other = sandbox.add_pod("client"), sandbox.add_pod("other")
+    r.set_apiserver_ips(["198.19.255.254"])
+    thread, listener = _serve(other, 8080, 3)
+    for _ in range(3):
+        with client.entered():
+            conn = socket.create_connection((other.ipv4, 8080), timeout=5)
+        with conn:
+            conn.sendall(b"x")
+            conn.recv(10)
+    thread.join(timeout=10)
+    listener.close()
+    r.poll()
+    handshake = host.metrics.get("networkobservability_adv_node_apiserver_tcp_handshake_latency")
+    assert handshake is not None and handshake.value(()) is None
+    assert len(r.table()) >= 3
