@@ -293,7 +293,7 @@ def test_namespace_filter_and_hook() -> None:
     )
     host = TestHost()
     proc.start(host)
-    assert calls == [{"include": None, "exclude": ["ns2"]}]
+    assert calls == [{"include": [], "exclude": ["ns2"]}]
     batch = make(1)
     row(batch, 0, 0, 1, packets=1)
     proc.consume_flows(batch)

@@ -122,7 +122,7 @@ async def test_only_accepted_configuration_applies_and_changes_live(kmock: kmock
         await eventually(lambda: proc.plan.source == "metricsconfiguration/retina")
         assert host.metrics.get(P + "adv_forward_count") is None
         assert series(host, "adv_drop_count") == {}
-        assert hook_calls[-1] == {"include": ["ns1"], "exclude": None}
+        assert hook_calls[-1] == {"include": ["ns1"], "exclude": []}
 
         # An Errored second configuration is ignored.
         errored = metrics_configuration("other", "Errored", [{"metricName": "forward_bytes"}])

@@ -267,10 +267,11 @@ class _DnsKeys:
         resp_ids: dict[LabelValues, int] = {}
         lat_ids: dict[LabelValues, int] = {}
         extras = batch.dns
-        is_resp = cols.col("dns_is_response")[rows].tolist()
-        qtypes = cols.col("dns_qtype")[rows].tolist()
-        rcodes = cols.col("dns_rcode")[rows].tolist()
-        counts = cols.col("dns_answer_count")[rows].tolist()
+        rec = cols.rec
+        is_resp = rec["dns_is_response"][rows].tolist()
+        qtypes = rec["dns_qtype"][rows].tolist()
+        rcodes = rec["dns_rcode"][rows].tolist()
+        counts = rec["dns_answer_count"][rows].tolist()
         for i, row in enumerate(rows.tolist()):
             extra: Mapping[str, Any] | None = extras[row] if extras is not None and row < len(extras) else None
             qtype = str(extra.get("query_type") or "") if extra else ""
@@ -504,11 +505,10 @@ class Aggregator:
             parts.extend(ctx.parts)
         grouping = group_rows(flat.n, parts)
         labels = self._labels(grouping, contexts, None, None, None)
-        flags = cols.col("tcp_flags")
-        flat_rows = flat.rows()
+        flags = cols.rec["tcp_flags"][flat.rows()]  # gather only these rows: the column is wide
         series = result.counters.setdefault(mp.name, {})
         for f, name in enumerate(_FLAG_NAMES):
-            column = flags[flat_rows, f]
+            column = flags[:, f]
             if not column.any():
                 continue
             sums = grouping.sums(column)
@@ -526,7 +526,7 @@ class Aggregator:
         metrics: Sequence[AdvMetric],
     ) -> None:
         keys = _DnsKeys(batch, cols, rows)
-        is_resp = cols.col("dns_is_response")[rows] != 0
+        is_resp = cols.rec["dns_is_response"][rows] != 0
         request_rows = rows[~is_resp]
         response_rows = rows[is_resp]
         for metric in metrics:
@@ -536,7 +536,7 @@ class Aggregator:
             elif metric is AdvMetric.DNS_RESPONSE:
                 chosen, key_col, key_labels = response_rows, keys.response, keys.response_labels
             else:
-                latency = cols.col("dns_latency_us")[response_rows]
+                latency = cols.rec["dns_latency_us"][response_rows]
                 chosen, key_col, key_labels = response_rows[latency > 0], keys.latency, keys.latency_labels
             flat = _Flat(cols, self._context_segments(cols, plan, [_Segment(chosen)], mp.remote, dns=True))
             if flat.n == 0:
@@ -551,7 +551,7 @@ class Aggregator:
             base = [key_labels[k] for k in key_codes[grouping.rep].tolist()]
             labels = self._labels(grouping, contexts, None, None, None, base=base)
             if metric is AdvMetric.DNS_LATENCY:
-                values_ms = cols.col("dns_latency_us")[flat_rows].astype(np.float64) / 1000.0
+                values_ms = cols.rec["dns_latency_us"][flat_rows].astype(np.float64) / 1000.0
                 order = np.argsort(grouping.inverse, kind="stable")
                 bounds = np.searchsorted(grouping.inverse[order], np.arange(grouping.size + 1))
                 hist = result.histograms.setdefault(mp.name, [])

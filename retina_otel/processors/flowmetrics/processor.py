@@ -37,7 +37,8 @@ __all__ = ["FlowMetricsProcessor", "NamespaceFilterHook"]
 log = logging.getLogger(__name__)
 
 NamespaceFilterHook = Callable[..., None]
-"""Called as ``hook(include=[...] | None, exclude=[...] | None)`` when the namespace filter changes."""
+"""Called as ``hook(include=[...], exclude=[...])`` (an empty list: no such filter) when the namespace
+filter changes; k8sattributes' ``set_namespace_filter`` has this signature."""
 
 _NODE_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "networkobservability_forward_count": ("Total forwarded packets", ("direction",)),
@@ -312,8 +313,8 @@ class FlowMetricsProcessor:
         hook = self._namespace_filter
         if hook is None:
             return
-        include = sorted(plan.include_namespaces) if plan.include_namespaces is not None else None
-        exclude = sorted(plan.exclude_namespaces) if plan.exclude_namespaces else None
+        include = sorted(plan.include_namespaces or ())
+        exclude = sorted(plan.exclude_namespaces)
         try:
             hook(include=include, exclude=exclude)
         except Exception:
