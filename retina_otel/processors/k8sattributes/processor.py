@@ -206,6 +206,7 @@ class K8sAttributesProcessor:
         self._label_keys = tuple(config.pod_labels)
         self._table: LookupTable | None = None
         self._table_gen = -1
+        self._table_built = 0.0
         self._meta_gen = -1
         self._entry_cache: dict[int, tuple[object, Mapping[str, Any]]] = {}
         self._table_lock = threading.Lock()
@@ -339,19 +340,26 @@ class K8sAttributesProcessor:
         self._entry_cache[id(obj)] = (obj, frozen)
         return frozen
 
-    def lookup_table(self) -> LookupTable:
-        """The table of the cache's current generation (rebuilt only when the cache changed)."""
+    MIN_REBUILD_INTERVAL = 0.5
+    """Seconds between full table rebuilds under churn; rows that miss in between are resolved one
+    unique address at a time against the live cache (see :meth:`enrich`)."""
+
+    def lookup_table(self, force: bool = False) -> LookupTable:
+        """The table of the cache's current generation (rebuilt when the cache changed, at most every
+        :attr:`MIN_REBUILD_INTERVAL` seconds unless ``force``)."""
         cache = self.cache
         if cache is None:
             raise RuntimeError("k8sattributes is not started")
         with self._table_lock:
             generation = cache.generation
-            if self._table is None or generation != self._table_gen:
+            fresh_enough = time.monotonic() - self._table_built < self.MIN_REBUILD_INTERVAL and not force
+            if self._table is None or (generation != self._table_gen and not fresh_enough):
                 if cache.meta_generation != self._meta_gen or len(self._entry_cache) > 4 * len(cache.pods()) + 10_000:
                     self._entry_cache.clear()
                     self._meta_gen = cache.meta_generation
                 self._table = LookupTable(self._entry, cache)
                 self._table_gen = generation
+                self._table_built = time.monotonic()
                 self.table_builds += 1
             return self._table
 
@@ -379,7 +387,35 @@ class K8sAttributesProcessor:
             t = np.where(start > 0, start, end)
             t = np.where(t > 0, t, np.int64(time.time_ns()))
             times = np.concatenate((t, t))
-        codes = table.resolve(np.concatenate((records["src_ip"], records["dst_ip"])), times)
+        addresses = np.concatenate((records["src_ip"], records["dst_ip"]))
+        codes = table.resolve(addresses, times)
+        endpoints = table.table
+        if self.cache is not None and self._table_gen != self.cache.generation:
+            endpoints = self._resolve_missed(addresses, codes, table)
         records["src_endpoint"] = codes[:n]
         records["dst_endpoint"] = codes[n:]
-        batch.endpoints = table.table
+        batch.endpoints = endpoints
+
+    def _resolve_missed(
+        self, addresses: npt.NDArray[np.void], codes: npt.NDArray[np.int32], table: LookupTable
+    ) -> EndpointTable:
+        """The table is older than the cache (rebuilds are rate-limited): look the addresses the table
+        does not know up in the live cache, once per unique address, and append their entries."""
+        cache = self.cache
+        assert cache is not None
+        missed = np.nonzero(codes == -1)[0]
+        if missed.size == 0:
+            return table.table
+        unique, inverse = np.unique(addresses[missed], return_inverse=True)
+        extra: list[Mapping[str, Any]] = []
+        found = np.full(unique.shape[0], -1, dtype=np.int32)
+        base = len(table.entries)
+        for i, raw in enumerate(unique.tolist()):
+            obj = cache.lookup(bytes(raw))
+            if obj is not None:
+                found[i] = base + len(extra)
+                extra.append(self._entry(obj))
+        if not extra:
+            return table.table
+        codes[missed] = found[inverse.reshape(-1)]
+        return EndpointTable(entries=(*table.table.entries, *extra))
