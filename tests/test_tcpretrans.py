@@ -129,6 +129,9 @@ def test_retransmissions_equal_the_kernel_counter(
         "table inet rotel_loss {\n chain input {\n  type filter hook input priority 0\n"
         f"  tcp dport {PORT} numgen random mod 10 < 2 drop\n }}\n}}\n",
     )
+    # Neighbour discovery of fresh veths can fail the first packets (EHOSTUNREACH): warm the paths first.
+    for address in (b.ipv4, b.ipv6):
+        assert wait_for(lambda addr=address: a.run(["ping", "-c1", "-W1", addr], check=False).returncode == 0)
     before = retrans_segs(a)
     _transfer(a, b, b.ipv4)
     _transfer(a, b, b.ipv6)
