@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import kmock
+from kmock._internal import parsing as _kmock_parsing
 
 from retina_otel.crds import CRDS
 
@@ -30,6 +31,27 @@ _CORE: list[tuple[str, str, bool, set[str]]] = [
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, {"status"}),
     ("events.k8s.io/v1/events", "Event", True, set()),
 ]
+
+
+def _install_namespaces_fix() -> None:
+    """kmock 0.8 parses ``/api/v1/namespaces[/NAME]`` as a namespace prefix with no resource and fails
+    with a 500; route those paths to the cluster-scoped ``namespaces`` resource instead."""
+    original = _kmock_parsing.parse_path
+    if getattr(original, "_retina_fixed", False):
+        return
+
+    def parse_path(path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and (
+            len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+        ):
+            return _kmock_parsing.ParsedPath(
+                "", "v1", "namespaces", None, parts[3] if len(parts) > 3 else None, parts[4] if len(parts) > 4 else None
+            )
+        return original(path)
+
+    parse_path._retina_fixed = True  # type: ignore[attr-defined]
+    _kmock_parsing.parse_path = parse_path
 
 
 class EmulatorThread:
@@ -52,6 +74,7 @@ class EmulatorThread:
         self.stop()
 
     def start(self) -> None:
+        _install_namespaces_fix()
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the Kubernetes emulator did not start within 10 s")

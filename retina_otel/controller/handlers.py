@@ -91,6 +91,13 @@ def _has_final_failure(status: Obj) -> bool:
     )
 
 
+def _running(status: Any) -> bool:
+    """Jobs were started and have not all finished: worth a periodic resync."""
+    conditions = status.get("conditions") or []
+    done = any(c.get("type") == "complete" and c.get("reason") != Reason.JOBS_IN_PROGRESS for c in conditions)
+    return bool(status.get("startTime")) and not done
+
+
 def refresh_capture(client: KubeClient, namespace: str, name: str) -> Obj | None:
     """Recompute a Capture's status from its Jobs and write it if it changed."""
     capture = client.get_or_none(kube.CAPTURES, name, namespace)
@@ -192,9 +199,7 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
 
         @kopf.timer(  # type: ignore[arg-type]
             "retina.sh", "v1alpha1", "captures", interval=cfg.resync_interval, registry=registry,
-            when=lambda status, **_: not any(
-                c.get("type") == "complete" and c.get("status") == "True" for c in status.get("conditions") or []
-            ),
+            when=lambda status, **_: _running(status),
         )
         def capture_resync(name: str, namespace: str, **_: Any) -> None:
             with lock_for(namespace, name):

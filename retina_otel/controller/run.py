@@ -29,6 +29,7 @@ def _kopf_settings() -> kopf.OperatorSettings:
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 1.0
+    settings.execution.max_workers = 16
     return settings
 
 
