@@ -72,33 +72,53 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str) -> str:
 _TYPES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge", MetricKind.HISTOGRAM: "histogram"}
 
 
+class SeriesTextCache:
+    """Rendered ``name{labels}`` prefixes of the previous scrape, so a steady set of series costs one
+    dict lookup each instead of escaping and joining every label again. Holds only the series of the
+    last scrape, so it never outgrows the store."""
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def render(self, snapshots: Iterable[FamilySnapshot], const_labels: dict[str, str] | None = None) -> bytes:
+        extra = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted((const_labels or {}).items()))
+        previous = self._prefixes
+        current: dict[tuple[str, tuple[str, ...]], str] = {}
+        out: list[str] = []
+        for snap in snapshots:
+            if not snap.series:
+                continue
+            name = snap.name
+            out.append(f"# HELP {name} {_escape_help(snap.description or name)}\n# TYPE {name} {_TYPES[snap.kind]}\n")
+            names = snap.label_names
+            if snap.kind is MetricKind.HISTOGRAM:
+                bounds = [_number(b) for b in snap.bounds] + ["+Inf"]
+                for labels, value, _start in snap.series:
+                    assert isinstance(value, HistogramValue)
+                    base = _labels(names, labels, extra)
+                    inner = base[1:-1] + "," if base else ""
+                    cumulative = 0
+                    for bound, count in zip(bounds, value.bucket_counts, strict=True):
+                        cumulative += count
+                        out.append(f'{name}_bucket{{{inner}le="{bound}"}} {cumulative}\n')
+                    out.append(f"{name}_sum{base} {_number(value.total)}\n{name}_count{base} {value.count}\n")
+                continue
+            for labels, value, _start in snap.series:
+                key = (name, labels)
+                prefix = previous.get(key)
+                if prefix is None:
+                    prefix = f"{name}{_labels(names, labels, extra)} "
+                current[key] = prefix
+                out.append(prefix)
+                out.append(_number(value))  # type: ignore[arg-type]
+                out.append("\n")
+        self._prefixes = current
+        return "".join(out).encode()
+
+
 def render_snapshots(snapshots: Iterable[FamilySnapshot], const_labels: dict[str, str] | None = None) -> bytes:
     """Prometheus text format 0.0.4 for store snapshots, every family under its exact name."""
-    extra = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted((const_labels or {}).items()))
-    out: list[str] = []
-    for snap in snapshots:
-        if not snap.series:
-            continue
-        name = snap.name
-        out.append(f"# HELP {name} {_escape_help(snap.description or name)}\n# TYPE {name} {_TYPES[snap.kind]}\n")
-        names = snap.label_names
-        if snap.kind is MetricKind.HISTOGRAM:
-            bounds = [_number(b) for b in snap.bounds] + ["+Inf"]
-            for labels, value, _start in snap.series:
-                assert isinstance(value, HistogramValue)
-                base = _labels(names, labels, extra)
-                inner = base[1:-1] + "," if base else ""
-                cumulative = 0
-                for bound, count in zip(bounds, value.bucket_counts, strict=True):
-                    cumulative += count
-                    out.append(f'{name}_bucket{{{inner}le="{bound}"}} {cumulative}\n')
-                out.append(f"{name}_sum{base} {_number(value.total)}\n{name}_count{base} {value.count}\n")
-        else:
-            out.extend(
-                f"{name}{_labels(names, labels, extra)} {_number(value)}\n"  # type: ignore[arg-type]
-                for labels, value, _start in snap.series
-            )
-    return "".join(out).encode()
+    return SeriesTextCache().render(snapshots, const_labels)
 
 
 def render(store: MetricStore, const_labels: dict[str, str] | None = None) -> bytes:
@@ -143,6 +163,8 @@ class PrometheusExporter:
         self._store: MetricStore | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._text_cache = SeriesTextCache()
+        self._render_lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -153,7 +175,8 @@ class PrometheusExporter:
 
     def render(self) -> bytes:
         assert self._store is not None
-        return render(self._store, self.config.const_labels)
+        with self._render_lock:
+            return self._text_cache.render(self._store.collect(), self.config.const_labels)
 
     def start(self, host: Host) -> None:
         if self._server is not None:
