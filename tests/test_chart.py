@@ -150,7 +150,8 @@ def test_values_pass_schema_and_lint(case: str) -> None:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_manifest_validates(chart: Any, case: str) -> None:
-    docs = render(chart, CASES[case]) + crd_docs(chart)
+    # The CRDs do not depend on values: validate them once, with the defaults.
+    docs = render(chart, CASES[case]) + (crd_docs(chart) if case == "defaults" else [])
     assert docs
     for doc in docs:
         key = (doc["apiVersion"], doc["kind"])
