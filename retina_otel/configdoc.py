@@ -96,3 +96,23 @@ def render_reference() -> str:
                 out.extend([factory.description, ""])
             out.extend([*_model_table(factory.config_model), ""])
     return "\n".join(out).rstrip() + "\n"
+
+
+def write_reference(path: str = "docs/configuration.md") -> None:
+    """Replace the generated block of ``path`` with the current reference."""
+    from pathlib import Path
+
+    doc = Path(path)
+    text = doc.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{BEGIN}\n{render_reference()}{END}{tail}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--write" in sys.argv:
+        write_reference()
+    else:
+        print(render_reference(), end="")
