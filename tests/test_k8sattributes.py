@@ -369,3 +369,26 @@ def test_end_to_end_real_traffic(cluster: EmulatedCluster, sandbox: Any) -> None
     finally:
         receiver.shutdown()
         k8s.shutdown()
+
+
+def test_rate_limited_rebuild_overlay_tracks_reuse_and_deletion() -> None:
+    now = time.time_ns()
+    cache = K8sCache(grace_period=0)
+    cache.upsert("pods", _pod("a-1", "198.18.4.1", created=now - 10**10, uid="ua"))
+    cache.upsert("pods", _pod("b-1", "198.18.4.2", created=now - 10**10, uid="ub"))
+    proc, _, _ = _processor(cache, wait_for_sync=False)
+    proc.MIN_REBUILD_INTERVAL = 3600  # type: ignore[misc]
+    proc.consume_flows(_batch([("198.18.4.1", "198.18.4.2")]))
+    builds = proc.table_builds
+    cache.delete("pods", cache.pod_by_uid("ua"))  # type: ignore[arg-type]
+    cache.upsert("pods", _pod("c-1", "198.18.4.1", created=time.time_ns(), uid="uc"))  # reuses a-1's IP
+    cache.delete("pods", cache.pod_by_uid("ub"))  # type: ignore[arg-type]
+    cache.upsert("pods", _pod("d-1", "198.18.4.3", uid="ud"))
+    later = time.time_ns() + 10**9
+    batch = _batch([("198.18.4.1", "198.18.4.2"), ("198.18.4.3", "198.18.4.1")], [later, later])
+    proc.consume_flows(batch)
+    assert proc.table_builds == builds, "rebuild was rate-limited"
+    assert _side(batch, 0, "src")[K8S_POD_NAME] == "c-1"
+    assert _side(batch, 0, "dst") == {}, "deleted pod past its grace period"
+    assert _side(batch, 1, "src")[K8S_POD_NAME] == "d-1"
+    proc.shutdown()

@@ -78,6 +78,7 @@ class K8sCache:
         self._synced: dict[str, threading.Event] = {}
         self.generation = 0  # bumps on every change that can alter a lookup
         self.meta_generation = 0  # bumps on Service and Node changes (they alter pods' derived metadata)
+        self.ip_changes: dict[bytes, int] = {}  # address -> generation of its last change (for overlays)
 
     # -- sync state ----------------------------------------------------------------------------------
 
@@ -213,6 +214,8 @@ class K8sCache:
             kept.append(IpClaim(start, 0, pod))
             self._ip_claims[ip] = tuple(kept[-self.history :])
         self.generation += 1
+        for ip in (*old_ips, *pod.ips):
+            self.ip_changes[ip] = self.generation
         self._notify("pods", old, pod)
 
     def _end_claim(self, ip: bytes, uid: str, now: int) -> None:
@@ -231,6 +234,8 @@ class K8sCache:
         for ip in old.ips:
             self._end_claim(ip, uid, now)
         self.generation += 1
+        for ip in old.ips:
+            self.ip_changes[ip] = self.generation
         self._notify("pods", old, None)
 
     def _upsert_service(self, svc: ServiceInfo) -> None:
@@ -245,6 +250,8 @@ class K8sCache:
             self._ip_services[ip] = svc
         self._reindex_ns_services(svc.namespace)
         self.generation += 1
+        for ip in (*(old.ips if old is not None else ()), *svc.ips):
+            self.ip_changes[ip] = self.generation
         self.meta_generation += 1
         self._notify("services", old, svc)
 
@@ -257,6 +264,8 @@ class K8sCache:
                 del self._ip_services[ip]
         self._reindex_ns_services(old.namespace)
         self.generation += 1
+        for ip in old.ips:
+            self.ip_changes[ip] = self.generation
         self.meta_generation += 1
         self._notify("services", old, None)
 
@@ -280,6 +289,8 @@ class K8sCache:
         for ip in node.ips:
             self._ip_nodes[ip] = node
         self.generation += 1
+        for ip in (*(old.ips if old is not None else ()), *node.ips):
+            self.ip_changes[ip] = self.generation
         self.meta_generation += 1
         self._notify("nodes", old, node)
 
@@ -291,6 +302,8 @@ class K8sCache:
             if self._ip_nodes.get(ip) is old:
                 del self._ip_nodes[ip]
         self.generation += 1
+        for ip in old.ips:
+            self.ip_changes[ip] = self.generation
         self.meta_generation += 1
         self._notify("nodes", old, None)
 
@@ -309,6 +322,7 @@ class K8sCache:
                 else:
                     del self._ip_claims[ip]
                 removed += 1
+                self.ip_changes[ip] = self.generation + 1
             if removed:
                 self.generation += 1
             return removed
@@ -321,9 +335,11 @@ class K8sCache:
 
     def pod_by_ip(self, ip: bytes | str, time_ns: int | None = None) -> PodInfo | None:
         """The pod that held ``ip`` at ``time_ns`` (default now), including deleted pods within grace."""
-        claims = self._ip_claims.get(_as_key(ip))
+        claims = self._ip_claims.get(ip if type(ip) is bytes and len(ip) == 16 else _as_key(ip))
         if not claims:
             return None
+        if len(claims) == 1 and claims[0].end_ns == 0:
+            return claims[0].pod
         return self.claim_at(claims, self._clock() if time_ns is None else time_ns)
 
     def claim_at(self, claims: tuple[IpClaim, ...], t: int) -> PodInfo | None:
@@ -345,10 +361,14 @@ class K8sCache:
 
     def lookup(self, ip: bytes | str, time_ns: int | None = None) -> Endpoint | None:
         """Pod, else Service, else Node for an address."""
-        key = _as_key(ip)
-        pod = self.pod_by_ip(key, time_ns) if key in self._ip_claims else None
-        if pod is not None:
-            return pod
+        key = ip if type(ip) is bytes and len(ip) == 16 else _as_key(ip)
+        claims = self._ip_claims.get(key)
+        if claims:
+            if len(claims) == 1 and claims[0].end_ns == 0:
+                return claims[0].pod
+            pod = self.claim_at(claims, self._clock() if time_ns is None else time_ns)
+            if pod is not None:
+                return pod
         return self._ip_services.get(key) or self._ip_nodes.get(key)
 
     def zone_of(self, node: str) -> str:
@@ -390,6 +410,10 @@ class K8sCache:
             return ()
         labels = dict(pod.labels)
         return tuple(s for s in candidates if all(labels.get(k) == v for k, v in s.selector))
+
+    def changed_since(self, generation: int) -> list[bytes]:
+        """Addresses whose resolution may have changed after ``generation``."""
+        return [ip for ip, g in list(self.ip_changes.items()) if g > generation]
 
     def ip_index(self) -> tuple[dict[bytes, tuple[IpClaim, ...]], dict[bytes, ServiceInfo], dict[bytes, NodeInfo]]:
         """The three address indices (for building a vectorised lookup table); do not modify."""

@@ -107,8 +107,15 @@ class _Timed:
 class LookupTable:
     """Every known address of one cache generation, sorted by a 64-bit hash, with its entry code."""
 
-    def __init__(self, entry_of: Any, cache: K8sCache) -> None:
+    def __init__(self, entry_of: Any, cache: K8sCache, only: list[bytes] | None = None, base: int = 0) -> None:
+        """All addresses of the cache, or (``only``) an overlay of just these addresses, including ones
+        the cache no longer knows (code -1), whose entry indices start at ``base``."""
         claims_idx, services_idx, nodes_idx = cache.ip_index()
+        if only is not None:
+            wanted = set(only)
+            claims_idx = {ip: c for ip in wanted if (c := claims_idx.get(ip))}
+            services_idx = {ip: sv for ip in wanted if (sv := services_idx.get(ip)) is not None}
+            nodes_idx = {ip: nd for ip in wanted if (nd := nodes_idx.get(ip)) is not None}
         self.entries: list[Mapping[str, Any]] = []
         index: dict[int, int] = {}
         keep_alive: list[object] = []  # ids stay unique while the objects live
@@ -116,7 +123,7 @@ class LookupTable:
         def code(obj: PodInfo | ServiceInfo | NodeInfo) -> int:
             found = index.get(id(obj))
             if found is None:
-                found = len(self.entries)
+                found = base + len(self.entries)
                 self.entries.append(entry_of(obj))
                 index[id(obj)] = found
                 keep_alive.append(obj)
@@ -152,6 +159,10 @@ class LookupTable:
             )
             ips.append(ip)
             codes.append(-2 - (len(self.timed) - 1))
+        if only is not None:
+            for ip in set(only) - set(claims_idx) - set(services_idx) - set(nodes_idx):
+                ips.append(ip)
+                codes.append(-1)  # gone: the overlay must hide the stale base entry
         raw = np.frombuffer(b"".join(ips), dtype="<u8").reshape(-1, 2) if ips else np.zeros((0, 2), "<u8")
         keys = (raw[:, 0] * _MIX) ^ raw[:, 1]
         order = np.argsort(keys, kind="stable")
@@ -161,10 +172,15 @@ class LookupTable:
         self.codes = np.asarray(codes, dtype=np.int32)[order]
         self.table = EndpointTable(entries=tuple(self.entries))
 
-    def resolve(self, raw16: npt.NDArray[np.void], times: npt.NDArray[np.int64] | None) -> npt.NDArray[np.int32]:
-        """Entry index per 16-byte address (``-1`` unknown); ``times`` (unix ns) for reused addresses."""
+    def resolve(
+        self, raw16: npt.NDArray[np.void], times: npt.NDArray[np.int64] | None, hits: list[Any] | None = None
+    ) -> npt.NDArray[np.int32]:
+        """Entry index per 16-byte address (``-1`` unknown); ``times`` (unix ns) for reused addresses.
+        ``hits``, when given, receives the boolean mask of addresses present in the table."""
         n = raw16.shape[0]
         if n == 0 or self.keys.shape[0] == 0:
+            if hits is not None:
+                hits.append(np.zeros(n, dtype=bool))
             return np.full(n, -1, dtype=np.int32)
         words = np.ascontiguousarray(raw16).view("<u8").reshape(-1, 2)
         hi = words[:, 0]
@@ -174,6 +190,8 @@ class LookupTable:
         np.minimum(pos, self.keys.shape[0] - 1, out=pos)
         hit = (self.keys[pos] == keys) & (self.hi[pos] == hi) & (self.lo[pos] == lo)
         out = np.where(hit, self.codes[pos], np.int32(-1)).astype(np.int32, copy=False)
+        if hits is not None:
+            hits.append(hit)
         if self.timed:
             timed_rows = np.nonzero(out <= -2)[0]
             if timed_rows.size:
@@ -207,6 +225,7 @@ class K8sAttributesProcessor:
         self._table: LookupTable | None = None
         self._table_gen = -1
         self._table_built = 0.0
+        self._build_seconds = 0.0
         self._meta_gen = -1
         self._entry_cache: dict[int, tuple[object, Mapping[str, Any]]] = {}
         self._table_lock = threading.Lock()
@@ -341,8 +360,8 @@ class K8sAttributesProcessor:
         return frozen
 
     MIN_REBUILD_INTERVAL = 0.5
-    """Seconds between full table rebuilds under churn; rows that miss in between are resolved one
-    unique address at a time against the live cache (see :meth:`enrich`)."""
+    """Seconds between full table rebuilds under churn (more when a build is slow: 20x its CPU time).
+    In between, the addresses changed since the build are resolved by a small overlay table."""
 
     def lookup_table(self, force: bool = False) -> LookupTable:
         """The table of the cache's current generation (rebuilt when the cache changed, at most every
@@ -352,12 +371,15 @@ class K8sAttributesProcessor:
             raise RuntimeError("k8sattributes is not started")
         with self._table_lock:
             generation = cache.generation
-            fresh_enough = time.monotonic() - self._table_built < self.MIN_REBUILD_INTERVAL and not force
+            interval = max(self.MIN_REBUILD_INTERVAL, 20 * self._build_seconds)  # <= 5% of a core
+            fresh_enough = time.monotonic() - self._table_built < interval and not force
             if self._table is None or (generation != self._table_gen and not fresh_enough):
                 if cache.meta_generation != self._meta_gen or len(self._entry_cache) > 4 * len(cache.pods()) + 10_000:
                     self._entry_cache.clear()
                     self._meta_gen = cache.meta_generation
+                began = time.thread_time()
                 self._table = LookupTable(self._entry, cache)
+                self._build_seconds = time.thread_time() - began
                 self._table_gen = generation
                 self._table_built = time.monotonic()
                 self.table_builds += 1
@@ -381,7 +403,7 @@ class K8sAttributesProcessor:
             batch.endpoints = table.table
             return
         times: npt.NDArray[np.int64] | None = None
-        if table.timed:
+        if table.timed or self._table_gen != self.cache.generation:  # type: ignore[union-attr]
             start = records["time_start_ns"].astype(np.int64)
             end = records["time_end_ns"].astype(np.int64)
             t = np.where(start > 0, start, end)
@@ -391,31 +413,30 @@ class K8sAttributesProcessor:
         codes = table.resolve(addresses, times)
         endpoints = table.table
         if self.cache is not None and self._table_gen != self.cache.generation:
-            endpoints = self._resolve_missed(addresses, codes, table)
+            endpoints = self._overlay(addresses, codes, table, times)
         records["src_endpoint"] = codes[:n]
         records["dst_endpoint"] = codes[n:]
         batch.endpoints = endpoints
 
-    def _resolve_missed(
-        self, addresses: npt.NDArray[np.void], codes: npt.NDArray[np.int32], table: LookupTable
+    def _overlay(
+        self,
+        addresses: npt.NDArray[np.void],
+        codes: npt.NDArray[np.int32],
+        table: LookupTable,
+        times: npt.NDArray[np.int64] | None,
     ) -> EndpointTable:
-        """The table is older than the cache (rebuilds are rate-limited): look the addresses the table
-        does not know up in the live cache, once per unique address, and append their entries."""
+        """The table is older than the cache (rebuilds are rate-limited): resolve the addresses that
+        changed since it was built with a small overlay table, whose entries are appended."""
         cache = self.cache
         assert cache is not None
-        missed = np.nonzero(codes == -1)[0]
-        if missed.size == 0:
+        changed = cache.changed_since(self._table_gen)
+        if not changed:
             return table.table
-        unique, inverse = np.unique(addresses[missed], return_inverse=True)
-        extra: list[Mapping[str, Any]] = []
-        found = np.full(unique.shape[0], -1, dtype=np.int32)
-        base = len(table.entries)
-        for i, raw in enumerate(unique.tolist()):
-            obj = cache.lookup(bytes(raw))
-            if obj is not None:
-                found[i] = base + len(extra)
-                extra.append(self._entry(obj))
-        if not extra:
+        overlay = LookupTable(self._entry, cache, only=changed, base=len(table.entries))
+        hits: list[Any] = []
+        over = overlay.resolve(addresses, times, hits)
+        mask = hits[0]
+        codes[mask] = over[mask]
+        if not overlay.entries:
             return table.table
-        codes[missed] = found[inverse.reshape(-1)]
-        return EndpointTable(entries=(*table.table.entries, *extra))
+        return EndpointTable(entries=(*table.table.entries, *overlay.entries))
