@@ -1,0 +1,55 @@
+"""Configuration of the dns receiver."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from retina_otel.component import ComponentConfig
+
+__all__ = ["DnsConfig"]
+
+
+class DnsConfig(ComponentConfig):
+    """Where to listen, how often to publish, and the bounds of the query-to-response matching."""
+
+    interfaces: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Interface names to watch (one packet socket each). Default: empty, meaning every interface "
+            "of the agent's network namespace (one unbound socket)."
+        ),
+    )
+    interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between publishing metrics and DNS flow records (default 10).",
+    )
+    query_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds a query waits for its response before it is dropped from the pending table and "
+            "counted as a lost event {type=dns, reason=unanswered_query} (default 5)."
+        ),
+    )
+    max_pending: int = Field(
+        default=65536,
+        ge=16,
+        description=(
+            "Queries awaiting a response, at most (default 65536). The oldest is evicted when full and "
+            "counted as a lost event {type=dns, reason=pending_table_full}."
+        ),
+    )
+    max_records: int = Field(
+        default=200_000,
+        ge=16,
+        description=(
+            "DNS flow records buffered per interval, at most (default 200000). Beyond it packets still count "
+            "in the metrics; the missing records are lost events {type=dns, reason=record_buffer_full}."
+        ),
+    )
+    socket_buffer: int = Field(
+        default=8 << 20,
+        ge=1 << 16,
+        description="Receive buffer of each packet socket in bytes (default 8 MiB, set with SO_RCVBUFFORCE).",
+    )
