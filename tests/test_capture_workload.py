@@ -202,19 +202,19 @@ class Pods:
 def pods(sandbox: Sandbox) -> Iterator[Pods]:
     """a sends, b and c listen on every test port (so nobody answers with ICMP port unreachable)."""
     a, b, c = sandbox.add_pod("a"), sandbox.add_pod("b"), sandbox.add_pod("c")
-    listeners: list[socket.socket] = []
+    listeners: dict[tuple[str, int], socket.socket] = {}
     try:
         for pod in (b, c):
             with pod.entered():
                 for port in PORTS:
                     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    listeners[(pod.ipv4, port)] = s
                     s.bind((pod.ipv4, port))
-                    listeners.append(s)
         for pod in (b, c):  # resolve the gateway first: proxy ARP answers only after ~0.8 s
             a.run(["ping", "-c", "1", "-W", "5", pod.ipv4])
-        yield Pods(a, b, c, {(pod.ipv4, s.getsockname()[1]): s for pod, s in zip((b, b, b, c, c, c), listeners)})
+        yield Pods(a, b, c, listeners)
     finally:
-        for s in listeners:
+        for s in listeners.values():
             s.close()
 
 
@@ -227,6 +227,22 @@ def send_udp(pod: Pod, dst: str, port: int, count: int, size: int = 32) -> None:
     with pod.entered(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(count):
             s.sendto(bytes([i % 256]) * size, (dst, port))
+
+
+def wait_captured(work_dir: Path, count: int, timeout: float = 20) -> None:
+    """Wait until the (staged) pcap holds ``count`` packets: tcpdump may lag the traffic on a busy box."""
+    from scapy.utils import rdpcap
+
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        for pcap in work_dir.glob(".*/*/*.pcap"):
+            with contextlib.suppress(Exception):
+                seen = len(rdpcap(str(pcap)))
+        if seen >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"tcpdump wrote {seen} of {count} packets within {timeout}s")
 
 
 def start_capture(spec: CaptureJobSpec, opts: RunOptions) -> tuple[threading.Thread, threading.Event, list[Any]]:
@@ -296,6 +312,7 @@ def test_capture_in_pod_namespace_has_exactly_the_filtered_packets(pods: Pods, t
     for ip, port, count in ((pods.b.ipv4, 5001, 7), (pods.b.ipv4, 5002, 5), (pods.b.ipv4, 5003, 3),
                             (pods.c.ipv4, 5001, 6)):
         pods.received(ip, port, count)
+    wait_captured(tmp_path / "work", 10)
     stop.set()
     result = finish(thread, box)
 
@@ -355,6 +372,7 @@ def test_stops_on_duration_with_a_valid_empty_pcap(pods: Pods, tmp_path: Path) -
     from scapy.utils import rdpcap
 
     spec = CaptureJobSpec.model_validate({"duration": 1.5, "interfaces": ["eth0"], "includeMetadata": False,
+                                          "includeFilters": ["*:5001"],
                                           "outputs": {"hostPath": str(tmp_path / "out")}})
     start = time.monotonic()
     result = run_capture(spec, RunOptions("dur", "n", tmp_path / "w", netns=pods.a.netns))
@@ -373,7 +391,7 @@ def test_stops_on_size_and_splits_into_file_count_files(pods: Pods, tmp_path: Pa
                                           "outputs": {"hostPath": str(tmp_path / "out")}})
     limit = 2_500_000  # three files of 1 MB (tcpdump -C 1)
     opts = RunOptions("size", "n", tmp_path / "w", netns=pods.a.netns, max_bytes=limit)
-    thread, stop, box = start_capture(spec, opts)
+    thread, _, box = start_capture(spec, opts)
     flood_stop = threading.Event()
 
     def flood() -> None:
@@ -443,6 +461,7 @@ def test_sigterm_flushes_bundles_and_uploads_everywhere(
         send_udp(pods.a, pods.b.ipv4, 5002, 2)
         pods.received(pods.b.ipv4, 5001, 4)
         pods.received(pods.b.ipv4, 5002, 2)
+        wait_captured(tmp_path / "w", 4)
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=120)
     finally:

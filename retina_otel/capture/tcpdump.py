@@ -5,12 +5,14 @@ Each runs with ``-U`` (packet-buffered writes: the size check sees real sizes an
 in a buffer), ``-Z root`` (Debian's tcpdump drops to the ``tcpdump`` user after opening the first
 file, which breaks ``-C`` rotation into a root-owned directory and is meaningless in a container
 that runs as root anyway), ``--immediate-mode`` (without it libpcap hands packets over in blocks
-up to a second late, and a stop could lose the last second) and the expression after ``--`` so it can never be read as an option.
+up to a second late, and a stop could lose the last second) and the expression after ``--`` so it
+can never be read as an option.
 
 Size is enforced by polling the pcap files (all rotations, all interfaces): tcpdump has no "stop at
 N bytes" option (``-C`` with ``-W 1`` overwrites instead of stopping). ``fileCount`` splits the
 capture into that many files of maxCaptureSize/fileCount each (``-C``, without ``-W`` so nothing
-is overwritten); the capture still stops at maxCaptureSize in total. Stopping sends SIGTERM, which
+is overwritten); the capture still stops at maxCaptureSize in total. Stopping first lets tcpdump
+drain what the kernel queued (until the pcap stops growing, bounded), then sends SIGTERM, which
 makes tcpdump flush and close the pcap; SIGKILL only after a grace period.
 """
 
@@ -55,6 +57,8 @@ class TcpdumpSettings:
     poll_interval: float = 0.1
     start_timeout: float = 15.0
     stop_grace: float = 15.0
+    drain_quiet: float = 0.3
+    drain_max: float = 2.0
 
 
 @dataclass
@@ -161,6 +165,8 @@ def run_tcpdump(
         if ready is not None:
             ready.set()
         run.stop_reason = _wait_stop(procs, [p for _, p in targets], settings, stop)
+        if run.stop_reason in ("signal", "duration"):
+            _drain([p for _, p in targets], settings)
     except TcpdumpError as exc:
         run.error = str(exc)
         run.stop_reason = "error"
@@ -227,6 +233,25 @@ def _wait_stop(
         if settings.duration is not None:
             timeout = max(0.0, min(timeout, settings.duration - (time.monotonic() - started)))
         stop.wait(timeout)
+
+
+def _drain(pcaps: Sequence[Path], settings: TcpdumpSettings) -> None:
+    """Give tcpdump a moment to write what the kernel already queued for it.
+
+    tcpdump exits from its SIGTERM handler without reading what is left in its socket ring, so a
+    busy machine could lose the last packets. Wait until the pcap stops growing for
+    ``drain_quiet`` seconds (at most ``drain_max``) before signalling.
+    """
+    deadline = time.monotonic() + settings.drain_max
+    last = _total_size(_written(pcaps))
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(min(0.05, settings.drain_quiet))
+        size = _total_size(_written(pcaps))
+        if size != last:
+            last, quiet_since = size, time.monotonic()
+        elif time.monotonic() - quiet_since >= settings.drain_quiet:
+            return
 
 
 def _terminate(procs: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
