@@ -35,6 +35,17 @@ class SandboxError(RuntimeError):
     pass
 
 
+def _free_subnet(preferred: int) -> int:
+    """A third octet of 198.18.X.0/24 that no route of the host uses yet (concurrent sandboxes)."""
+    routes = _run(["ip", "-4", "route", "show"], check=False).stdout
+    used = {int(line.split(".")[2]) for line in routes.splitlines() if line.startswith("198.18.")}
+    for offset in range(250):
+        candidate = (preferred - 1 + offset) % 250 + 1
+        if candidate not in used:
+            return candidate
+    raise SandboxError("every 198.18.X.0/24 is in use by other sandboxes")
+
+
 def _run(args: Sequence[str], *, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(args), capture_output=True, text=True, input=input_text)
     if check and proc.returncode != 0:
@@ -108,7 +119,7 @@ class Sandbox:
     def __init__(self, *, subnet_index: int | None = None) -> None:
         self.token = secrets.token_hex(2)
         # 198.18.<third>.<n>: the third octet separates concurrent sandboxes.
-        self._third = subnet_index if subnet_index is not None else int(self.token, 16) % 250 + 1
+        self._third = subnet_index if subnet_index is not None else _free_subnet(int(self.token, 16) % 250 + 1)
         self.pods: list[Pod] = []
         self._processes: list[subprocess.Popen[bytes]] = []
         self._saved_sysctls: dict[str, str] = {}
