@@ -340,3 +340,56 @@ def test_blob_secret_problems_are_clear(tmp_path: object) -> None:
     s3 = S3Output(bucket="caps", accessKeyIdFile=str(base / "no-id"), secretAccessKeyFile=str(base / "no-key"))
     res = upload_s3(tarball, s3)
     assert not res.ok and "access key id file" in (res.error or "")
+
+
+# ------------------------------------------------------------------ the operator's Job contract
+
+
+def test_adapts_the_operator_job_contract() -> None:
+    from retina_otel.crds import capturejob as contract
+
+    job = contract.CaptureJobSpec(
+        capture_name="cap",
+        capture_namespace="default",
+        filter=contract.CaptureFilter(include=["198.18.0.1:80"], exclude=["*:22"], source_ips=["198.18.0.2"],
+                                      destination_ips=["198.18.0.3"], pod_ips=["198.18.0.4"], pcap_filter="tcp"),
+        duration_seconds=30,
+        packet_size=128,
+        file_count=2,
+        interfaces=["eth0"],
+        include_metadata=False,
+        outputs=contract.CaptureOutputs(
+            host_path=contract.HOST_PATH_MOUNT,
+            host_path_on_node="/var/log/retina/captures/x",
+            pvc_mount_path=contract.PVC_MOUNT,
+            blob=contract.BlobOutput(sas_url_file="/retina/secrets/blob/blob-upload-url"),
+            s3=contract.S3Output(bucket="caps", endpoint="http://127.0.0.1:9000", access_key_id_file="/a",
+                                 secret_access_key_file="/b"),
+        ),
+    )
+    spec = CaptureJobSpec.from_json(job.to_json())
+    assert spec.capture_name == "cap" and spec.work_dir == contract.WORK_DIR
+    assert spec.duration == 30 and spec.max_capture_size_mb == 100  # features.md default
+    assert spec.packet_size == 128 and spec.file_count == 2 and spec.interfaces == ("eth0",)
+    assert spec.include_metadata is False
+    assert spec.outputs.host_path == contract.HOST_PATH_MOUNT and spec.outputs.pvc_path == contract.PVC_MOUNT
+    assert spec.outputs.blob_sas_url_file == "/retina/secrets/blob/blob-upload-url"
+    assert spec.outputs.s3 is not None and spec.outputs.s3.path == "" and spec.outputs.s3.bucket == "caps"
+    assert build_filter(spec) == (
+        "((host 198.18.0.1 and port 80)) and not ((port 22)) and (src host 198.18.0.2) and (dst host 198.18.0.3)"
+        " and (host 198.18.0.4) and (tcp)"
+    )
+    with pytest.raises(SpecError, match="captureNamespace"):
+        CaptureJobSpec.from_json(json.dumps({"captureName": "cap", "durationSeconds": 1}))
+
+
+def test_cli_entry_points_exist() -> None:
+    import argparse
+
+    from retina_otel.capture import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--duration", "5", "--include", "198.18.0.1", "-i", "eth0", "--output-dir", "/x"])
+    assert args.duration == "5" and args.include == ["198.18.0.1"] and args.interfaces == ["eth0"]
+    assert cli.main_from_args is cli.run_from_args

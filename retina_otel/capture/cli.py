@@ -25,7 +25,7 @@ from typing import Any
 from .redact import RedactingFilter, redact, redact_error
 from .spec import CAPTURE_ENV, NODE_ENV, SPEC_ENV, CaptureJobSpec, SpecError
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "main_from_args", "run_from_args"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -135,12 +135,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         try:
             spec = _load_spec(args)
-            capture = args.capture_name or os.environ.get(CAPTURE_ENV) or "capture"
+            capture = args.capture_name or os.environ.get(CAPTURE_ENV) or spec.capture_name or "capture"
             node = args.node_name or os.environ.get(NODE_ENV) or socket.gethostname()
             opts = RunOptions(
                 capture_name=capture,
                 node_name=node,
-                work_dir=Path(args.work_dir or "/tmp/retina-capture"),
+                work_dir=Path(args.work_dir or spec.work_dir or "/tmp/retina-capture"),
                 netns=args.netns,
                 extra_output_dirs=tuple(args.output_dir),
                 tcpdump=args.tcpdump,
@@ -187,6 +187,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         for signum, old in previous.items():
             signal.signal(signum, old)
         log.removeHandler(handler)
+
+
+main_from_args = run_from_args  # the name retina_otel.cli wires to ``capture run``
 
 
 def _announce_ready(ready: threading.Event, done: threading.Event) -> None:

@@ -159,6 +159,10 @@ class CaptureJobSpec(_Model):
     interfaces: tuple[str, ...] = ()
     include_metadata: bool = True
     outputs: CaptureOutputs = CaptureOutputs()
+    capture_name: str | None = None
+    """From the Job contract; ``$CAPTURE_NAME`` and ``--capture-name`` take precedence."""
+    work_dir: str | None = None
+    """From the Job contract (an emptyDir); ``--work-dir`` takes precedence."""
 
     @field_validator("interfaces")
     @classmethod
@@ -187,9 +191,61 @@ class CaptureJobSpec(_Model):
         except json.JSONDecodeError as exc:
             raise SpecError(f"capture spec is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         try:
+            if isinstance(data, dict) and _is_contract(data):
+                return cls.from_contract(data)
             return cls.model_validate(data)
         except ValidationError as exc:
             raise SpecError(f"invalid capture spec: {_format_validation(exc)}") from None
+
+    @classmethod
+    def from_contract(cls, data: dict[str, Any]) -> CaptureJobSpec:
+        """Adapt the operator's Job contract (``retina_otel.crds.capturejob.CaptureJobSpec``)."""
+        from retina_otel.crds.capturejob import CaptureJobSpec as Contract
+
+        job = Contract.model_validate(data)
+        out = job.outputs
+        s3 = None
+        if out.s3 is not None:
+            s3 = S3Output(
+                bucket=out.s3.bucket,
+                endpoint=out.s3.endpoint,
+                region=out.s3.region,
+                path=out.s3.path or "",
+                access_key_id_file=out.s3.access_key_id_file,
+                secret_access_key_file=out.s3.secret_access_key_file,
+            )
+        # tcpdump's display flags (job.tcpdump) do not change a pcap written with -w: not used.
+        return cls(
+            include_filters=tuple(job.filter.include),
+            exclude_filters=tuple(job.filter.exclude),
+            source_ips=tuple(job.filter.source_ips),
+            destination_ips=tuple(job.filter.destination_ips),
+            pod_ips=tuple(job.filter.pod_ips),
+            pcap_filter=job.filter.pcap_filter,
+            duration=job.duration_seconds,
+            # features.md: maxCaptureSize defaults to 100 MB; the contract leaves it unset then.
+            max_capture_size_mb=job.max_capture_size_mb if job.max_capture_size_mb is not None else 100,
+            packet_size=job.packet_size,
+            file_count=job.file_count,
+            interfaces=tuple(job.interfaces),
+            include_metadata=job.include_metadata,
+            outputs=CaptureOutputs(
+                host_path=out.host_path,
+                pvc_path=out.pvc_mount_path,
+                blob_sas_url_file=out.blob.sas_url_file if out.blob else None,
+                s3=s3,
+            ),
+            capture_name=job.capture_name,
+            work_dir=job.work_dir,
+        )
+
+
+_CONTRACT_KEYS = {"captureName", "capture_name", "captureNamespace", "capture_namespace", "filter", "version"}
+
+
+def _is_contract(data: dict[str, Any]) -> bool:
+    """The operator's contract nests the filters and names the capture; this module's own form does not."""
+    return bool(_CONTRACT_KEYS & set(data))
 
 
 def _format_validation(exc: Any) -> str:
