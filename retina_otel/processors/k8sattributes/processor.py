@@ -17,13 +17,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
-from retina_otel.flows import EndpointTable, FlowBatch
+from retina_otel.flows import EndpointTable, FlowBatch, bytes_to_ip
 from retina_otel.flowschema import (
     ENDPOINT_KIND,
     ENDPOINT_LOCAL,
@@ -208,6 +208,10 @@ class LookupTable:
         return out
 
 
+class PodDeletionListener(Protocol):
+    def __call__(self, pods: list[str], *, delay_seconds: float | None = None) -> object: ...
+
+
 class K8sAttributesProcessor:
     def __init__(
         self, settings: CreateSettings, config: K8sAttributesConfig, next_consumer: FlowConsumer | None
@@ -219,6 +223,8 @@ class K8sAttributesProcessor:
         self.selection: PodSelection | None = None
         self.ipset: RefCountedIpSet | None = None
         self._own_service: CacheService | None = None
+        self._pending_namespace_filter: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._deletion_listeners: list[PodDeletionListener] = []
         self._host: Host | None = None
         self._node = ""
         self._label_keys = tuple(config.pod_labels)
@@ -265,6 +271,10 @@ class K8sAttributesProcessor:
             exclude=self.config.namespaces_exclude,
         )
         self.selection.attach()
+        if self._pending_namespace_filter is not None:
+            include, exclude = self._pending_namespace_filter
+            self.selection.set_namespace_filter(include=include, exclude=exclude)
+        self.cache.add_listener(self._on_cache_change)
         if self.config.wait_for_sync:
             host.report_status(self.settings.id, ComponentStatus.STARTING, "waiting for the first full sync")
         if self._own_service is not None:
@@ -299,19 +309,43 @@ class K8sAttributesProcessor:
             self._status_thread = None
         if self.selection is not None:
             self.selection.detach()
+        if self.cache is not None:
+            self.cache.remove_listener(self._on_cache_change)
         if self._own_service is not None:
             self._own_service.shutdown()
         self._started = False
 
     # -- control -------------------------------------------------------------------------------------------
 
+    def extensions(self) -> dict[str, object]:
+        """What this processor offers the agent's other components: itself as ``k8s_cache`` (namespace
+        filter and pod-deletion notices for flowmetrics)."""
+        return {"k8s_cache": self}
+
     def set_namespace_filter(
         self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()
     ) -> None:
-        """Namespace include/exclude from the accepted MetricsConfiguration (without annotations)."""
+        """Namespace include/exclude from the accepted MetricsConfiguration (without annotations).
+        Before start, the filter is kept and applied when the processor starts."""
         if self.selection is None:
-            raise RuntimeError("k8sattributes is not started")
+            self._pending_namespace_filter = (tuple(include), tuple(exclude))
+            return
         self.selection.set_namespace_filter(include=include, exclude=exclude)
+
+    def add_pod_deletion_listener(self, listener: PodDeletionListener) -> None:
+        """``listener(names_and_ips, delay_seconds=grace_period)`` for every deleted pod: metrics of a pod
+        go when its enrichment grace period ends, so late flows still find both."""
+        self._deletion_listeners.append(listener)
+
+    def _on_cache_change(self, kind: str, old: object, new: object) -> None:
+        if kind != "pods" or new is not None or not isinstance(old, PodInfo):
+            return
+        forget = [old.name, *(str(bytes_to_ip(ip)) for ip in old.ips)]
+        for listener in list(self._deletion_listeners):
+            try:
+                listener(forget, delay_seconds=self.config.grace_period)
+            except Exception:
+                log.exception("pod deletion listener failed")
 
     # -- entries ---------------------------------------------------------------------------------------------
 
