@@ -42,7 +42,7 @@ def operator(emu: EmulatorThread, client: KubeClient) -> Iterator[None]:
         try:
             run_operator(
                 namespace=None, install_crds=True, api_url=emu.url, job_num_limit=3,
-                retina_endpoints=True, resync_interval=2.0, stop_flag=stop, ready_flag=ready,
+                retina_endpoints=True, resync_interval=2.0, consistency_timeout=0.2, stop_flag=stop, ready_flag=ready,
             )
         except BaseException as exc:
             errors.append(exc)

@@ -18,7 +18,7 @@ from retina_otel.crds.models import DEFAULT_HOST_PATH_BASE
 __all__ = ["add_operator_arguments", "main_operator", "run_operator"]
 
 
-def _kopf_settings() -> kopf.OperatorSettings:
+def _kopf_settings(consistency_timeout: float) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="retina.sh")
@@ -30,6 +30,7 @@ def _kopf_settings() -> kopf.OperatorSettings:
     settings.watching.server_timeout = 300
     settings.watching.reconnect_backoff = 1.0
     settings.execution.max_workers = 16
+    settings.persistence.consistency_timeout = consistency_timeout
     return settings
 
 
@@ -46,6 +47,7 @@ def run_operator(
     host_path_base: str = DEFAULT_HOST_PATH_BASE,
     retina_endpoints: bool = False,
     resync_interval: float = 30.0,
+    consistency_timeout: float = 5.0,
     liveness_endpoint: str | None = None,
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
@@ -54,7 +56,9 @@ def run_operator(
 
     ``namespace=None`` watches the whole cluster. ``api_url`` points at an API server directly
     (tests, ``kubectl proxy``); without it the kubeconfig or in-cluster credentials are used.
-    Runs its own event loop, so it may be called from any thread.
+    Runs its own event loop, so it may be called from any thread. ``consistency_timeout`` is how
+    long kopf waits for its own patch to come back on the watch; test emulators that never change
+    ``resourceVersion`` want it small.
     """
     client = KubeClient.from_options(api_url=api_url, kubeconfig=kubeconfig, insecure=insecure, token=token)
     if kubeconfig and not api_url:
@@ -74,7 +78,7 @@ def run_operator(
         loop.run_until_complete(
             kopf.operator(
                 registry=registry,
-                settings=_kopf_settings(),
+                settings=_kopf_settings(consistency_timeout),
                 standalone=True,
                 clusterwide=namespace is None,
                 namespaces=[namespace] if namespace else (),

@@ -1,0 +1,1 @@
+"""The ``kubectl-retina`` plugin: ``kubectl retina capture create | list | delete | download``."""

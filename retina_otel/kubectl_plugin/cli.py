@@ -1,0 +1,431 @@
+"""``kubectl retina capture create | list | delete | download`` (the ``kubectl-retina`` executable).
+
+Works without the operator: ``create`` validates the capture locally, creates Secrets for blob/S3
+credentials and the Jobs itself, using the operator's job builder (:mod:`retina_otel.controller.capture`).
+Credentials go only into Secrets; they are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from retina_otel.controller import kube
+from retina_otel.controller.capture import (
+    DEFAULT_IMAGE,
+    LABEL_CAPTURE,
+    LABEL_GENERATED,
+    CaptureFailure,
+    CaptureSettings,
+    capture_labels,
+    cleanup_capture,
+    create_jobs,
+    job_state,
+    list_capture_jobs,
+    plan_jobs,
+)
+from retina_otel.controller.kube import ApiError, KubeClient, Obj
+from retina_otel.crds.capturejob import (
+    BLOB_SECRET_KEY,
+    ENV_SPEC,
+    S3_ACCESS_KEY_ID_KEY,
+    S3_SECRET_ACCESS_KEY_KEY,
+    CaptureJobSpec,
+)
+from retina_otel.crds.models import CaptureSpec, SpecError, parse_duration, validate_spec
+
+__all__ = ["build_capture", "build_parser", "main"]
+
+DEFAULT_WAIT = 300.0
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def _selector(text: str | None) -> dict[str, str]:
+    """``a=b,c=d`` (Retina also accepts ``a:b``) -> matchLabels."""
+    out: dict[str, str] = {}
+    for part in _csv(text):
+        sep = "=" if "=" in part else ":" if ":" in part else None
+        if sep is None:
+            raise SpecError(f"selector {part!r} is not key=value")
+        key, value = part.split(sep, 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl retina", description="Retina network captures (retina-otel)")
+    parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--context", default=None)
+    parser.add_argument("--api-url", default=os.environ.get("RETINA_API_URL"), help="API server URL (tests, proxies)")
+    parser.add_argument("--insecure-skip-tls-verify", action="store_true", dest="insecure")
+    top = parser.add_subparsers(dest="group", required=True)
+    cap = top.add_parser("capture", help="network packet captures").add_subparsers(dest="cmd", required=True)
+
+    c = cap.add_parser("create", help="start a capture on nodes or pods")
+    c.add_argument("--name", default=None, help="capture name (default: retina-capture-<random>)")
+    c.add_argument("-n", "--namespace", default="default")
+    c.add_argument("--duration", default="1m", help="e.g. 30s, 1m, 1h (empty: none)")
+    c.add_argument("--max-size", type=int, default=100, help="MB per capture (0: none)")
+    c.add_argument("--file-count", type=int, default=0)
+    c.add_argument("--packet-size", type=int, default=0)
+    c.add_argument("--node-names", default="")
+    c.add_argument("--node-selectors", default="")
+    c.add_argument("--pod-selectors", default="")
+    c.add_argument("--namespace-selectors", default="")
+    c.add_argument("--pod-names", default="", help="pods by name: name or namespace/name, comma separated")
+    c.add_argument("--host-path", default="", help="subdirectory of the node's capture base directory")
+    c.add_argument("--pvc", default="")
+    c.add_argument("--blob-upload", default="", help="container SAS URL (stored in a Secret)")
+    c.add_argument("--s3-bucket", default="")
+    c.add_argument("--s3-region", default="")
+    c.add_argument("--s3-endpoint", default="")
+    c.add_argument("--s3-path", default="retina/captures")
+    c.add_argument("--s3-access-key-id", default="")
+    c.add_argument("--s3-secret-access-key", default="")
+    c.add_argument("--pcap-filter", "--tcpdump-filter", dest="pcap_filter", default="")
+    c.add_argument("--include-filter", default="")
+    c.add_argument("--exclude-filter", default="")
+    c.add_argument("--interfaces", default="")
+    c.add_argument("--no-resolve", type=_bool, nargs="?", const=True, default=True, help="tcpdump -nn")
+    c.add_argument("--verbose-dump", action="store_true", help="tcpdump -v")
+    c.add_argument("--link-header", action="store_true", help="tcpdump -e")
+    c.add_argument("--absolute-seq", action="store_true", help="tcpdump -S")
+    c.add_argument("--quiet-dump", action="store_true", help="tcpdump -q")
+    c.add_argument("--include-metadata", type=_bool, nargs="?", const=True, default=True)
+    c.add_argument("--job-num-limit", type=int, default=0)
+    c.add_argument("--no-wait", type=_bool, nargs="?", const=True, default=True,
+                   help="return once the Jobs exist (default true, like Retina); --no-wait=false or --wait waits")
+    c.add_argument("--wait", dest="no_wait", action="store_false", help="wait for the Jobs and clean them up")
+    c.add_argument("--wait-timeout", type=float, default=0.0, help="seconds (default: 2x duration or 5 min)")
+    c.add_argument("--poll-interval", type=float, default=5.0)
+    c.add_argument("--image", default=os.environ.get("RETINA_CAPTURE_IMAGE", DEFAULT_IMAGE))
+
+    lst = cap.add_parser("list", help="list captures and their jobs")
+    lst.add_argument("-n", "--namespace", default="default")
+    lst.add_argument("-A", "--all-namespaces", action="store_true")
+
+    d = cap.add_parser("delete", help="delete a capture's jobs, generated secrets and Capture object")
+    d.add_argument("--name", required=True)
+    d.add_argument("-n", "--namespace", default="default")
+
+    dl = cap.add_parser("download", help="download a capture's tarballs from blob, S3 or a node's hostPath")
+    dl.add_argument("--name", required=True)
+    dl.add_argument("-n", "--namespace", default="default")
+    dl.add_argument("-o", "--output", default=".", help="directory to write into")
+    dl.add_argument("--blob-url", default="", help="SAS URL (default: from the capture's secret)")
+    dl.add_argument("--helper-image", default="busybox:1.36", help="image of the hostPath helper pod")
+    return parser
+
+
+def build_capture(args: argparse.Namespace) -> Obj:
+    """The Capture object the flags describe (secret names filled in later); raises SpecError."""
+    name = args.name or f"retina-capture-{os.urandom(3).hex()}"
+    target: Obj = {}
+    node_labels = _selector(args.node_selectors)
+    if node_labels or args.node_names:
+        target["nodeSelector"] = {"matchLabels": node_labels}
+        if args.node_names:
+            target["nodeSelector"]["matchExpressions"] = [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": _csv(args.node_names)}
+            ]
+    if args.pod_selectors:
+        target["podSelector"] = {"matchLabels": _selector(args.pod_selectors)}
+    if args.namespace_selectors:
+        target["namespaceSelector"] = {"matchLabels": _selector(args.namespace_selectors)}
+    if args.pod_names:
+        target["podNames"] = _csv(args.pod_names)
+    option: Obj = {
+        "tcpdump": {
+            "noNameResolution": args.no_resolve,
+            "verbose": args.verbose_dump,
+            "linkLevelHeader": args.link_header,
+            "absoluteSequenceNumbers": args.absolute_seq,
+            "quiet": args.quiet_dump,
+        }
+    }
+    if args.duration:
+        option["duration"] = args.duration
+    for key, value in (("maxCaptureSize", args.max_size), ("packetSize", args.packet_size),
+                       ("fileCount", args.file_count)):
+        if value:
+            option[key] = value
+    if args.interfaces:
+        option["interfaces"] = _csv(args.interfaces)
+    if args.pcap_filter:
+        option["pcapFilter"] = args.pcap_filter
+    conf: Obj = {"captureTarget": target, "captureOption": option, "includeMetadata": args.include_metadata}
+    if args.include_filter or args.exclude_filter:
+        conf["filters"] = {"include": _csv(args.include_filter), "exclude": _csv(args.exclude_filter)}
+    if args.job_num_limit:
+        conf["jobNumLimit"] = args.job_num_limit
+    output: Obj = {}
+    if args.host_path:
+        output["hostPath"] = args.host_path
+    if args.pvc:
+        output["persistentVolumeClaim"] = args.pvc
+    if args.blob_upload:
+        output["blobUpload"] = "pending"  # replaced by the generated secret's name
+    if args.s3_bucket:
+        output["s3Upload"] = {k: v for k, v in {
+            "bucket": args.s3_bucket, "region": args.s3_region, "endpoint": args.s3_endpoint,
+            "path": args.s3_path, "secretName": "pending",
+        }.items() if v}
+        if not (args.s3_access_key_id and args.s3_secret_access_key):
+            raise SpecError("--s3-bucket needs --s3-access-key-id and --s3-secret-access-key")
+    capture: Obj = {
+        "apiVersion": "retina.sh/v1alpha1",
+        "kind": "Capture",
+        "metadata": {"name": name, "namespace": args.namespace},
+        "spec": {"captureConfiguration": conf, "outputConfiguration": output},
+    }
+    validate_spec(CaptureSpec, capture["spec"])
+    return capture
+
+
+def _secret(name: str, namespace: str, capture: str, data: dict[str, str]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {**capture_labels(capture), LABEL_GENERATED: "true"}},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def _create(client: KubeClient, args: argparse.Namespace) -> int:
+    try:
+        capture = build_capture(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name, ns = capture["metadata"]["name"], args.namespace
+    out = capture["spec"]["outputConfiguration"]
+    secrets: list[str] = []
+    try:
+        if args.blob_upload:
+            secret_name = f"{name}-blob-upload"[:253]
+            client.create(kube.SECRETS, _secret(secret_name, ns, name, {BLOB_SECRET_KEY: args.blob_upload}), ns)
+            secrets.append(secret_name)
+            out["blobUpload"] = secret_name
+        if args.s3_bucket:
+            secret_name = f"{name}-s3-upload"[:253]
+            client.create(kube.SECRETS, _secret(secret_name, ns, name, {
+                S3_ACCESS_KEY_ID_KEY: args.s3_access_key_id, S3_SECRET_ACCESS_KEY_KEY: args.s3_secret_access_key,
+            }), ns)
+            secrets.append(secret_name)
+            out["s3Upload"]["secretName"] = secret_name
+        settings = CaptureSettings(image=args.image, job_num_limit=args.job_num_limit)
+        jobs = create_jobs(client, plan_jobs(client, capture, settings))
+    except (CaptureFailure, ApiError) as exc:
+        for secret_name in secrets:
+            client.delete(kube.SECRETS, secret_name, ns)
+        reason = exc.reason if isinstance(exc, CaptureFailure) else "ApiError"
+        print(f"error ({reason}): {exc}", file=sys.stderr)
+        return 1
+    for job in jobs:
+        node = job["spec"]["template"]["spec"]["nodeName"]
+        print(f"created job {ns}/{job['metadata']['name']} on node {node}")
+    if args.no_wait:
+        print(f"capture {name!r} started; see `kubectl retina capture list -n {ns}`, "
+              f"remove it with `kubectl retina capture delete --name {name} -n {ns}`")
+        return 0
+    duration = parse_duration(args.duration) if args.duration else 0.0
+    timeout = args.wait_timeout or (2 * duration if duration else DEFAULT_WAIT)
+    return _wait(client, ns, name, timeout, args.poll_interval)
+
+
+def _wait(client: KubeClient, ns: str, name: str, timeout: float, interval: float) -> int:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        jobs = list_capture_jobs(client, ns, name)
+        states = [job_state(j) for j in jobs]
+        line = (f"capture {name}: {states.count('active')} running, {states.count('succeeded')} completed, "
+                f"{states.count('failed')} failed of {len(jobs)}")
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if jobs and "active" not in states:
+            break
+        if time.monotonic() >= deadline:
+            print(f"not all jobs finished within {timeout:.0f}s; they are kept. Delete them with "
+                  f"`kubectl retina capture delete --name {name} -n {ns}`", file=sys.stderr)
+            return 1
+        time.sleep(interval)
+    if "failed" in states:
+        print(f"{states.count('failed')} capture job(s) failed; jobs kept for their logs", file=sys.stderr)
+        return 1
+    deleted, failed = cleanup_capture(client, ns, name)
+    print(f"all jobs completed; removed {', '.join(deleted)}")
+    if failed:
+        print(f"could not remove {', '.join(failed)}; delete them by hand", file=sys.stderr)
+    return 0
+
+
+def _list(client: KubeClient, args: argparse.Namespace) -> int:
+    ns = None if args.all_namespaces else args.namespace
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for job in list_capture_jobs(client, ns):
+        meta = job["metadata"]
+        key = (meta.get("namespace", ""), meta["labels"].get(LABEL_CAPTURE, "?"))
+        row = rows.setdefault(key, {"active": 0, "succeeded": 0, "failed": 0, "nodes": [], "state": ""})
+        row[job_state(job)] += 1
+        row["nodes"].append(job["spec"]["template"]["spec"].get("nodeName", "?"))
+    try:
+        for cap in client.list(kube.CAPTURES, ns):
+            meta = cap["metadata"]
+            key = (meta.get("namespace", ""), meta["name"])
+            row = rows.setdefault(key, {"active": 0, "succeeded": 0, "failed": 0, "nodes": [], "state": ""})
+            conds = {c["type"]: c for c in (cap.get("status") or {}).get("conditions") or []}
+            if conds.get("error", {}).get("status") == "True":
+                row["state"] = f"Error: {conds['error'].get('reason')}"
+            elif "complete" in conds:
+                row["state"] = conds["complete"].get("reason", "")
+    except ApiError as exc:
+        if not exc.not_found:
+            raise
+    print(f"{'NAMESPACE':<16} {'CAPTURE':<32} {'ACTIVE':>6} {'SUCCEEDED':>9} {'FAILED':>6}  {'STATE':<20} NODES")
+    for (namespace, name), row in sorted(rows.items()):
+        state = row["state"] or ("Running" if row["active"] else "Failed" if row["failed"] else "Completed")
+        print(f"{namespace:<16} {name:<32} {row['active']:>6} {row['succeeded']:>9} {row['failed']:>6}  "
+              f"{state:<20} {','.join(sorted(row['nodes']))}")
+    return 0
+
+
+def _delete(client: KubeClient, args: argparse.Namespace) -> int:
+    removed_cr = False
+    try:
+        removed_cr = client.delete(kube.CAPTURES, args.name, args.namespace)
+    except ApiError as exc:
+        if not exc.not_found:
+            raise
+    deleted, failed = cleanup_capture(client, args.namespace, args.name)
+    if not deleted and not removed_cr:
+        print(f"no capture {args.namespace}/{args.name} found", file=sys.stderr)
+        return 1
+    if removed_cr:
+        print(f"deleted capture {args.namespace}/{args.name}")
+    for item in deleted:
+        print(f"deleted {item}")
+    for item in failed:
+        print(f"could not delete {item}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _job_spec(job: Obj) -> CaptureJobSpec | None:
+    for env in job["spec"]["template"]["spec"]["containers"][0].get("env") or []:
+        if env.get("name") == ENV_SPEC and env.get("value"):
+            return CaptureJobSpec.from_json(env["value"])
+    return None
+
+
+def _secret_value(client: KubeClient, ns: str, name: str, key: str) -> str:
+    secret = client.get(kube.SECRETS, name, ns)
+    return base64.b64decode((secret.get("data") or {})[key]).decode()
+
+
+def _download(client: KubeClient, args: argparse.Namespace) -> int:
+    jobs = list_capture_jobs(client, args.namespace, args.name)
+    if not jobs:
+        print(f"no jobs for capture {args.namespace}/{args.name}", file=sys.stderr)
+        return 1
+    spec = _job_spec(jobs[0])
+    if spec is None:
+        print("the capture's jobs carry no capture spec", file=sys.stderr)
+        return 1
+    vols = {v["name"]: v for v in jobs[0]["spec"]["template"]["spec"].get("volumes") or []}
+    os.makedirs(args.output, exist_ok=True)
+    got = 0
+    if spec.outputs.blob is not None:
+        url = args.blob_url or _secret_value(
+            client, args.namespace, vols["blob-secret"]["secret"]["secretName"], BLOB_SECRET_KEY
+        )
+        got += download_blob(url, args.name, args.output)
+    if spec.outputs.s3 is not None:
+        secret = vols["s3-secret"]["secret"]["secretName"]
+        got += download_s3(
+            spec.outputs.s3.bucket, spec.outputs.s3.path or "", args.name, args.output,
+            endpoint=spec.outputs.s3.endpoint, region=spec.outputs.s3.region,
+            key_id=_secret_value(client, args.namespace, secret, S3_ACCESS_KEY_ID_KEY),
+            secret_key=_secret_value(client, args.namespace, secret, S3_SECRET_ACCESS_KEY_KEY),
+        )
+    if spec.outputs.host_path_on_node and not got:
+        from retina_otel.kubectl_plugin.hostpath import download_host_path
+
+        nodes = sorted({j["spec"]["template"]["spec"]["nodeName"] for j in jobs})
+        for node in nodes:
+            got += download_host_path(client, args.namespace, args.name, node, spec.outputs.host_path_on_node,
+                                      args.output, args.helper_image)
+    print(f"downloaded {got} file(s) to {args.output}")
+    return 0 if got else 1
+
+
+def download_blob(sas_url: str, capture: str, dest: str) -> int:
+    """Download every blob whose name starts with ``capture`` from a container SAS URL."""
+    from azure.storage.blob import ContainerClient
+
+    container = ContainerClient.from_container_url(sas_url)
+    count = 0
+    for blob in container.list_blobs(name_starts_with=capture):
+        target = os.path.join(dest, os.path.basename(blob.name))
+        with open(target, "wb") as fh:
+            container.download_blob(blob.name).readinto(fh)
+        print(f"blob {blob.name} -> {target}")
+        count += 1
+    return count
+
+
+def download_s3(bucket: str, path: str, capture: str, dest: str, *, endpoint: str | None, region: str | None,
+                key_id: str, secret_key: str) -> int:
+    """Download every object under ``<path>/<capture>`` from an S3 bucket."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None,
+                      aws_access_key_id=key_id, aws_secret_access_key=secret_key)
+    prefix = "/".join(p for p in (path.strip("/"), capture) if p)
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            target = os.path.join(dest, os.path.basename(obj["Key"]))
+            s3.download_file(bucket, obj["Key"], target)
+            print(f"s3://{bucket}/{obj['Key']} -> {target}")
+            count += 1
+    return count
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = KubeClient.from_options(
+        api_url=args.api_url, kubeconfig=args.kubeconfig, context=args.context, insecure=args.insecure
+    )
+    try:
+        handler = {"create": _create, "list": _list, "delete": _delete, "download": _download}[args.cmd]
+        return handler(client, args)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
