@@ -15,8 +15,8 @@ class DnsConfig(ComponentConfig):
     interfaces: tuple[str, ...] = Field(
         default=(),
         description=(
-            "Interface names to watch (one packet socket each). Default: empty, meaning every interface "
-            "of the agent's network namespace (one unbound socket)."
+            "Interface names to watch (resolved to indexes at start; the socket filter passes only their "
+            "packets). Default: empty, meaning every interface of the agent's network namespace."
         ),
     )
     interval: float = Field(

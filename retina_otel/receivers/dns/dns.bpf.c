@@ -13,13 +13,21 @@
 #define DNS_PORT_B 5353
 #endif
 
-BPF_PERCPU_ARRAY(dns_passed, u64, 1);  // packets handed to the socket (compare with what was read)
+BPF_PERCPU_ARRAY(dns_passed, u64, 1);
+#ifdef FILTER_IFINDEX
+BPF_HASH(dns_ifindexes, u32, u8, 1024);  // the configured interfaces; one socket keeps packets in order
+#endif  // packets handed to the socket (compare with what was read)
 
 static __always_inline int dns_port(u16 port) {
     return port == DNS_PORT_A || port == DNS_PORT_B;
 }
 
 int dns_filter(struct __sk_buff *skb) {
+#ifdef FILTER_IFINDEX
+    u32 ifindex = skb->ifindex;
+    if (!dns_ifindexes.lookup(&ifindex))
+        return 0;
+#endif
     u32 l4 = 0, ip_end = 0;
     u8 proto = 0;
     if (skb->protocol == bpf_htons(ETH_P_IP)) {

@@ -97,21 +97,22 @@ class DnsReceiver:
             unit="ms",
         )
         self._local = local_addresses()
-        self._bpf = load_bpf(SOURCE)
+        indexes = [socket.if_nametoindex(name) for name in self.config.interfaces]
+        self._bpf = load_bpf(SOURCE, ["-DFILTER_IFINDEX"] if indexes else [])
+        if indexes:
+            table = self._bpf["dns_ifindexes"]
+            for index in indexes:
+                table[table.Key(index)] = table.Leaf(1)
         fd = self._bpf.load_func("dns_filter", BPF.SOCKET_FILTER).fd
         try:
-            if self.config.interfaces:
-                for name in self.config.interfaces:
-                    sock = self._socket(fd, socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0))
-                    sock.bind((name, ETH_P_ALL))  # only now does it receive, and only filtered packets
-            else:
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-                self._socket(fd, sock)
-                while True:  # discard what arrived between socket() and the filter
-                    try:
-                        sock.recv(1, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
+            # One socket for all interfaces: a single queue keeps every query ahead of its response.
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+            self._socket(fd, sock)
+            while True:  # discard what arrived between socket() and the filter
+                try:
+                    sock.recv(1, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
         except BaseException:
             self._close()
             raise
