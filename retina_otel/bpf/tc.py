@@ -1,0 +1,208 @@
+"""TC attachment of BPF programs: clsact qdisc plus a cls_bpf filter in direct-action mode.
+
+Shared by every receiver that hooks interfaces with TC. Each receiver picks its own distinctive
+``(prio, handle, name)`` triple, which is how it recognises its own filters: a restarted agent finds
+the filter it left behind and replaces it atomically (``replace-filter``) instead of stacking a second
+one, and filters of other programs (Cilium, Calico, a sibling receiver) are never touched.
+
+The programs must return ``TC_ACT_UNSPEC`` (continue with the next filter, then the default action),
+so an observer never changes a packet's fate and later filters still run.
+
+:class:`TcAttacher` remembers what it added and whether it created the ``clsact`` qdisc, and
+:meth:`TcAttacher.detach_all` removes exactly that: its filters, and the qdisc only when it created it
+and no other filter remains on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["EGRESS_PARENT", "INGRESS_PARENT", "FilterSpec", "TcAttacher", "TcError", "list_filters"]
+
+log = logging.getLogger(__name__)
+
+INGRESS_PARENT = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
+EGRESS_PARENT = 0xFFFFFFF3  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)
+_ETH_P_ALL = 0x0003  # pyroute2 converts to network order itself
+
+Hook = Literal["ingress", "egress"]
+
+
+class TcError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    """How a component's filters look: ``prio`` and ``handle`` are what the kernel keys them by."""
+
+    name: str  # shown by ``tc filter show``; also used to recognise ours
+    prio: int  # 1..65535; lower runs earlier
+    handle: int  # cls_bpf handle
+
+
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    ifindex: int
+    hook: Hook
+
+
+def _parent(hook: Hook) -> int:
+    return INGRESS_PARENT if hook == "ingress" else EGRESS_PARENT
+
+
+def _filter_name(msg: Any) -> str:
+    options = msg.get_attr("TCA_OPTIONS")
+    if not options:
+        return ""
+    try:
+        return str(options.get_attr("TCA_BPF_NAME") or "")
+    except AttributeError:  # pragma: no cover - non-bpf filters parse differently
+        return ""
+
+
+def list_filters(ipr: Any, ifindex: int, hook: Hook) -> list[tuple[int, int, str, str]]:
+    """``(prio, handle, kind, name)`` of every filter on one clsact hook (empty without clsact)."""
+    out: list[tuple[int, int, str, str]] = []
+    try:
+        msgs = ipr.get_filters(index=ifindex, parent=_parent(hook))
+    except Exception:  # no clsact qdisc / link gone
+        return out
+    for msg in msgs:
+        handle = int(msg["handle"])
+        if handle == 0:  # the per-prio chain head, not a filter
+            continue
+        prio = (int(msg["info"]) >> 16) & 0xFFFF
+        out.append((prio, handle, str(msg.get_attr("TCA_KIND") or ""), _filter_name(msg)))
+    return out
+
+
+class TcAttacher:
+    """Attach one component's programs to interfaces, remember them, and remove exactly those.
+
+    Thread-safe. ``ipr`` is created lazily in the caller's network namespace (the first call).
+    """
+
+    def __init__(self, spec: FilterSpec) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._ipr: Any = None
+        self._attached: set[_Attached] = set()
+        self._created_clsact: set[int] = set()
+
+    def _iproute(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    # -- queries --------------------------------------------------------------------------------
+    def attached(self) -> set[tuple[int, str]]:
+        with self._lock:
+            return {(a.ifindex, a.hook) for a in self._attached}
+
+    def _has_clsact(self, ifindex: int) -> bool:
+        ipr = self._iproute()
+        return any(m.get_attr("TCA_KIND") == "clsact" for m in ipr.get_qdiscs(index=ifindex))
+
+    def _is_ours(self, prio: int, handle: int, name: str) -> bool:
+        return prio == self.spec.prio and handle == self.spec.handle and name == self.spec.name
+
+    # -- attach / detach ------------------------------------------------------------------------
+    def attach(self, ifindex: int, hook: Hook, prog_fd: int) -> None:
+        """Attach (or atomically replace our own earlier) filter on ``ifindex``'s ``hook``."""
+        with self._lock:
+            ipr = self._iproute()
+            try:
+                if not self._has_clsact(ifindex):
+                    ipr.tc("add", "clsact", ifindex)
+                    self._created_clsact.add(ifindex)
+                for prio, handle, _kind, name in list_filters(ipr, ifindex, hook):
+                    if prio == self.spec.prio and handle == self.spec.handle and not self._is_ours(prio, handle, name):
+                        raise TcError(
+                            f"ifindex {ifindex} {hook}: a foreign filter {name!r} holds prio {prio} handle "
+                            f"{handle:#x}; refusing to replace it"
+                        )
+                ipr.tc(
+                    "replace-filter",
+                    "bpf",
+                    ifindex,
+                    self.spec.handle,
+                    fd=prog_fd,
+                    name=self.spec.name,
+                    parent=_parent(hook),
+                    classid=1,
+                    direct_action=True,
+                    prio=self.spec.prio,
+                    protocol=_ETH_P_ALL,
+                )
+            except TcError:
+                raise
+            except Exception as exc:
+                raise TcError(f"attaching {self.spec.name} to ifindex {ifindex} {hook}: {exc}") from exc
+            self._attached.add(_Attached(ifindex, hook))
+
+    def _detach_locked(self, ifindex: int, hook: Hook) -> None:
+        ipr = self._iproute()
+        for prio, handle, _kind, name in list_filters(ipr, ifindex, hook):
+            if self._is_ours(prio, handle, name):
+                with contextlib.suppress(Exception):
+                    ipr.tc(
+                        "del-filter",
+                        "bpf",
+                        ifindex,
+                        handle,
+                        parent=_parent(hook),
+                        prio=prio,
+                        protocol=_ETH_P_ALL,
+                    )
+        self._attached.discard(_Attached(ifindex, hook))
+
+    def _maybe_remove_clsact(self, ifindex: int) -> None:
+        if ifindex not in self._created_clsact:
+            return
+        ipr = self._iproute()
+        if not list_filters(ipr, ifindex, "ingress") and not list_filters(ipr, ifindex, "egress"):
+            with contextlib.suppress(Exception):
+                ipr.tc("del", "clsact", ifindex)
+        self._created_clsact.discard(ifindex)
+
+    def detach(self, ifindex: int) -> None:
+        """Remove our filters from one interface (both hooks)."""
+        with self._lock:
+            for hook in ("ingress", "egress"):
+                self._detach_locked(ifindex, hook)  # type: ignore[arg-type]
+            self._maybe_remove_clsact(ifindex)
+
+    def forget(self, ifindex: int) -> None:
+        """The interface vanished: drop our records of it without talking to the kernel."""
+        with self._lock:
+            self._attached = {a for a in self._attached if a.ifindex != ifindex}
+            self._created_clsact.discard(ifindex)
+
+    def detach_all(self) -> None:
+        """Remove every filter this attacher added (and clsact qdiscs it created, when left empty)."""
+        with self._lock:
+            if self._ipr is None:
+                return
+            for a in list(self._attached):
+                with contextlib.suppress(Exception):
+                    self._detach_locked(a.ifindex, a.hook)
+            for ifindex in list(self._created_clsact):
+                with contextlib.suppress(Exception):
+                    self._maybe_remove_clsact(ifindex)
+            self._attached.clear()
+            self._created_clsact.clear()
+
+    def close(self) -> None:
+        self.detach_all()
+        with self._lock:
+            if self._ipr is not None:
+                with contextlib.suppress(Exception):
+                    self._ipr.close()
+                self._ipr = None

@@ -1,0 +1,87 @@
+"""Configuration of the packetparser receiver."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from retina_otel.component import ComponentConfig
+
+__all__ = ["DEFAULT_INTERFACE_PATTERNS", "PacketParserConfig"]
+
+DEFAULT_INTERFACE_PATTERNS = ("veth*", "azv*", "cali*", "lxc*", "ro*")
+
+
+class PacketParserConfig(ComponentConfig):
+    interfaces: tuple[str, ...] = Field(
+        default=DEFAULT_INTERFACE_PATTERNS,
+        description=(
+            "Glob patterns of host-side pod interfaces to observe (ingress and egress). Default: veth*, "
+            "azv* (Azure CNI), cali* (Calico), lxc* (Cilium), ro* (the retina-otel sandbox)."
+        ),
+    )
+    host_interface: str = Field(
+        default="auto",
+        description=(
+            "The node's interface: 'auto' = the interface of the IPv4 (else IPv6) default route, a name, "
+            "or 'none'. Default: auto."
+        ),
+    )
+    aggregation: Literal["low", "high"] = Field(
+        default="high",
+        description=(
+            "low: one record per packet. high: a record on SYN/FIN/RST/URG/ECE/CWR, on new flags, on a "
+            "new connection and when the report interval passed; counters in between ride on the next "
+            "record. Default: high."
+        ),
+    )
+    report_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between reports of one flow direction, and between flushes of idle flows. Default: 30.",
+    )
+    sampling_rate: int = Field(
+        default=1,
+        ge=1,
+        description="Consider a packet with probability 1/rate (SYN/FIN/RST always). 1 = every packet. Default: 1.",
+    )
+    conntrack_max_entries: int = Field(
+        default=262144, ge=1024, description="Size of the in-kernel LRU connection table (entries). Default: 262144."
+    )
+    ring_buffer_size: int = Field(
+        default=8 * 1024 * 1024,
+        description="Ring buffer size in bytes, a power of two multiple of 4096. Default: 8 MiB.",
+    )
+    filter_map_max_entries: int = Field(
+        default=255, ge=1, description="Capacity of the LPM trie of IPs of interest (entries). Default: 255."
+    )
+    bypass_lookup_ip_of_interest: bool = Field(
+        default=True,
+        description="true: report every flow (skip the filter map). false: only flows to/from IPs in it. Default: true.",
+    )
+    enable_conntrack_metrics: bool = Field(
+        default=True,
+        description="Publish networkobservability_conntrack_* metrics. Default: true.",
+    )
+    batch_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=1.0,
+        description="Seconds between flow batches handed to the next consumer (at most 1). Default: 0.5.",
+    )
+    max_batch_size: int = Field(
+        default=16384, ge=1, description="Rows per flow batch before it is sent early. Default: 16384."
+    )
+    rescan_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between safety-net interface rescans (link events trigger one at once). Default: 30.",
+    )
+
+    @field_validator("ring_buffer_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 4096 or v & (v - 1):
+            raise ValueError("ring_buffer_size must be a power of two >= 4096")
+        return v

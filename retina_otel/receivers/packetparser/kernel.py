@@ -1,0 +1,185 @@
+"""Thin syscall plumbing bcc does not offer in the shape we need.
+
+* :func:`prog_test_run`: ``BPF_PROG_TEST_RUN`` through the raw ``bpf(2)`` syscall (used for the
+  flush program and by the tests on crafted packets).
+* :func:`lookup_batch`: ``BPF_MAP_LOOKUP_BATCH`` straight into numpy buffers (bcc's
+  ``items_lookup_batch`` yields one ctypes object per entry).
+* :class:`RingBufReader`: a ring-buffer consumer over the map's mmap'ed pages that hands back whole
+  runs of fixed-size records as one numpy array, instead of one Python callback per record.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import struct
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["RingBufReader", "TestRunResult", "lookup_batch", "prog_test_run", "update_batch"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_BPF = 321  # x86_64
+_BPF_PROG_TEST_RUN = 10
+
+
+class _TestAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class TestRunResult:
+    __test__ = False
+
+    def __init__(self, retval: int, data_out: bytes, duration_ns: int) -> None:
+        self.retval = retval
+        self.data_out = data_out
+        self.duration_ns = duration_ns
+
+
+def prog_test_run(prog_fd: int, data: bytes, *, ctx: bytes | None = None, repeat: int = 1) -> TestRunResult:
+    """Run a loaded program once on ``data`` (a whole frame for TC programs)."""
+    attr = _TestAttr()
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 256)
+    attr.prog_fd = prog_fd
+    attr.data_size_in = len(data)
+    attr.data_in = ctypes.addressof(data_in)
+    attr.data_size_out = len(data_out)
+    attr.data_out = ctypes.addressof(data_out)
+    attr.repeat = repeat
+    ctx_buf = None
+    if ctx is not None:
+        ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+        attr.ctx_in = ctypes.addressof(ctx_buf)
+        attr.ctx_size_in = len(ctx)
+    res = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+    if res != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    return TestRunResult(int(attr.retval), data_out.raw[: attr.data_size_out], int(attr.duration))
+
+
+def _libbcc() -> ctypes.CDLL:
+    from bcc.libbcc import lib
+
+    return lib  # type: ignore[no-any-return]
+
+
+def lookup_batch(
+    map_fd: int, key_dtype: np.dtype, value_dtype: np.dtype, max_entries: int
+) -> tuple[npt.NDArray[np.void], npt.NDArray[np.void]]:
+    """All entries of a hash map as two numpy arrays (a consistent snapshot per bucket)."""
+    lib = _libbcc()
+    keys = np.zeros(max_entries, dtype=key_dtype)
+    values = np.zeros(max_entries, dtype=value_dtype)
+    token = ctypes.c_uint32(0)
+    count = ctypes.c_uint32(0)
+    total = 0
+    while total < max_entries:
+        count.value = max_entries - total
+        res = lib.bpf_lookup_batch(
+            map_fd,
+            ctypes.byref(token) if total else None,
+            ctypes.byref(token),
+            ctypes.c_void_p(keys.ctypes.data + key_dtype.itemsize * total),
+            ctypes.c_void_p(values.ctypes.data + value_dtype.itemsize * total),
+            ctypes.byref(count),
+        )
+        err = ctypes.get_errno()
+        total += count.value
+        if res != 0:
+            if err != errno.ENOENT:
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            break
+        if count.value == 0:
+            break
+    return keys[:total], values[:total]
+
+
+def update_batch(map_fd: int, keys: npt.NDArray[np.generic], values: npt.NDArray[np.generic]) -> None:
+    lib = _libbcc()
+    keys = np.ascontiguousarray(keys)
+    values = np.ascontiguousarray(values)
+    count = ctypes.c_uint32(int(keys.shape[0]))
+    res = lib.bpf_update_batch(
+        map_fd, ctypes.c_void_p(keys.ctypes.data), ctypes.c_void_p(values.ctypes.data), ctypes.byref(count)
+    )
+    if res != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"BPF_MAP_UPDATE_BATCH: {os.strerror(err)}")
+
+
+_BUSY = 1 << 31
+_DISCARD = 1 << 30
+
+
+class RingBufReader:
+    """Consume a BPF ring buffer whose records all have ``record_dtype`` (header included).
+
+    The kernel maps the data area twice in a row, so a run of records that wraps around the end is
+    contiguous in our mapping. We copy the run ``[consumer, producer)`` in one go, stop at the first
+    record still being written (BUSY bit), skip discarded ones, and advance the consumer position.
+    Single consumer: callers serialise :meth:`read`.
+    """
+
+    def __init__(self, map_fd: int, size: int, record_dtype: np.dtype) -> None:
+        page = mmap.PAGESIZE
+        if size <= 0 or size & (size - 1) or size % page:
+            raise ValueError(f"ring buffer size {size} must be a power-of-two multiple of the page size")
+        self._size = size
+        self._rec = record_dtype
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._page = page
+        self._data = np.frombuffer(self._producer, dtype=np.uint8)
+
+    def read(self, max_records: int | None = None) -> npt.NDArray[np.void]:
+        cons = struct.unpack_from("<Q", self._consumer, 0)[0]
+        prod = struct.unpack_from("<Q", self._producer, 0)[0]
+        avail = prod - cons
+        if avail <= 0:
+            return np.zeros(0, dtype=self._rec)
+        n = avail // self._rec.itemsize
+        if avail % self._rec.itemsize:
+            raise RuntimeError("ring buffer holds records of an unexpected size")
+        if max_records is not None:
+            n = min(n, max_records)
+        start = self._page + (cons & (self._size - 1))
+        chunk = self._data[start : start + n * self._rec.itemsize].copy().view(self._rec)
+        busy = (chunk["hdr_len"] & _BUSY) != 0
+        if busy.any():
+            n = int(np.argmax(busy))
+            chunk = chunk[:n]
+        if n == 0:
+            return chunk
+        struct.pack_into("<Q", self._consumer, 0, cons + n * self._rec.itemsize)
+        keep = (chunk["hdr_len"] & _DISCARD) == 0
+        return chunk if keep.all() else chunk[keep]
+
+    def close(self) -> None:
+        self._data = np.zeros(0, dtype=np.uint8)
+        for m in (self._consumer, self._producer):
+            try:
+                m.close()
+            except BufferError:  # a view still alive; the mapping goes with the process
+                pass

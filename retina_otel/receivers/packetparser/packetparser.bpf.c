@@ -1,0 +1,552 @@
+// packetparser: TC (clsact, direct action) observer of every packet on pod veths and the host
+// interface. Parses L2-L4, aggregates per connection in an LRU table and reports through a ring
+// buffer. Never changes a packet's fate: every program returns TC_ACT_UNSPEC.
+//
+// Parameters (-D): AGG_HIGH (0/1), SAMPLING_RATE, REPORT_INTERVAL_NS, CT_MAX_ENTRIES,
+// FILTER_MAX_ENTRIES, BYPASS_FILTER (0/1), RINGBUF_PAGES, FLUSH_BATCH.
+// Only UAPI structures are used: the build headers may be older than the running kernel.
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+
+#define OBS_FROM_ENDPOINT 1
+#define OBS_TO_ENDPOINT 2
+#define OBS_FROM_NETWORK 3
+#define OBS_TO_NETWORK 4
+
+// Flag bits, in the order of retina_otel.flows.TcpFlag.
+#define F_FIN (1 << 0)
+#define F_SYN (1 << 1)
+#define F_SYNACK (1 << 2)
+#define F_ACK (1 << 3)
+#define F_RST (1 << 4)
+#define F_PSH (1 << 5)
+#define F_URG (1 << 6)
+#define F_ECE (1 << 7)
+#define F_CWR (1 << 8)
+#define F_NS (1 << 9)
+#define N_FLAGS 10
+#define REPORT_FLAGS (F_FIN | F_SYN | F_SYNACK | F_RST | F_URG | F_ECE | F_CWR)
+
+// Per-CPU statistics (indexes mirror retina_otel/receivers/packetparser/records.py STAT_NAMES).
+#define ST_PACKETS 0         // packets considered (after sampling and filter)
+#define ST_REPORTS 1         // reports written to the ring buffer
+#define ST_RINGBUF_FULL 2    // bpf_ringbuf_reserve failed (counts stay in the table)
+#define ST_CT_CREATE 3       // connection entries created
+#define ST_CT_FULL 4         // connection entry could not be created (packet not counted)
+#define ST_NOT_IP 5          // ARP etc. (not an error)
+#define ST_TRUNC_L2 6
+#define ST_TRUNC_IP 7
+#define ST_BAD_IP 8
+#define ST_TRUNC_EXT 9       // IPv6 extension header truncated
+#define ST_EXT_LIMIT 10      // more IPv6 extension headers than we walk
+#define ST_TRUNC_L4 11
+#define ST_BAD_L4 12
+#define ST_FILTERED 13       // neither address in the filter map
+#define ST_SAMPLED_OUT 14
+#define ST_FLUSH_DELETED 15  // expired idle entries removed by the flush program
+#define N_STATS 16
+
+#define TCP_LIFETIME_NS (360ULL * 1000000000ULL)
+#define TIME_WAIT_NS (30ULL * 1000000000ULL)
+#define OTHER_LIFETIME_NS (60ULL * 1000000000ULL)
+
+#define MAX_IPV6_EXT 8
+
+struct ct_key {
+    u8 a[16];
+    u8 b[16];
+    u16 pa;
+    u16 pb;
+    u32 ifindex;
+    u8 proto;
+    u8 pad[3];
+};
+
+struct ct_dir {  // one direction of a connection at one interface
+    u64 packets;      // since this direction's last report
+    u64 bytes;
+    u64 rev_packets;  // the opposite direction, since this direction's last report
+    u64 rev_bytes;
+    u64 first_ns;     // first packet since last report (0 = none)
+    u64 last_ns;
+    u64 last_report_ns;
+    u64 flags[N_FLAGS];  // 64-bit: atomic exchange needs it
+    u16 sport;        // row ports of the last packet (ICMP: type, code)
+    u16 dport;
+    u16 flags_seen;
+    u8 obs;
+    u8 pad;
+};
+
+struct ct_entry {
+    struct ct_dir d[2];  // 0: initiator -> responder, 1: reply
+    u64 eviction_ns;
+    u8 init_is_a;        // the initiator is key.a
+    u8 closing;          // FIN or RST seen: TIME_WAIT lifetime
+    u8 ipver;
+    u8 pad[5];
+};
+
+struct report {
+    u64 t_first;
+    u64 t_last;
+    u64 packets;
+    u64 bytes;
+    u64 rev_packets;
+    u64 rev_bytes;
+    u8 src[16];
+    u8 dst[16];
+    u32 ifindex;
+    u32 flags[N_FLAGS];
+    u16 sport;
+    u16 dport;
+    u8 proto;
+    u8 ipver;
+    u8 obs;
+    u8 is_reply;
+    u8 sampled;
+    u8 reason;  // 1 packet, 2 flush
+    u8 pad[2];
+};
+
+struct pkt {
+    u8 src[16];
+    u8 dst[16];
+    u64 len;     // IP total length
+    u16 sport;   // row ports (ICMP: type, code)
+    u16 dport;
+    u16 ksport;  // connection-key ports (ICMP echo: identifier both ways)
+    u16 kdport;
+    u16 flags;
+    u8 proto;
+    u8 ipver;
+};
+
+struct lpm_key {
+    u32 prefixlen;
+    u8 addr[16];
+};
+
+BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAX_ENTRIES);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(stats, u64, N_STATS);
+BPF_F_TABLE("lpm_trie", struct lpm_key, u8, ipfilter, FILTER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_ARRAY(flush_keys, struct ct_key, FLUSH_BATCH);
+
+static __always_inline void stat_inc(u32 idx) {
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline u16 load_be16(struct __sk_buff *skb, u32 off, int *err) {
+    u16 v = 0;
+    if (bpf_skb_load_bytes(skb, off, &v, 2) < 0)
+        *err = 1;
+    return bpf_ntohs(v);
+}
+
+// Returns 0 with *p filled, or -1 (already counted).
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
+    int err = 0;
+    u32 off = ETH_HLEN;
+    u16 eth_proto = load_be16(skb, 12, &err);
+    if (err) {
+        stat_inc(ST_TRUNC_L2);
+        return -1;
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (eth_proto == ETH_P_8021Q || eth_proto == ETH_P_8021AD) {
+            eth_proto = load_be16(skb, off + 2, &err);
+            if (err) {
+                stat_inc(ST_TRUNC_L2);
+                return -1;
+            }
+            off += 4;
+        }
+    }
+    u8 l4proto = 0;
+    u32 l4off = 0;
+    u32 l3end = 0;
+    int first_fragment = 1;
+    if (eth_proto == ETH_P_IP) {
+        u8 hdr[20];
+        if (bpf_skb_load_bytes(skb, off, hdr, 20) < 0) {
+            stat_inc(ST_TRUNC_IP);
+            return -1;
+        }
+        u8 ihl = hdr[0] & 0x0f;
+        u16 tot = ((u16)hdr[2] << 8) | hdr[3];
+        if ((hdr[0] >> 4) != 4 || ihl < 5) {
+            stat_inc(ST_BAD_IP);
+            return -1;
+        }
+        u64 total = tot;
+        if (tot == 0)  // TSO/BIG TCP super-packet: length from the skb
+            total = skb->len - off;
+        if (total < (u64)ihl * 4) {
+            stat_inc(ST_BAD_IP);
+            return -1;
+        }
+        if (skb->len < off + ihl * 4) {
+            stat_inc(ST_TRUNC_IP);
+            return -1;
+        }
+        u16 frag = ((u16)hdr[6] << 8) | hdr[7];
+        if (frag & 0x1fff)
+            first_fragment = 0;
+        __builtin_memset(p->src, 0, 10);
+        p->src[10] = 0xff;
+        p->src[11] = 0xff;
+        __builtin_memcpy(&p->src[12], &hdr[12], 4);
+        __builtin_memset(p->dst, 0, 10);
+        p->dst[10] = 0xff;
+        p->dst[11] = 0xff;
+        __builtin_memcpy(&p->dst[12], &hdr[16], 4);
+        p->ipver = 4;
+        p->len = total;
+        l4proto = hdr[9];
+        l4off = off + ihl * 4;
+        l3end = off + total;
+    } else if (eth_proto == ETH_P_IPV6) {
+        u8 hdr[40];
+        if (bpf_skb_load_bytes(skb, off, hdr, 40) < 0) {
+            stat_inc(ST_TRUNC_IP);
+            return -1;
+        }
+        if ((hdr[0] >> 4) != 6) {
+            stat_inc(ST_BAD_IP);
+            return -1;
+        }
+        u16 plen = ((u16)hdr[4] << 8) | hdr[5];
+        u64 total = (u64)plen + 40;
+        if (plen == 0)  // jumbogram / BIG TCP
+            total = skb->len - off;
+        __builtin_memcpy(p->src, &hdr[8], 16);
+        __builtin_memcpy(p->dst, &hdr[24], 16);
+        p->ipver = 6;
+        p->len = total;
+        l3end = off + total;
+        u8 nh = hdr[6];
+        u32 cur = off + 40;
+        int done = 0;
+#pragma unroll
+        for (int i = 0; i < MAX_IPV6_EXT; i++) {
+            if (!done) {
+                if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44) {
+                    u8 eh[4];
+                    if (cur + 8 > l3end || bpf_skb_load_bytes(skb, cur, eh, 4) < 0) {
+                        stat_inc(ST_TRUNC_EXT);
+                        return -1;
+                    }
+                    u32 len;
+                    if (nh == 44) {
+                        len = 8;
+                        u16 fo = ((u16)eh[2] << 8) | eh[3];
+                        if (fo & 0xfff8)
+                            first_fragment = 0;
+                    } else if (nh == 51) {
+                        len = ((u32)eh[1] + 2) * 4;
+                    } else {
+                        len = ((u32)eh[1] + 1) * 8;
+                    }
+                    nh = eh[0];
+                    cur += len;
+                    if (!first_fragment)
+                        done = 1;
+                } else {
+                    done = 1;
+                }
+            }
+        }
+        if (!done) {
+            stat_inc(ST_EXT_LIMIT);
+            return -1;
+        }
+        l4proto = nh;
+        l4off = cur;
+    } else {
+        stat_inc(ST_NOT_IP);
+        return -1;
+    }
+    p->proto = l4proto;
+    if (!first_fragment || l4proto == 59)  // no L4 header in this packet
+        return 0;
+    if (l4proto == 6) {
+        u8 th[14];
+        if (l4off + 20 > l3end || bpf_skb_load_bytes(skb, l4off, th, 14) < 0) {
+            stat_inc(ST_TRUNC_L4);
+            return -1;
+        }
+        if ((th[12] >> 4) < 5) {
+            stat_inc(ST_BAD_L4);
+            return -1;
+        }
+        p->sport = ((u16)th[0] << 8) | th[1];
+        p->dport = ((u16)th[2] << 8) | th[3];
+        u8 f = th[13];
+        u16 m = 0;
+        if (f & 0x01) m |= F_FIN;
+        if ((f & 0x02) && (f & 0x10)) m |= F_SYNACK;
+        else if (f & 0x02) m |= F_SYN;
+        if (f & 0x04) m |= F_RST;
+        if (f & 0x08) m |= F_PSH;
+        if (f & 0x10) m |= F_ACK;
+        if (f & 0x20) m |= F_URG;
+        if (f & 0x40) m |= F_ECE;
+        if (f & 0x80) m |= F_CWR;
+        if (th[12] & 0x01) m |= F_NS;
+        p->flags = m;
+        p->ksport = p->sport;
+        p->kdport = p->dport;
+    } else if (l4proto == 17) {
+        u8 uh[4];
+        if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, uh, 4) < 0) {
+            stat_inc(ST_TRUNC_L4);
+            return -1;
+        }
+        p->sport = ((u16)uh[0] << 8) | uh[1];
+        p->dport = ((u16)uh[2] << 8) | uh[3];
+        p->ksport = p->sport;
+        p->kdport = p->dport;
+    } else if (l4proto == 1 || l4proto == 58) {
+        u8 ih[8];
+        if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, ih, 8) < 0) {
+            stat_inc(ST_TRUNC_L4);
+            return -1;
+        }
+        p->sport = ih[0];  // type
+        p->dport = ih[1];  // code
+        u8 t = ih[0];
+        int echo = (l4proto == 1) ? (t == 8 || t == 0) : (t == 128 || t == 129);
+        if (echo) {  // request and reply share the identifier: one connection
+            u16 id = ((u16)ih[4] << 8) | ih[5];
+            p->ksport = id;
+            p->kdport = id;
+        } else {
+            p->ksport = t;
+            p->kdport = ih[1];
+        }
+    }
+    return 0;
+}
+
+// 1 when (a, pa) sorts before or equal to (b, pb): the normalised key order.
+static __always_inline int addr_le(const u8 *a, u16 pa, const u8 *b, u16 pb) {
+    u64 a0 = 0, a1 = 0, b0 = 0, b1 = 0;
+    __builtin_memcpy(&a0, a, 8);
+    __builtin_memcpy(&a1, a + 8, 8);
+    __builtin_memcpy(&b0, b, 8);
+    __builtin_memcpy(&b1, b + 8, 8);
+    if (a0 != b0)
+        return a0 < b0;
+    if (a1 != b1)
+        return a1 < b1;
+    return pa <= pb;
+}
+
+// Move one direction's since-last-report counters into a ring-buffer record. Counters are taken with
+// atomic exchanges, so packets counted concurrently on other CPUs ride on the next report.
+static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int dir, u64 now, u8 reason) {
+    struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
+    struct report *r = events.ringbuf_reserve(sizeof(struct report));
+    if (!r) {
+        stat_inc(ST_RINGBUF_FULL);
+        return;
+    }
+    r->packets = __sync_lock_test_and_set(&d->packets, 0);
+    r->bytes = __sync_lock_test_and_set(&d->bytes, 0);
+    r->rev_packets = __sync_lock_test_and_set(&d->rev_packets, 0);
+    r->rev_bytes = __sync_lock_test_and_set(&d->rev_bytes, 0);
+#pragma unroll
+    for (int i = 0; i < N_FLAGS; i++)
+        r->flags[i] = (u32)__sync_lock_test_and_set(&d->flags[i], 0ULL);
+    u64 first = d->first_ns;
+    d->first_ns = 0;
+    r->t_first = first ? first : d->last_ns;
+    r->t_last = d->last_ns;
+    int src_is_a = (dir == 0) == (e->init_is_a != 0);
+    if (src_is_a) {
+        __builtin_memcpy(r->src, k->a, 16);
+        __builtin_memcpy(r->dst, k->b, 16);
+    } else {
+        __builtin_memcpy(r->src, k->b, 16);
+        __builtin_memcpy(r->dst, k->a, 16);
+    }
+    r->ifindex = k->ifindex;
+    r->sport = d->sport;
+    r->dport = d->dport;
+    r->proto = k->proto;
+    r->ipver = e->ipver;
+    r->obs = d->obs;
+    r->is_reply = dir;
+    r->sampled = SAMPLING_RATE > 1;
+    r->reason = reason;
+    r->pad[0] = 0;
+    r->pad[1] = 0;
+    d->last_report_ns = now;
+    events.ringbuf_submit(r, 0);
+    stat_inc(ST_REPORTS);
+}
+
+static __always_inline int filter_match(struct pkt *p) {
+#if BYPASS_FILTER
+    return 1;
+#else
+    struct lpm_key lk = {.prefixlen = 128};
+    __builtin_memcpy(lk.addr, p->src, 16);
+    if (ipfilter.lookup(&lk))
+        return 1;
+    __builtin_memcpy(lk.addr, p->dst, 16);
+    if (ipfilter.lookup(&lk))
+        return 1;
+    return 0;
+#endif
+}
+
+static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
+    struct pkt p = {};
+    if (parse(skb, &p) < 0)
+        return TC_ACT_UNSPEC;
+    if (!filter_match(&p)) {
+        stat_inc(ST_FILTERED);
+        return TC_ACT_UNSPEC;
+    }
+#if SAMPLING_RATE > 1
+    // Connection control packets are always considered, so the table tracks lifetimes correctly.
+    if (!(p.flags & (F_SYN | F_SYNACK | F_FIN | F_RST)) && (bpf_get_prandom_u32() % SAMPLING_RATE) != 0) {
+        stat_inc(ST_SAMPLED_OUT);
+        return TC_ACT_UNSPEC;
+    }
+#endif
+    stat_inc(ST_PACKETS);
+
+    struct ct_key k = {};
+    int src_is_a = addr_le(p.src, p.ksport, p.dst, p.kdport);
+    if (src_is_a) {
+        __builtin_memcpy(k.a, p.src, 16);
+        __builtin_memcpy(k.b, p.dst, 16);
+        k.pa = p.ksport;
+        k.pb = p.kdport;
+    } else {
+        __builtin_memcpy(k.a, p.dst, 16);
+        __builtin_memcpy(k.b, p.src, 16);
+        k.pa = p.kdport;
+        k.pb = p.ksport;
+    }
+    k.ifindex = skb->ifindex;
+    k.proto = p.proto;
+
+    u64 now = bpf_ktime_get_ns();
+    int report = AGG_HIGH ? 0 : 1;
+    // The initiator is the sender of the first packet seen, except that a SYN-ACK comes from the responder.
+    u8 init_is_a = (p.flags & F_SYNACK) ? !src_is_a : src_is_a;
+    struct ct_entry *e = conntrack.lookup(&k);
+    if (!e) {
+        struct ct_entry ne = {};
+        ne.init_is_a = init_is_a;
+        ne.ipver = p.ipver;
+        ne.eviction_ns = now + OTHER_LIFETIME_NS;
+        if (conntrack.insert(&k, &ne) == 0)
+            stat_inc(ST_CT_CREATE);
+        e = conntrack.lookup(&k);
+        if (!e) {
+            stat_inc(ST_CT_FULL);
+            return TC_ACT_UNSPEC;
+        }
+        report = 1;
+    } else if (e->eviction_ns < now || (p.flags & F_SYN)) {
+        // Expired (or a fresh SYN reusing the tuple): a new connection. Unreported counters stay and
+        // ride on the next report, so totals remain exact.
+        e->init_is_a = init_is_a;
+        e->closing = 0;
+        e->d[0].flags_seen = 0;
+        e->d[1].flags_seen = 0;
+        report = 1;
+    }
+    int dir = (src_is_a == (e->init_is_a != 0)) ? 0 : 1;
+    struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
+    struct ct_dir *o = dir ? &e->d[0] : &e->d[1];
+    __sync_fetch_and_add(&d->packets, 1);
+    __sync_fetch_and_add(&d->bytes, p.len);
+    __sync_fetch_and_add(&o->rev_packets, 1);
+    __sync_fetch_and_add(&o->rev_bytes, p.len);
+    u16 m = p.flags;
+    if (m) {
+#pragma unroll
+        for (int i = 0; i < N_FLAGS; i++) {
+            if (m & (1 << i))
+                __sync_fetch_and_add(&d->flags[i], 1ULL);
+        }
+    }
+    if (d->first_ns == 0)
+        d->first_ns = now;
+    d->last_ns = now;
+    d->sport = p.sport;
+    d->dport = p.dport;
+    d->obs = obs;
+    if (p.proto == 6) {
+        if (m & (F_FIN | F_RST))
+            e->closing = 1;
+        e->eviction_ns = now + (e->closing ? TIME_WAIT_NS : TCP_LIFETIME_NS);
+    } else {
+        e->eviction_ns = now + OTHER_LIFETIME_NS;
+    }
+    if (m & REPORT_FLAGS)
+        report = 1;
+    if (m & ~d->flags_seen) {
+        report = 1;
+        d->flags_seen |= m;
+    }
+    if (now - d->last_report_ns >= REPORT_INTERVAL_NS)
+        report = 1;
+    if (report)
+        emit(e, &k, dir, now, 1);
+    return TC_ACT_UNSPEC;
+}
+
+int pp_from_endpoint(struct __sk_buff *skb) { return handle(skb, OBS_FROM_ENDPOINT); }
+int pp_to_endpoint(struct __sk_buff *skb) { return handle(skb, OBS_TO_ENDPOINT); }
+int pp_from_network(struct __sk_buff *skb) { return handle(skb, OBS_FROM_NETWORK); }
+int pp_to_network(struct __sk_buff *skb) { return handle(skb, OBS_TO_NETWORK); }
+
+// Run from user space with BPF_PROG_TEST_RUN: report the unreported counters of the connections
+// whose keys user space wrote into flush_keys[0..n) (n in the first 4 bytes of the packet), and delete
+// those that expired with nothing left to report. Returns how many entries it deleted.
+int pp_flush(struct __sk_buff *skb) {
+    u32 n = 0;
+    if (bpf_skb_load_bytes(skb, 0, &n, 4) < 0)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    int deleted = 0;
+    for (u32 i = 0; i < FLUSH_BATCH; i++) {
+        if (i >= n)
+            break;
+        u32 idx = i;
+        struct ct_key *kp = flush_keys.lookup(&idx);
+        if (!kp)
+            break;
+        struct ct_key k = *kp;
+        struct ct_entry *e = conntrack.lookup(&k);
+        if (!e)
+            continue;
+        int any = 0;
+        if (e->d[0].packets) {
+            emit(e, &k, 0, now, 2);
+            any = 1;
+        }
+        if (e->d[1].packets) {
+            emit(e, &k, 1, now, 2);
+            any = 1;
+        }
+        if (!any && e->eviction_ns < now) {
+            conntrack.delete(&k);
+            deleted++;
+            stat_inc(ST_FLUSH_DELETED);
+        }
+    }
+    return deleted;
+}

@@ -1,0 +1,360 @@
+"""The packetparser receiver: TC programs on pod veths and the host interface, flow records out.
+
+Threads (all started in :meth:`PacketParserReceiver.start`):
+
+* ``packetparser-reader``: every 20 ms copies the ring buffer's committed records into numpy
+  (:class:`~.kernel.RingBufReader`), converts them to ``FLOW_DTYPE`` rows in bulk and hands batches to
+  the next consumer every ``batch_interval``; every ``report_interval`` it flushes the connection
+  table (unreported counters of idle flows) and publishes the kernel's statistics.
+* ``packetparser-links``: netlink link events -> attach to new interfaces, forget vanished ones.
+
+Exact totals: counters live in the kernel table until a report takes them with an atomic exchange;
+a report that cannot be written (ring buffer full) leaves them in place for the next one, and
+:meth:`flush` / :meth:`shutdown` move whatever is left into rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retina_otel.bpf import load_bpf
+from retina_otel.bpf.tc import FilterSpec, TcAttacher, TcError
+from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
+from retina_otel.flows import FlowBatch, ObservationPoint
+from retina_otel.metrics.store import Family
+
+from .config import PacketParserConfig
+from .filtermap import lpm_keys
+from .kernel import RingBufReader, lookup_batch, prog_test_run, update_batch
+from .links import LinkWatcher, default_route_ifindexes, list_links, select_pod_links
+from .records import (
+    CT_ENTRY_DTYPE,
+    CT_KEY_DTYPE,
+    LOST_STATS,
+    RINGBUF_RECORD_DTYPE,
+    STAT_NAMES,
+    reports_to_batch,
+)
+
+__all__ = ["BPF_SOURCE", "FILTER_SPEC", "PacketParserReceiver", "build_cflags"]
+
+log = logging.getLogger(__name__)
+
+BPF_SOURCE = Path(__file__).with_name("packetparser.bpf.c")
+FILTER_SPEC = FilterSpec(name="retina_otel_packetparser", prio=0x1E7, handle=0x1E7A)
+FLUSH_BATCH = 256
+_POLL_SECONDS = 0.02
+
+_TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
+
+
+def build_cflags(config: PacketParserConfig) -> list[str]:
+    return [
+        f"-DAGG_HIGH={1 if config.aggregation == 'high' else 0}",
+        f"-DSAMPLING_RATE={config.sampling_rate}",
+        f"-DREPORT_INTERVAL_NS={int(config.report_interval * 1e9)}ULL",
+        f"-DCT_MAX_ENTRIES={config.conntrack_max_entries}",
+        f"-DFILTER_MAX_ENTRIES={config.filter_map_max_entries}",
+        f"-DBYPASS_FILTER={1 if config.bypass_lookup_ip_of_interest else 0}",
+        f"-DRINGBUF_PAGES={config.ring_buffer_size // 4096}",
+        f"-DFLUSH_BATCH={FLUSH_BATCH}",
+    ]
+
+
+class PacketParserReceiver:
+    """Implements :class:`~retina_otel.component.Lifecycle` and :class:`~.filtermap.IpFilter`."""
+
+    def __init__(
+        self, settings: CreateSettings, config: PacketParserConfig, next_consumer: FlowConsumer | None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self._next = next_consumer
+        self._host: Host | None = None
+        self._bpf: Any = None
+        self._fds: dict[str, int] = {}
+        self._attacher = TcAttacher(FILTER_SPEC)
+        self._watcher: LinkWatcher | None = None
+        self._ring: RingBufReader | None = None
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.RLock()  # serialises ring reads, kernel flushes and emits
+        self._pending: list[FlowBatch] = []
+        self._pending_rows = 0
+        self._clock_offset_ns = 0
+        self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
+        self._filter_ips: set[str] = set()
+        self._attached_names: dict[int, str] = {}
+        self._host_ifindexes: set[int] = set()
+        self._metrics: dict[str, Family] = {}
+        self._started = False
+        self._shut = False
+        self.rows_emitted = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, host: Host) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._host = host
+        try:
+            self._start(host)
+        except Exception:
+            self._teardown(final_flush=False)
+            raise
+
+    def _start(self, host: Host) -> None:
+        from bcc import BPF
+
+        self._bpf = load_bpf(BPF_SOURCE, build_cflags(self.config))
+        ct_table = self._bpf["conntrack"]
+        if (
+            ctypes.sizeof(ct_table.Key) != CT_KEY_DTYPE.itemsize
+            or ctypes.sizeof(ct_table.Leaf) != CT_ENTRY_DTYPE.itemsize
+        ):
+            raise RuntimeError("packetparser: kernel struct layout does not match records.py")
+        for name in ("pp_from_endpoint", "pp_to_endpoint", "pp_from_network", "pp_to_network", "pp_flush"):
+            self._fds[name] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
+        self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
+        self._ring = RingBufReader(self._bpf["events"].map_fd, self.config.ring_buffer_size, RINGBUF_RECORD_DTYPE)
+        if self._filter_ips:
+            self._apply_filter(sorted(self._filter_ips), add=True)
+        if self.config.enable_conntrack_metrics:
+            m = host.metrics
+            for name, desc in (
+                ("packets_tx", "Packets leaving pods (veth ingress) and the node (host egress)"),
+                ("packets_rx", "Packets entering pods (veth egress) and the node (host ingress)"),
+                ("bytes_tx", "IP bytes leaving pods and the node"),
+                ("bytes_rx", "IP bytes entering pods and the node"),
+            ):
+                self._metrics[name] = m.counter(f"networkobservability_conntrack_{name}", desc)
+            self._metrics["total_connections"] = m.gauge(
+                "networkobservability_conntrack_total_connections",
+                "Live entries of packetparser's connection table (one per flow per interface)",
+            )
+        self.rescan()
+        self._watcher = LinkWatcher(self.rescan, self.config.rescan_interval)
+        self._watcher.start()
+        self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
+        self._reader.start()
+        host.report_status(self.settings.id, ComponentStatus.OK, f"attached to {len(self._attached_names)} interfaces")
+
+    def shutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        if not self._started:
+            return
+        self._teardown(final_flush=True)
+
+    def _teardown(self, final_flush: bool) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+            self._reader = None
+        self._attacher.close()
+        self._attached_names.clear()
+        if final_flush and self._bpf is not None and self._ring is not None:
+            try:
+                self.flush()
+                self._publish_stats()
+            except Exception:
+                log.exception("packetparser: final flush failed")
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._bpf is not None:
+            with contextlib.suppress(Exception):
+                self._bpf.cleanup()
+            self._bpf = None
+
+    # -- interfaces -----------------------------------------------------------------------------
+    def rescan(self) -> None:
+        """Attach to interfaces that match and are not attached yet; forget vanished ones."""
+        if self._stop.is_set() or self._bpf is None:
+            return
+        ipr = self._attacher._iproute()
+        links = list_links(ipr)
+        host: set[int] = set()
+        hi = self.config.host_interface
+        if hi == "auto":
+            host = set(default_route_ifindexes(ipr))
+        elif hi != "none":
+            host = {i for i, n in links.items() if n == hi}
+        pods = select_pod_links(links, self.config.interfaces, host)
+        wanted = {**{i: links[i] for i in host if i in links}, **pods}
+        for idx in list(self._attached_names):
+            if idx not in links or links[idx] != self._attached_names[idx]:
+                self._attacher.forget(idx)
+                del self._attached_names[idx]
+                self._host_ifindexes.discard(idx)
+        for idx, name in wanted.items():
+            if idx in self._attached_names:
+                continue
+            is_host = idx in host
+            try:
+                if is_host:
+                    self._attacher.attach(idx, "ingress", self._fds["pp_from_network"])
+                    self._attacher.attach(idx, "egress", self._fds["pp_to_network"])
+                    self._host_ifindexes.add(idx)
+                else:
+                    self._attacher.attach(idx, "ingress", self._fds["pp_from_endpoint"])
+                    self._attacher.attach(idx, "egress", self._fds["pp_to_endpoint"])
+                self._attached_names[idx] = name
+            except TcError as exc:
+                if idx in list_links(ipr):  # a vanished link is not worth a warning
+                    log.warning("packetparser: %s", exc)
+
+    def attached_interfaces(self) -> dict[int, str]:
+        return dict(self._attached_names)
+
+    # -- filter map (IpFilter) ------------------------------------------------------------------
+    def add_ips(self, ips: list[str]) -> None:
+        self._filter_ips.update(ips)
+        if self._bpf is not None:
+            self._apply_filter(ips, add=True)
+
+    def remove_ips(self, ips: list[str]) -> None:
+        self._filter_ips.difference_update(ips)
+        if self._bpf is not None:
+            self._apply_filter(ips, add=False)
+
+    def _apply_filter(self, ips: list[str], add: bool) -> None:
+        table = self._bpf["ipfilter"]
+        for raw in lpm_keys(ips):
+            key = table.Key.from_buffer_copy(raw)
+            if add:
+                table[key] = table.Leaf(1)
+            else:
+                with contextlib.suppress(KeyError):
+                    del table[key]
+
+    # -- data path ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_emit = last_flush = last_stats = time.monotonic()
+        while not self._stop.wait(_POLL_SECONDS):
+            try:
+                now = time.monotonic()
+                with self._lock:
+                    self._drain_ring()
+                    if now - last_flush >= self.config.report_interval:
+                        last_flush = now
+                        self._kernel_flush()
+                    if now - last_emit >= self.config.batch_interval:
+                        last_emit = now
+                        self._emit()
+                if now - last_stats >= 1.0:
+                    last_stats = now
+                    self._publish_stats()
+            except Exception:
+                log.exception("packetparser: reader loop error")
+
+    def _drain_ring(self) -> int:
+        assert self._ring is not None
+        total = 0
+        while True:
+            recs = self._ring.read()
+            if recs.shape[0] == 0:
+                return total
+            total += int(recs.shape[0])
+            self._add_reports(recs["report"])
+
+    def _add_reports(self, reports: npt.NDArray[np.void]) -> None:
+        batch = reports_to_batch(reports, self._clock_offset_ns, self.settings.id)
+        if len(batch) == 0:
+            return
+        self._pending.append(batch)
+        self._pending_rows += len(batch)
+        if self._pending_rows >= self.config.max_batch_size:
+            self._emit()
+
+    def _emit(self) -> None:
+        if not self._pending:
+            return
+        batches, self._pending, self._pending_rows = self._pending, [], 0
+        records = batches[0].records if len(batches) == 1 else np.concatenate([b.records for b in batches])
+        batch = FlowBatch(records=records, receiver=self.settings.id)
+        if self._host is not None:
+            batch.attributes["k8s.node.name"] = self._host.node_name
+        self._update_metrics(records)
+        self.rows_emitted += len(batch)
+        if self._next is not None:
+            try:
+                self._next.consume_flows(batch)
+            except Exception:
+                log.exception("packetparser: next consumer failed")
+
+    def _update_metrics(self, records: npt.NDArray[np.void]) -> None:
+        if not self._metrics:
+            return
+        tx = np.isin(records["observation_point"], _TX_POINTS)
+        self._metrics["packets_tx"].add((), float(records["packets"][tx].sum()))
+        self._metrics["packets_rx"].add((), float(records["packets"][~tx].sum()))
+        self._metrics["bytes_tx"].add((), float(records["bytes"][tx].sum()))
+        self._metrics["bytes_rx"].add((), float(records["bytes"][~tx].sum()))
+
+    def _kernel_flush(self) -> None:
+        """Move every unreported counter of the connection table into the ring buffer (and drop idle
+        expired entries), via the pp_flush program run with BPF_PROG_TEST_RUN."""
+        assert self._bpf is not None
+        keys, values = lookup_batch(
+            self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, self.config.conntrack_max_entries
+        )
+        now = time.monotonic_ns()
+        expired = values["eviction_ns"] < now
+        if "total_connections" in self._metrics:
+            self._metrics["total_connections"].set((), float((~expired).sum()))
+        need = (values["d"]["packets"] > 0).any(axis=1) | expired
+        todo = keys[need]
+        fd_keys = self._bpf["flush_keys"].map_fd
+        for start in range(0, int(todo.shape[0]), FLUSH_BATCH):
+            chunk = todo[start : start + FLUSH_BATCH]
+            n = int(chunk.shape[0])
+            update_batch(fd_keys, np.arange(n, dtype=np.uint32), chunk)
+            prog_test_run(self._fds["pp_flush"], struct.pack("<I", n) + b"\x00" * 60)
+            self._drain_ring()
+
+    def flush(self) -> None:
+        """Report every counter still in the kernel and hand all pending rows to the next consumer."""
+        if self._bpf is None or self._ring is None:
+            return
+        with self._lock:
+            self._drain_ring()
+            self._kernel_flush()
+            self._drain_ring()
+            self._emit()
+
+    # -- statistics -----------------------------------------------------------------------------
+    def kernel_stats(self) -> dict[str, int]:
+        """Cumulative per-CPU statistics of the programs, summed (names in records.STAT_NAMES)."""
+        if self._bpf is None:
+            return {}
+        table = self._bpf["stats"]
+        out: dict[str, int] = {}
+        for i, name in enumerate(STAT_NAMES):
+            out[name] = int(sum(table[ctypes.c_int(i)]))
+        return out
+
+    def _publish_stats(self) -> None:
+        if self._host is None or self._bpf is None:
+            return
+        stats = self.kernel_stats()
+        current = np.array([stats[n] for n in STAT_NAMES], dtype=np.uint64)
+        delta = current - self._last_stats
+        self._last_stats = current
+        for i, name in enumerate(STAT_NAMES):
+            if name in LOST_STATS and delta[i]:
+                self._host.count_lost("packetparser", name, int(delta[i]))
