@@ -115,3 +115,18 @@ def test_capture_job_spec_json_round_trip() -> None:
     assert CaptureJobSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="RETINA_CAPTURE_SPEC"):
         CaptureJobSpec.from_env({})
+
+
+def test_example_manifests_are_valid() -> None:
+    from pathlib import Path
+
+    from retina_otel.crds.models import CaptureSpec as Cap
+
+    models: dict[str, type[Any]] = {"Capture": Cap, "MetricsConfiguration": MetricsConfigurationSpec}
+    seen = 0
+    for path in sorted((Path(__file__).parent.parent / "operator" / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] in models:
+                validate_spec(models[doc["kind"]], doc["spec"])
+                seen += 1
+    assert seen == 4

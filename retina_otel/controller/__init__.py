@@ -6,6 +6,7 @@ CLI wiring: ``add_operator_arguments(parser)`` then ``main_operator(args)``; pro
 
 from __future__ import annotations
 
+from retina_otel.controller import cli
 from retina_otel.controller.run import add_operator_arguments, main_operator, run_operator
 
-__all__ = ["add_operator_arguments", "main_operator", "run_operator"]
+__all__ = ["add_operator_arguments", "cli", "main_operator", "run_operator"]
