@@ -58,7 +58,9 @@ class PacketParserConfig(ComponentConfig):
     )
     bypass_lookup_ip_of_interest: bool = Field(
         default=True,
-        description="true: report every flow (skip the filter map). false: only flows to/from IPs in it. Default: true.",
+        description=(
+            "true: report every flow (skip the filter map). false: only flows to/from IPs in it. Default: true."
+        ),
     )
     enable_conntrack_metrics: bool = Field(
         default=True,

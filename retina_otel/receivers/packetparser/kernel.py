@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -179,7 +180,5 @@ class RingBufReader:
     def close(self) -> None:
         self._data = np.zeros(0, dtype=np.uint8)
         for m in (self._consumer, self._producer):
-            try:
+            with contextlib.suppress(BufferError):  # a view still alive; the mapping goes with the process
                 m.close()
-            except BufferError:  # a view still alive; the mapping goes with the process
-                pass

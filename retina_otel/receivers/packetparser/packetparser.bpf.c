@@ -276,8 +276,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
     if (!first_fragment || l4proto == 59)  // no L4 header in this packet
         return 0;
     if (l4proto == 6) {
-        u8 th[14];
-        if (l4off + 20 > l3end || bpf_skb_load_bytes(skb, l4off, th, 14) < 0) {
+        u8 th[20];
+        if (l4off + 20 > l3end || bpf_skb_load_bytes(skb, l4off, th, 20) < 0) {
             stat_inc(ST_TRUNC_L4);
             return -1;
         }
@@ -303,8 +303,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         p->ksport = p->sport;
         p->kdport = p->dport;
     } else if (l4proto == 17) {
-        u8 uh[4];
-        if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, uh, 4) < 0) {
+        u8 uh[8];
+        if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, uh, 8) < 0) {
             stat_inc(ST_TRUNC_L4);
             return -1;
         }
