@@ -43,7 +43,7 @@ def test_query_and_response_agree_with_dnspython() -> None:
     r.answer.insert(0, dns.rrset.from_text("alias.example.test.", 60, "IN", "CNAME", "www.example.test."))
     m = parse_message(r.to_wire())  # dnspython compresses names: pointers are exercised
     assert m.is_response and m.rcode == 0 and m.answer_count == 3
-    assert m.answers == ("www.example.test.", "2001:db8::1", "2001:db8::2")
+    assert m.answers[0] == "www.example.test." and sorted(m.answers[1:]) == ["2001:db8::1", "2001:db8::2"]
     nx = parse_message(_response("nope.example.test.", "A", rcode=3).to_wire())
     assert nx.rcode == 3 and rcode_name(nx.rcode) == "NXDOMAIN" and nx.answers == ()
     assert type_name(1) == "A" and type_name(28) == "AAAA" and type_name(65) == "HTTPS"
