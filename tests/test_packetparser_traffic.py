@@ -312,3 +312,34 @@ def test_shutdown_removes_own_filters_and_keeps_foreign(sandbox: Sandbox, make_a
     finally:
         foreign.close()
         prog.cleanup()
+
+
+def test_host_interface_auto() -> None:
+    """The default-route interface is observed as FROM_NETWORK/TO_NETWORK and left clean afterwards."""
+    cfg = PacketParserConfig(interfaces=("rotel-none-*",), host_interface="auto", aggregation="low")
+    consumer = CollectingConsumer()
+    receiver = FACTORY.create(CreateSettings("packetparser", "receiver"), cfg, consumer)
+    assert isinstance(receiver, PacketParserReceiver)
+    try:
+        receiver.start(TestHost())
+        attached = receiver.attached_interfaces()
+        assert len(attached) >= 1
+        ifindex = next(iter(attached))
+        # One datagram from the host into the benchmarking range leaves through the default route.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x" * 10, ("198.19.254.254", 9))
+        receiver.flush()
+        rec = consumer.records()
+        dst = rec["dst_ip"] == np.void(ip_to_bytes("198.19.254.254"))
+        rows = rec[dst & (rec["ifindex"] == ifindex)]
+        assert int(rows["packets"].sum()) == 1 and int(rows["bytes"].sum()) == 38
+        assert set(rows["observation_point"].tolist()) == {ObservationPoint.TO_NETWORK}
+        assert set(rows["direction"].tolist()) == {Direction.EGRESS}
+    finally:
+        receiver.shutdown()
+    ipr = TcAttacher(FILTER_SPEC)._iproute()
+    try:
+        for hook in ("ingress", "egress"):
+            assert all(f[3] != FILTER_SPEC.name for f in list_filters(ipr, ifindex, hook))  # type: ignore[arg-type]
+    finally:
+        ipr.close()
