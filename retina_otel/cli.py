@@ -46,11 +46,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(source, exc)
         return 2
-    pipelines = ", ".join(
-        f"{name}: {' -> '.join([*p.receivers, *p.processors, *p.exporters])}"
-        for name, p in config.service.pipelines.items()
-    )
-    print(f"{source} is valid ({pipelines})")
+    print(f"{source} is valid")
+    for name, p in config.service.pipelines.items():
+        stages = [", ".join(p.receivers), *p.processors, ", ".join(p.exporters)]
+        print(f"  {name}: {' -> '.join(stages)}")
     return 0
 
 

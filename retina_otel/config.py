@@ -271,7 +271,16 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
 
 
 def default_config_text(*, env: Mapping[str, str] | None = None) -> str:
-    """The embedded default pipeline; with OTEL_EXPORTER_OTLP_ENDPOINT set, OTLP export is added."""
+    """The embedded default pipeline; with OTEL_EXPORTER_OTLP_ENDPOINT set, an ``otlp`` exporter (which
+    reads its endpoint and the other OTEL_EXPORTER_OTLP_* variables itself) feeds from every pipeline."""
     environ = os.environ if env is None else env
-    name = "default-otlp.yaml" if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "default.yaml"
-    return resources.files("retina_otel.defaults").joinpath(name).read_text()
+    text = resources.files("retina_otel.defaults").joinpath("default.yaml").read_text()
+    if not environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return text
+    raw = yaml.safe_load(text)
+    raw["exporters"]["otlp"] = {}
+    for pipeline in raw["service"]["pipelines"].values():
+        pipeline["exporters"] = [e for e in pipeline["exporters"] if e != "nop"] + ["otlp"]
+    del raw["exporters"]["nop"]
+    header = "# The embedded default with OTLP export (OTEL_EXPORTER_OTLP_ENDPOINT is set).\n"
+    return header + yaml.safe_dump(raw, sort_keys=False)

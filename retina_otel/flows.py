@@ -108,7 +108,9 @@ FLOW_DTYPE = np.dtype(
         ("ifindex", "<u4"),
         ("packets", "<u8"),  # since last report, src -> dst
         ("bytes", "<u8"),  # since last report, src -> dst (IP length)
-        ("reply_packets", "<u8"),  # since last report, dst -> src, where the receiver sees both ways
+        # dst -> src since the last report, where the hook sees both ways: for the flow record only.
+        # Those packets are also counted in rows of their own direction; never add these to totals.
+        ("reply_packets", "<u8"),
         ("reply_bytes", "<u8"),
         ("tcp_flags", "<u4", (len(TcpFlag),)),  # counts per TcpFlag since last report
         ("drop_reason", "<u4"),  # id in STRINGS of the kernel's skb_drop_reason name, 0 = none

@@ -38,6 +38,7 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
         "otlp": "retina_otel.exporters.otlp:FACTORY",
         "otlphttp": "retina_otel.exporters.otlp:HTTP_FACTORY",
         "debug": "retina_otel.exporters.debug:FACTORY",
+        "nop": "retina_otel.exporters.nop:FACTORY",
     },
 }
 

@@ -66,7 +66,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
 def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -> None:
     a = sandbox.add_pod("a")
     b = sandbox.add_pod("b")
-    foreign = subprocess.run(["tc", "qdisc", "add", "dev", a.host_veth, "clsact"], capture_output=True, text=True)
+    foreign = subprocess.run(["tc", "qdisc", "replace", "dev", a.host_veth, "clsact"], capture_output=True, text=True)
     assert foreign.returncode == 0, foreign.stderr
     # A filter the agent did not add must survive its shutdown.
     subprocess.run(
@@ -81,9 +81,13 @@ def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -
             "7",
             "protocol",
             "all",
-            "matchall",
-            "action",
-            "pass",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "classid",
+            "1:1",
         ],
         check=True,
     )
@@ -94,6 +98,7 @@ def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -
         _status, body = _get(READYZ)
         detail: dict[str, Any] = json.loads(body)
         assert detail["ready"] is True
+        assert wait_for(lambda: "retina_otel" in _tc_filters(a.host_veth), timeout=10), _tc_filters(a.host_veth)
         for _ in range(50):
             a.run(["ping", "-c", "1", "-W", "1", b.ipv4], check=False)
         status, text = _get(METRICS)
@@ -104,7 +109,7 @@ def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -
         rc, output = _stop(proc)
     assert rc == 0, output[-3000:]
     filters = _tc_filters(a.host_veth)
-    assert "matchall" in filters, filters
+    assert "u32" in filters, filters
     assert "bpf" not in filters, filters
     leftover_pins = [p.name for p in Path("/sys/fs/bpf").iterdir() if "retina" in p.name]
     assert not leftover_pins

@@ -2,9 +2,9 @@
 
 Row selection (Retina's verdict semantics mapped onto :data:`~retina_otel.flows.FLOW_DTYPE`):
 
-* forward: ``event == FLOW`` and ``verdict == FORWARDED``; ``packets``/``bytes`` count src -> dst, and
-  ``reply_packets``/``reply_bytes`` count dst -> src, so they are counted as the mirrored row (sides
-  swapped, direction flipped, ``is_reply`` inverted).
+* forward: ``event == FLOW`` and ``verdict == FORWARDED``; ``packets``/``bytes`` count src -> dst.
+  ``reply_packets``/``reply_bytes`` are not counted: receivers report each direction in rows of its
+  own, and the reply columns only repeat those packets for the flow record (see ``flows.FLOW_DTYPE``).
 * drop: ``verdict == DROPPED`` (dropreason rows, or any receiver's dropped rows); count
   ``max(packets, 1)``.
 * tcpflags: the forward rows with ``proto == 6``; each ``tcp_flags`` column is a count per flag.
@@ -331,9 +331,7 @@ class Aggregator:
 
         wants_forward = AdvMetric.FORWARD_COUNT in metrics or AdvMetric.FORWARD_BYTES in metrics
         if wants_forward or self.node_metrics:
-            reply = cols.col("reply_packets")[forward_rows] | cols.col("reply_bytes")[forward_rows]
-            reply_rows = forward_rows[reply != 0]
-            fwd_segments = [_Segment(forward_rows), _Segment(reply_rows, flip=True)]
+            fwd_segments = [_Segment(forward_rows)]
             if wants_forward:
                 self._counts(result, cols, plan, fwd_segments,
                              [(AdvMetric.FORWARD_COUNT, "packets"), (AdvMetric.FORWARD_BYTES, "bytes")])
