@@ -45,6 +45,7 @@ SUMMARY_METRICS = (
     "networkobservability_dns_response_count",
     "networkobservability_conntrack_total_connections",
     "networkobservability_adv_forward_count",
+    "networkobservability_adv_drop_count",
     "networkobservability_adv_dns_response_count",
     "networkobservability_tcp_state",
     "controlplane_networkobservability_lost_events_counter",
@@ -107,6 +108,7 @@ def _traffic(client: Pod, server: Pod, dns: Pod, stop: threading.Event) -> None:
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             with udp:
                 udp.sendto(b"u" * 64, (server.ipv4, 9999))  # nothing listens: a NO_SOCKET drop
+                udp.sendto(b"f" * 64, (server.ipv4, 9998))  # the backend's firewall: a NETFILTER_DROP
         if rng.random() < 0.5:
             client.run(["ping", "-c", "1", "-W", "1", server.ipv4], check=False)
         if rng.random() < 0.5:
@@ -158,6 +160,7 @@ def _dnsmasq(pod: Pod, workdir: Path) -> Iterator[None]:
             "--bind-interfaces",
             "--address=/shop.demo.test/198.18.200.10",
             "--address=/api.demo.test/198.18.200.11",
+            "--address=/missing.demo.test/",
             f"--pid-file={workdir / 'dnsmasq.pid'}",
             "--user=root",
         ],
@@ -185,6 +188,9 @@ def main_from_args(args: argparse.Namespace) -> int:
         server = sandbox.add_pod("backend")
         dns = sandbox.add_pod("coredns")
         endpoints = _endpoints_file([client, server, dns], workdir)
+        server.run(["nft", "add", "table", "inet", "demo"])
+        server.run(["nft", "add", "chain", "inet", "demo", "input", "{ type filter hook input priority 0 ; }"])
+        server.run(["nft", "add", "rule", "inet", "demo", "input", "udp", "dport", "9998", "drop"])
         os.environ.setdefault("RETINA_OTEL_ENDPOINTS_FILE", str(endpoints))
         config = load_config(None)
         agent = Agent(config)
