@@ -64,9 +64,9 @@ rendered ConfigMap for every values case.
 {{- end -}}
 {{- end -}}
 {{- /* Flows only travel through logs pipelines (retina_otel/service.py). Without OTLP flow logs the
-logs pipeline ends in the prometheus exporter, which takes no flows: the flowmetrics processor has
-already turned them into metrics. */ -}}
-{{- if not $logExporters -}}{{- $logExporters = list "prometheus" -}}{{- end -}}
+logs pipeline ends in the nop exporter: the flowmetrics processor has already turned them into
+metrics. */ -}}
+{{- if not $logExporters -}}{{- $_ := set $exporters "nop" (dict) -}}{{- $logExporters = list "nop" -}}{{- end -}}
 
 {{- $pipelines := dict -}}
 {{- $metricReceivers := $nodeReceivers | default $flowReceivers -}}
