@@ -724,9 +724,8 @@ def test_exact_drop_retrans_dns_series(e2e: E2E) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="packetparser reports a flow between two local pods at both veths, and carries the opposite "
-    "direction's packets in reply_packets while also reporting them in their own rows; flowmetrics counts "
-    "all of it (forward counts ~3x, tcpflags 2x). See tests/test_flow_contract.py.",
+    reason="packetparser reports a flow between two local pods at both pods' veths and flowmetrics counts "
+    "each row for both pods, so forward counts/bytes and tcpflags are doubled; see tests/test_flow_contract.py",
 )
 def test_exact_forward_and_tcpflags_series(e2e: E2E) -> None:
     """adv_forward_count/bytes per pod and direction = the IP packets/bytes the pod sent to / received from
@@ -822,10 +821,7 @@ def test_real_prometheus_scrapes_the_agent(e2e: E2E, prometheus_server: Callable
 
 
 # Dashboard metric names no component of the agent exports, with the reason (a known gap, reported).
-NOT_EXPORTED: dict[str, str] = {
-    "controlplane_networkobservability_parsed_packets_counter": "named in features.md (control plane) and "
-    "queried by cluster.json, but no component writes it (packetparser's kernel 'packets' statistic would)",
-}
+NOT_EXPORTED: dict[str, str] = {}
 
 
 def test_dashboards_use_only_live_metric_names(e2e: E2E) -> None:

@@ -1,7 +1,7 @@
 """packetparser's flow records through flowmetrics: minimal reproductions of the double counting that
 tests/test_e2e_metrics.py measures with real traffic (forward counts about 3x, tcpflags 2x).
 
-Both are strict xfails: when the pipeline counts right they XPASS, and the marks (here and on
+The open one is a strict xfail: when the pipeline counts right it XPASSes, and the marks (here and on
 ``test_exact_forward_and_tcpflags_series``) must go.
 
 1. **Two observation points, both counted for both pods.** A packet from pod client to pod server on
@@ -12,13 +12,10 @@ Both are strict xfails: when the pipeline counts right they XPASS, and the marks
    as egress ... and once as ingress"). A fix in flowmetrics: in local context a FROM_ENDPOINT row
    counts only for its source pod (egress), a TO_ENDPOINT row only for its destination pod (ingress);
    rows from other observation points (STACK, UNKNOWN, the host interface) as today.
-2. **The reply direction reported twice.** packetparser's kernel program adds every packet to its own
+2. **The reply direction reported twice** (fixed in 01cb523: flowmetrics no longer adds the reply
+   columns, which are informational). packetparser's kernel program adds every packet to its own
    direction's counters *and* to the opposite direction's ``rev_packets``/``rev_bytes``, and each
-   direction is reported in its own rows; ``reports_to_batch`` copies ``rev_*`` into
-   ``reply_packets``/``reply_bytes``, which flowmetrics counts as a mirrored row. So a packet is counted
-   in its own row and again as the reply of the other direction's next row. A fix in packetparser:
-   leave ``reply_packets``/``reply_bytes`` at 0 (each direction has its own rows), or stop reporting the
-   reply direction in rows of its own.
+   direction is reported in its own rows; the regression test below keeps it fixed.
 """
 
 from __future__ import annotations
@@ -36,8 +33,18 @@ from retina_otel.testing import TestHost
 P = "networkobservability_"
 CLIENT, SERVER = "198.18.0.1", "198.18.0.2"
 ENTRIES: list[dict[str, Any]] = [
-    {"k8s.pod.name": "client", "k8s.namespace.name": "ns", "retina.endpoint.kind": "pod", "retina.endpoint.local": True},
-    {"k8s.pod.name": "server", "k8s.namespace.name": "ns", "retina.endpoint.kind": "pod", "retina.endpoint.local": True},
+    {
+        "k8s.pod.name": "client",
+        "k8s.namespace.name": "ns",
+        "retina.endpoint.kind": "pod",
+        "retina.endpoint.local": True,
+    },
+    {
+        "k8s.pod.name": "server",
+        "k8s.namespace.name": "ns",
+        "retina.endpoint.kind": "pod",
+        "retina.endpoint.local": True,
+    },
 ]
 
 
@@ -73,7 +80,6 @@ def test_one_packet_seen_at_two_veths_counts_once_per_pod() -> None:
     assert forward_counts(batch) == {("egress", "client"): 3.0, ("ingress", "server"): 3.0}
 
 
-@pytest.mark.xfail(strict=True, reason="packetparser reports the opposite direction twice (bug 2 above)")
 def test_request_and_response_at_one_veth_count_once() -> None:
     records = pytest.importorskip("retina_otel.receivers.packetparser.records")
     # The kernel's two reports at the client's veth for one UDP request and its response (packetparser.bpf.c:
@@ -85,6 +91,11 @@ def test_request_and_response_at_one_veth_count_once() -> None:
     reports["src"][1], reports["dst"][1], reports["obs"][1] = ip_to_bytes(SERVER), ip_to_bytes(CLIENT), 2
     reports["is_reply"][1], reports["rev_packets"][1], reports["rev_bytes"][1] = 1, 1, 100
     batch = records.reports_to_batch(reports, 0, "packetparser")
-    # Two packets crossed the veth: one each way.
-    assert int(batch.records["packets"].sum() + batch.records["reply_packets"].sum()) == 2
-    assert forward_counts(batch)[("egress", "client")] == 1.0
+    # Two packets crossed the veth, one each way: reply columns are informational (flows.FLOW_DTYPE).
+    assert int(batch.records["packets"].sum()) == 2
+    assert forward_counts(batch) == {
+        ("egress", "client"): 1.0,
+        ("ingress", "server"): 1.0,
+        ("egress", "server"): 1.0,
+        ("ingress", "client"): 1.0,
+    }
