@@ -30,11 +30,11 @@ import numpy as np
 from retina_otel.component import CreateSettings
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.k8s import K8sCache
-from retina_otel.k8s.emulator import EmulatedCluster
 from retina_otel.k8s.models import node_from_raw, pod_from_raw, service_from_raw
 from retina_otel.k8s.watch import ApiSource, ClientSettings, WatchPlan
 from retina_otel.processors.k8sattributes import FACTORY, K8sAttributesConfig, K8sAttributesProcessor
 from retina_otel.testing import TestHost
+from retina_otel.testing_k8s import EmulatedCluster
 
 
 def _rss_mb() -> float:

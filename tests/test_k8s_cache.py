@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from retina_otel.k8s import CacheService, K8sCache, PodSelection, RefCountedIpSet
-from retina_otel.k8s.emulator import EmulatedCluster
 from retina_otel.k8s.filesource import FileSource
 from retina_otel.k8s.models import PodInfo, workload_of
 from retina_otel.k8s.watch import ApiSource, ClientSettings, WatchPlan
 from retina_otel.testing import wait_for
+from retina_otel.testing_k8s import EmulatedCluster
 
 NODE = "node-a"
 

@@ -29,10 +29,10 @@ from retina_otel.flowschema import (
     record_attributes,
 )
 from retina_otel.k8s import K8sCache
-from retina_otel.k8s.emulator import EmulatedCluster
 from retina_otel.k8s.models import NodeInfo, PodInfo, ServiceInfo
 from retina_otel.processors.k8sattributes import FACTORY, K8sAttributesConfig, K8sAttributesProcessor
 from retina_otel.testing import CollectingConsumer, TestHost, wait_for
+from retina_otel.testing_k8s import EmulatedCluster
 from tests.test_k8s_cache import RecordingFilter, namespace, node, pod, service
 
 SETTINGS = CreateSettings("k8sattributes", "processor")

@@ -16,17 +16,17 @@ import pytest
 
 from retina_otel.controller import kube
 from retina_otel.controller.capture import LABEL_CAPTURE
-from retina_otel.controller.emulator import EmulatorThread
 from retina_otel.controller.kube import KubeClient
 from retina_otel.kubectl_plugin.cli import main
 from retina_otel.testing import wait_for
+from retina_otel.testing_k8s import EmulatedCluster
 
 NS = "netdebug"
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[str, KubeClient]]:
-    with EmulatorThread() as emu:
+    with EmulatedCluster() as emu:
         c = KubeClient.from_options(api_url=emu.url)
         for name, labels in [("n1", {"pool": "a"}), ("n2", {"pool": "a"}), ("n3", {"pool": "b"})]:
             c.create(kube.NODES, {"metadata": {"name": name, "labels": {**labels, "kubernetes.io/hostname": name}}})

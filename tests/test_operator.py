@@ -11,22 +11,22 @@ import pytest
 
 from retina_otel.controller import kube, run_operator
 from retina_otel.controller.capture import LABEL_CAPTURE, LABEL_GENERATED
-from retina_otel.controller.emulator import EmulatorThread
 from retina_otel.controller.kube import KubeClient
 from retina_otel.testing import wait_for
+from retina_otel.testing_k8s import EmulatedCluster
 
 NS = "captures"
 TIMEOUT = 15.0
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[EmulatorThread]:
-    with EmulatorThread() as e:
+def emu() -> Iterator[EmulatedCluster]:
+    with EmulatedCluster() as e:
         yield e
 
 
 @pytest.fixture(scope="module")
-def client(emu: EmulatorThread) -> Iterator[KubeClient]:
+def client(emu: EmulatedCluster) -> Iterator[KubeClient]:
     c = KubeClient.from_options(api_url=emu.url)
     _seed_cluster(c)
     yield c
@@ -34,7 +34,7 @@ def client(emu: EmulatorThread) -> Iterator[KubeClient]:
 
 
 @pytest.fixture(scope="module")
-def operator(emu: EmulatorThread, client: KubeClient) -> Iterator[None]:
+def operator(emu: EmulatedCluster, client: KubeClient) -> Iterator[None]:
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 

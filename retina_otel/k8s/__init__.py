@@ -6,7 +6,7 @@
 * :mod:`.watch`: list-and-watch threads with the official client (:class:`ApiSource`);
 * :mod:`.filesource`: the standalone YAML source (:class:`FileSource`);
 * :mod:`.filtering`: opt-in rules and the reference-counted kernel IP filter (:class:`IpFilter`);
-* :mod:`.emulator`: kmock's emulator on a loopback port, for tests, benchmarks and the demo.
+* :mod:`retina_otel.testing_k8s`: kmock's emulator on a loopback port, for tests, benchmarks and the demo.
 
 :class:`CacheService` bundles a cache with its source; it is what the agent may register as the
 ``k8s_cache`` host extension (the k8sattributes processor also accepts a bare :class:`K8sCache`).

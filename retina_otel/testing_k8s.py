@@ -2,15 +2,17 @@
 
 The emulator is an asyncio server; :class:`EmulatedCluster` runs it on its own event loop in a
 background thread so that synchronous code (the official ``kubernetes`` client, the watch cache's
-threads) can talk to it over real HTTP. Objects are created, patched and deleted over HTTP too, so
-every change produces the watch event a real API server would send.
+threads, the kopf operator, the kubectl plugin, test assertions) can talk to it over real HTTP.
+Objects are created, patched and deleted over HTTP too, so every change produces the watch event a
+real API server would send.
 
-kmock (0.8) limits worked around here:
+Declared up front: the core resources the agent, the operator and the plugin use, and every retina.sh
+CRD (:data:`retina_otel.crds.CRDS`). kmock (0.8) limits worked around here:
 
-* ``GET /api/v1/namespaces[/<name>]`` is parsed as a *namespaced* path with no resource and fails;
-  :class:`_Emulator` rewrites the cluster-scoped Namespace paths to a private plural before kmock
-  parses them (the client still sends and receives ordinary Namespace requests).
-* resources must be declared before they can be listed; every resource the cache watches is.
+* ``/api/v1/namespaces[/<name>[/status|/finalize]]`` is parsed as a *namespaced* path with no resource
+  and fails with a 500; :func:`_install_namespaces_fix` routes those paths to the cluster-scoped
+  ``namespaces`` resource (only those paths, which kmock cannot serve anyway, are affected).
+* resources must be declared before they can be listed; every resource above is.
 * 410 Gone and broken watch streams cannot happen on their own; :meth:`EmulatedCluster.inject_watch_error`
   and :meth:`EmulatedCluster.break_next_watch` add one-shot reactions with kmock's DSL.
 
@@ -21,45 +23,102 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import kmock
+from kmock._internal import parsing as _kmock_parsing
 
-__all__ = ["RESOURCES", "EmulatedCluster"]
+from retina_otel.crds import CRDS
+
+__all__ = ["EmulatedCluster"]
 
 T = TypeVar("T")
 
-# (group/version, plural) -> API path prefix for the resources the cache watches.
-RESOURCES: dict[str, tuple[str, str, bool]] = {
-    # kind: (resource key for kmock, collection path, namespaced)
-    "pods": ("v1/pods", "/api/v1", True),
-    "services": ("v1/services", "/api/v1", True),
-    "nodes": ("v1/nodes", "/api/v1", False),
-    "namespaces": ("v1/k8snamespaces", "/api/v1", False),
-    "retinaendpoints": ("retina.sh/v1alpha1/retinaendpoints", "/apis/retina.sh/v1alpha1", True),
-}
-
-_NS_PATH = re.compile(r"^/api/v1/namespaces(/[^/]+)?/?$")
+_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 
-class _Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
-    """kmock's emulator with Namespace paths rewritten so that kmock can parse them."""
+class _Resource(NamedTuple):
+    key: str  # kmock's resource key: "[group/]version/plural"
+    kind: str
+    namespaced: bool
+    subresources: frozenset[str]
+    singular: str
+    shortnames: frozenset[str] = frozenset()
 
-    async def __call__(self, raw_request: Any) -> Any:
-        match = _NS_PATH.match(raw_request.path)
-        if match:
-            rest = raw_request.rel_url.query_string
-            new = "/api/v1/k8snamespaces" + (match.group(1) or "")
-            raw_request = raw_request.clone(rel_url=new + ("?" + rest if rest else ""))
-        return await super().__call__(raw_request)
+    @property
+    def prefix(self) -> str:
+        """The API path prefix: ``/api/v1`` for the core group, else ``/apis/<group>/<version>``."""
+        group_version = self.key.rsplit("/", 1)[0]
+        return "/api/" + group_version if "/" not in group_version else "/apis/" + group_version
+
+    @property
+    def plural(self) -> str:
+        return self.key.rsplit("/", 1)[1]
+
+
+_STATUS = frozenset({"status"})
+_CORE = [
+    _Resource("v1/pods", "Pod", True, _STATUS, "pod"),
+    _Resource("v1/services", "Service", True, _STATUS, "service"),
+    _Resource("v1/nodes", "Node", False, _STATUS, "node"),
+    _Resource("v1/namespaces", "Namespace", False, _STATUS, "namespace"),
+    _Resource("v1/secrets", "Secret", True, frozenset(), "secret"),
+    _Resource("v1/events", "Event", True, frozenset(), "event"),
+    _Resource("batch/v1/jobs", "Job", True, _STATUS, "job"),
+    _Resource(
+        "apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, _STATUS,
+        "customresourcedefinition",
+    ),
+    _Resource("events.k8s.io/v1/events", "Event", True, frozenset(), "event"),
+]
+_CRDS = [
+    _Resource(
+        f"{spec['group']}/{spec['versions'][0]['name']}/{spec['names']['plural']}",
+        spec["names"]["kind"],
+        spec["scope"] == "Namespaced",
+        _STATUS,
+        spec["names"]["singular"],
+        frozenset(spec["names"]["shortNames"]),
+    )
+    for spec in (crd["spec"] for crd in CRDS)
+]
+_RESOURCES = _CORE + _CRDS
+
+# The helpers' ``kind`` argument: a plural ("pods", "retinaendpoints"; the first declared wins, so
+# "events" is the core group's) or a full key ("events.k8s.io/v1/events").
+_BY_NAME: dict[str, _Resource] = {}
+for _res in _RESOURCES:
+    _BY_NAME.setdefault(_res.plural, _res)
+    _BY_NAME[_res.key] = _res
+
+
+def _install_namespaces_fix() -> None:
+    """Route ``/api/v1/namespaces[/NAME[/status|/finalize]]`` to the cluster-scoped ``namespaces``
+    resource (kmock 0.8 takes ``namespaces`` for a namespace prefix there and fails). Idempotent."""
+    original = _kmock_parsing.parse_path
+    if getattr(original, "_retina_fixed", False):
+        return
+
+    def parse_path(path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and (
+            len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+        ):
+            return _kmock_parsing.ParsedPath(
+                "", "v1", "namespaces", None, parts[3] if len(parts) > 3 else None, parts[4] if len(parts) > 4 else None
+            )
+        return original(path)
+
+    parse_path._retina_fixed = True  # type: ignore[attr-defined]
+    _kmock_parsing.parse_path = parse_path
 
 
 class EmulatedCluster:
-    """Start with ``with EmulatedCluster() as cluster:``; ``cluster.url`` is the API server URL."""
+    """Start with ``with EmulatedCluster() as cluster:``; ``cluster.url`` is the API server URL and
+    ``cluster.emulator`` the kmock handler (touch it only through :meth:`run`)."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,11 +141,13 @@ class EmulatedCluster:
         self.close()
 
     def start(self) -> None:
+        _install_namespaces_fix()
         self._thread = threading.Thread(target=self._main, name="kmock-emulator", daemon=True)
         self._thread.start()
-        self._ready.wait(30)
+        if not self._ready.wait(30):
+            raise RuntimeError("the Kubernetes emulator did not start within 30 s")
         if self._error is not None:
-            raise RuntimeError("the emulator did not start") from self._error
+            raise RuntimeError("the Kubernetes emulator did not start") from self._error
 
     def close(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread is not None:
@@ -96,6 +157,7 @@ class EmulatedCluster:
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
@@ -103,15 +165,21 @@ class EmulatedCluster:
             self._error = exc
             self._ready.set()
         finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with _Emulator() as emulator, kmock.Server(emulator) as server:
-            for key, _prefix, _namespaced in RESOURCES.values():
-                emulator.resources[key] = kmock.ResourceInfo()
-            emulator.resources["retina.sh/v1alpha1/retinaendpoints"].namespaced = True
-            emulator.resources["retina.sh/v1alpha1/retinaendpoints"].kind = "RetinaEndpoint"
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+            for res in _RESOURCES:
+                emulator.resources[res.key] = kmock.ResourceInfo(
+                    kind=res.kind,
+                    namespaced=res.namespaced,
+                    verbs=_VERBS,
+                    subresources=set(res.subresources),
+                    singular=res.singular,
+                    shortnames=set(res.shortnames),
+                )
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -127,13 +195,21 @@ class EmulatedCluster:
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(wrap(), self._loop)
         return future.result(timeout)
 
+    def call(self, fn: Callable[[], T], timeout: float = 30) -> T:
+        """Run ``fn()`` on the emulator's loop (to touch ``emulator.resources`` or ``.objects`` safely)."""
+
+        async def wrap() -> T:
+            return fn()
+
+        return self.run(wrap(), timeout)
+
     # -- objects over HTTP -------------------------------------------------------------------------
 
     @staticmethod
     def _path(kind: str, namespace: str | None, name: str | None = None) -> str:
-        _key, prefix, namespaced = RESOURCES[kind]
-        plural = "retinaendpoints" if kind == "retinaendpoints" else kind
-        path = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced else f"{prefix}/{plural}"
+        res = _BY_NAME[kind]
+        scope = f"{res.prefix}/namespaces/{namespace}" if res.namespaced else res.prefix
+        path = f"{scope}/{res.plural}"
         return f"{path}/{name}" if name else path
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
@@ -166,7 +242,7 @@ class EmulatedCluster:
         """Store objects without HTTP or watch events (bulk loading before the cache starts)."""
 
         async def load() -> int:
-            key = kmock.resource(RESOURCES[kind][0])
+            key = kmock.resource(_BY_NAME[kind].key)
             count = 0
             for obj in objs:
                 meta = obj["metadata"]
@@ -193,7 +269,7 @@ class EmulatedCluster:
             return make(req)
 
         async def add() -> None:
-            res = kmock.resource(RESOURCES[kind][0])
+            res = kmock.resource(_BY_NAME[kind].key)
             self.emulator[kmock.action.WATCH, res] << react
 
         self.run(add())
@@ -227,17 +303,16 @@ class EmulatedCluster:
 
     def watch_requests(self, kind: str) -> int:
         """How many watch requests for ``kind`` the emulator has seen."""
-        key = kmock.resource(RESOURCES[kind][0])
-
-        async def count() -> int:
-            return sum(1 for r in self.emulator._requests if r.action == kmock.action.WATCH and r.resource == key)
-
-        return self.run(count())
+        return self._count_requests(kind, kmock.action.WATCH)
 
     def list_requests(self, kind: str) -> int:
-        key = kmock.resource(RESOURCES[kind][0])
+        """How many list requests for ``kind`` the emulator has seen."""
+        return self._count_requests(kind, kmock.action.LIST)
+
+    def _count_requests(self, kind: str, action: Any) -> int:
+        key = kmock.resource(_BY_NAME[kind].key)
 
         async def count() -> int:
-            return sum(1 for r in self.emulator._requests if r.action == kmock.action.LIST and r.resource == key)
+            return sum(1 for r in self.emulator._requests if r.action == action and r.resource == key)
 
         return self.run(count())
