@@ -46,13 +46,17 @@ from .records import (
     reports_to_batch,
 )
 
-__all__ = ["BPF_SOURCE", "FILTER_SPEC", "PacketParserReceiver", "build_cflags"]
+__all__ = ["BPF_SOURCE", "FILTER_SPEC", "PARSED_PACKETS", "PacketParserReceiver", "build_cflags"]
 
 log = logging.getLogger(__name__)
 
 BPF_SOURCE = Path(__file__).with_name("packetparser.bpf.c")
 FILTER_SPEC = FilterSpec(name="retina_otel_packetparser", prio=0x1E7, handle=0x1E7A)
 FLUSH_BATCH = 256
+PARSED_PACKETS = "controlplane_networkobservability_parsed_packets_counter"
+"""Retina's control-plane counter, no labels: here the kernel's ``packets`` statistic (every packet
+parsed and counted into the connection table, after the IP filter and sampling)."""
+_ST_PACKETS = STAT_NAMES.index("packets")
 _POLL_SECONDS = 0.02
 
 _TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
@@ -97,6 +101,7 @@ class PacketParserReceiver:
         self._attached_names: dict[int, str] = {}
         self._host_ifindexes: set[int] = set()
         self._metrics: dict[str, Family] = {}
+        self._parsed: Family | None = None
         self._started = False
         self._shut = False
         self.rows_emitted = 0
@@ -129,6 +134,8 @@ class PacketParserReceiver:
         self._ring = RingBufReader(self._bpf["events"].map_fd, self.config.ring_buffer_size, RINGBUF_RECORD_DTYPE)
         if self._filter_ips:
             self._apply_filter(sorted(self._filter_ips), add=True)
+        self._parsed = host.metrics.counter(PARSED_PACKETS, "Number of packets parsed by the packetparser plugin")
+        self._parsed.add((), 0.0)  # the series exists from the start, at 0
         if self.config.enable_conntrack_metrics:
             m = host.metrics
             for name, desc in (
@@ -328,7 +335,8 @@ class PacketParserReceiver:
             self._drain_ring()
 
     def flush(self) -> None:
-        """Report every counter still in the kernel and hand all pending rows to the next consumer."""
+        """Report every counter still in the kernel, hand all pending rows to the next consumer and
+        publish the kernel statistics."""
         if self._bpf is None or self._ring is None:
             return
         with self._lock:
@@ -336,6 +344,7 @@ class PacketParserReceiver:
             self._kernel_flush()
             self._drain_ring()
             self._emit()
+            self._publish_stats()
 
     # -- statistics -----------------------------------------------------------------------------
     def kernel_stats(self) -> dict[str, int]:
@@ -349,12 +358,15 @@ class PacketParserReceiver:
         return out
 
     def _publish_stats(self) -> None:
-        if self._host is None or self._bpf is None:
-            return
-        stats = self.kernel_stats()
-        current = np.array([stats[n] for n in STAT_NAMES], dtype=np.uint64)
-        delta = current - self._last_stats
-        self._last_stats = current
+        with self._lock:  # the reader thread and flush() both publish; each delta goes out once
+            if self._host is None or self._bpf is None:
+                return
+            stats = self.kernel_stats()
+            current = np.array([stats[n] for n in STAT_NAMES], dtype=np.uint64)
+            delta = current - self._last_stats
+            self._last_stats = current
+        if self._parsed is not None and delta[_ST_PACKETS]:
+            self._parsed.add((), float(delta[_ST_PACKETS]))
         for i, name in enumerate(STAT_NAMES):
             if name in LOST_STATS and delta[i]:
                 self._host.count_lost("packetparser", name, int(delta[i]))
