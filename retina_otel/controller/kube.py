@@ -17,8 +17,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+
+from retina_otel import kubeclient
 
 __all__ = ["ApiError", "KubeClient", "Obj", "Resource", "labels_match"]
 
@@ -101,23 +102,11 @@ class KubeClient:
         token: str | None = None,
     ) -> KubeClient:
         """Explicit URL, else kubeconfig (``--kubeconfig`` / ``$KUBECONFIG``), else in-cluster."""
-        configuration = k8s_client.Configuration()
-        if api_url:
-            configuration.host = api_url.rstrip("/")
-            configuration.verify_ssl = not insecure
-            if token:
-                configuration.api_key = {"BearerToken": token}
-                configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        else:
-            try:
-                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=kubeconfig, context=context, client_configuration=configuration
-                )
-            except (k8s_config.ConfigException, FileNotFoundError, TypeError):
-                if kubeconfig:
-                    raise
-                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(
+            kubeclient.api_client(
+                api_url=api_url, kubeconfig=kubeconfig, context=context, insecure=insecure, token=token
+            )
+        )
 
     @property
     def host(self) -> str:

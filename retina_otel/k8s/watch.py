@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import socket
 import threading
@@ -30,6 +29,7 @@ from retina_otel.k8s.models import (
     service_from_raw,
 )
 from retina_otel.k8s.store import K8sCache, Kind, Obj
+from retina_otel.kubeclient import api_client
 
 __all__ = ["ApiSource", "ClientSettings", "Informer", "WatchStats", "make_api_client"]
 
@@ -46,7 +46,7 @@ class _Broken(Exception):
 
 @dataclass(frozen=True)
 class ClientSettings:
-    api_url: str = ""  # empty: in-cluster config when available, else kubeconfig
+    api_url: str = ""  # empty: kubeconfig when there is one, else in-cluster (retina_otel.kubeclient)
     kubeconfig: str = ""
     context: str = ""
     insecure_skip_tls_verify: bool = False
@@ -54,23 +54,15 @@ class ClientSettings:
 
 
 def make_api_client(settings: ClientSettings) -> Any:
-    """A ``kubernetes.client.ApiClient`` (imported here: the registry must not import kubernetes)."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    if settings.api_url:
-        cfg.host = settings.api_url.rstrip("/")
-        cfg.verify_ssl = not settings.insecure_skip_tls_verify
-        if settings.token:
-            cfg.api_key = {"authorization": "Bearer " + settings.token}
-    elif not settings.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    else:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=settings.kubeconfig or None, context=settings.context or None, client_configuration=cfg
-        )
-    cfg.connection_pool_maxsize = 4
-    return client.ApiClient(cfg)
+    """A ``kubernetes.client.ApiClient`` with a small pool (see :func:`retina_otel.kubeclient.api_client`)."""
+    return api_client(
+        api_url=settings.api_url,
+        kubeconfig=settings.kubeconfig,
+        context=settings.context,
+        insecure=settings.insecure_skip_tls_verify,
+        token=settings.token,
+        pool_maxsize=4,
+    )
 
 
 @dataclass

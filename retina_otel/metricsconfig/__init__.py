@@ -105,20 +105,13 @@ class MetricsConfigurationWatcher:
 
     # -- internals ---------------------------------------------------------------------------------
     def _api(self) -> Any:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        configuration = client.Configuration()
-        if self._api_url:
-            configuration.host = self._api_url.rstrip("/")
-        elif self._kubeconfig:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=self._kubeconfig,
-                context=self._context or None,
-                client_configuration=configuration,
-            )
-        else:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.CustomObjectsApi(client.ApiClient(configuration))
+        from retina_otel.kubeclient import api_client
+
+        return client.CustomObjectsApi(
+            api_client(api_url=self._api_url, kubeconfig=self._kubeconfig, context=self._context)
+        )
 
     def _close_response(self) -> None:
         with self._response_lock:

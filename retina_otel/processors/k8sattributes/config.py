@@ -21,9 +21,9 @@ class K8sAttributesConfig(ComponentConfig):
     file_path: str = Field("", description="YAML endpoints file when source is file (see docs). Default none.")
     file_poll_interval: float = Field(1.0, gt=0, description="Seconds between checks of the file's mtime. Default 1.")
     api_url: str = Field(
-        "", description="API server URL (development, tests). Default: in-cluster config, else the kubeconfig."
+        "", description="API server URL (development, tests). Default: the kubeconfig if there is one, else in-cluster."
     )
-    kubeconfig: str = Field("", description="Path of a kubeconfig file. Default ~/.kube/config when not in a cluster.")
+    kubeconfig: str = Field("", description="Path of a kubeconfig file. Default $KUBECONFIG, else ~/.kube/config.")
     context: str = Field("", description="kubeconfig context. Default the current one.")
     insecure_skip_tls_verify: bool = Field(False, description="Skip TLS verification with api_url. Default false.")
     node_name: str = Field("", description="This agent's node. Default the host's node name (NODE_NAME).")
