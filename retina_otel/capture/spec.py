@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from retina_otel.durations import parse_duration as go_duration
+
 __all__ = [
     "CaptureJobSpec",
     "CaptureOutputs",
@@ -29,8 +31,6 @@ CAPTURE_ENV = "CAPTURE_NAME"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class SpecError(ValueError):
@@ -59,14 +59,9 @@ def parse_duration(value: object) -> float | None:
         try:
             seconds = float(text)
         except ValueError:
-            pos = 0
-            seconds = 0.0
-            for match in _DURATION_PART.finditer(text):
-                if match.start() != pos:
-                    break
-                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-                pos = match.end()
-            if pos != len(text) or not text:
+            try:
+                seconds = go_duration(text)
+            except ValueError:
                 raise SpecError(
                     f"duration {value!r} is not a number of seconds or a duration such as '1m30s'"
                 ) from None

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from retina_otel.durations import DURATION_PATTERN, parse_duration
+
 __all__ = [
     "DEFAULT_HOST_PATH_BASE",
     "DURATION_PATTERN",
@@ -47,10 +49,6 @@ __all__ = [
 #: Host directory under which a Capture's relative ``hostPath`` lands (Retina's default).
 DEFAULT_HOST_PATH_BASE = "/var/log/retina/captures"
 
-#: Go's ``time.Duration`` text form, as Retina's CRD pattern has it.
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HOST_PATH_CHARS = re.compile(r"^[A-Za-z0-9._/-]+$")
 #: Kubernetes object names (DNS subdomain) and label values.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -93,13 +91,6 @@ class _Model(BaseModel):
     def to_k8s(self) -> dict[str, Any]:
         """The object as the API expects it: camelCase keys, unset fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go duration string such as ``1m30s`` or ``500ms``."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"duration {text!r} is not a duration like 30s, 1m or 1h30m")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
