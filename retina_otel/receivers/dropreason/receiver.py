@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from retina_otel.bpf.counters import CounterDeltas
 from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
 from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, Verdict
 from retina_otel.metrics.store import Family
@@ -81,7 +82,7 @@ class DropReasonReceiver:
         self._reasons: DropReasons | None = None
         self._count: Family | None = None
         self._bytes: Family | None = None
-        self._lost_seen = [0, 0]
+        self._lost = CounterDeltas(len(_LOST_REASONS))
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,10 +167,7 @@ class DropReasonReceiver:
 
     def _count_lost(self, bpf: Any) -> None:
         assert self._host is not None
-        table = bpf["drop_lost"]
-        for slot, reason in enumerate(_LOST_REASONS):
-            total = int(table.sum(table.Key(slot)).value)
-            delta, self._lost_seen[slot] = total - self._lost_seen[slot], total
+        for reason, delta in zip(_LOST_REASONS, self._lost.read(bpf["drop_lost"]), strict=True):
             if delta > 0:
                 self._host.count_lost("dropreason", reason, delta)
 

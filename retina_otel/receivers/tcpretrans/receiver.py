@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from retina_otel.bpf.counters import CounterDeltas
 from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
 from retina_otel.flows import Direction, Event, FlowBatch, ObservationPoint, Verdict
 from retina_otel.metrics.store import Family
@@ -59,7 +60,7 @@ class TcpRetransReceiver:
         self._host: Host | None = None
         self._bpf: Any = None
         self._total: Family | None = None
-        self._seen = [0, 0]
+        self._counters = CounterDeltas(2)  # slot 0: segments, 1: not in the flow map
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,10 +108,7 @@ class TcpRetransReceiver:
             if bpf is None or self._host is None or self._total is None:
                 return None
             keys, values = drain(bpf["retrans_flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
-            table = bpf["retrans_counters"]
-            totals = [int(table.sum(table.Key(slot)).value) for slot in (0, 1)]
-            segments, unmapped = totals[0] - self._seen[0], totals[1] - self._seen[1]
-            self._seen = totals
+            segments, unmapped = self._counters.read(bpf["retrans_counters"])
             if segments:
                 self._total.add((), segments)
             if unmapped:
