@@ -38,6 +38,7 @@ __all__ = [
     "Host",
     "Lifecycle",
     "NopFlowConsumer",
+    "ProvidesExtensions",
 ]
 
 ComponentKind = Literal["receiver", "processor", "exporter"]
@@ -87,6 +88,15 @@ class Host(Protocol):
 
     def get_extension(self, name: str) -> object | None:
         """A shared service by name (e.g. ``"k8s_cache"``, ``"ip_filter"``), or None."""
+
+
+@runtime_checkable
+class ProvidesExtensions(Protocol):
+    """A component that offers shared services to the others (packetparser's ``ip_filter``,
+    tcplatency's ``tcp_latency``, k8sattributes' ``k8s_cache``). The agent registers them right after
+    creating the component, before anything starts; others find them with ``host.get_extension``."""
+
+    def extensions(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from retina_otel.component import (
     FlowConsumer,
     Lifecycle,
     NopFlowConsumer,
+    ProvidesExtensions,
 )
 from retina_otel.config import AgentConfig, ComponentEntry
 from retina_otel.flows import FlowBatch
@@ -118,9 +119,8 @@ class Agent:
             state.pipelines.append(pipeline)
             return state.component
         component = entry.factory.create(CreateSettings(entry.id, entry.kind), entry.config, next_consumer)
-        provided = getattr(component, "extensions", None)
-        if callable(provided):  # shared services a component offers the others (tcp_latency, ip_filter, ...)
-            for name, service in provided().items():
+        if isinstance(component, ProvidesExtensions):
+            for name, service in component.extensions().items():
                 self.register_extension(name, service)
         self._states[key] = ComponentState(entry.id, entry.kind, component, pipelines=[pipeline])
         self._order.append(key)

@@ -88,3 +88,27 @@ def test_deleted_pods_lose_their_series_after_the_grace_period(tmp_path: Path) -
         assert "cart-1" in pods()
     finally:
         agent.shutdown()
+
+
+def test_extensions_are_registered_before_start() -> None:
+    from retina_otel.k8s import IpFilter
+
+    config = parse_config(
+        {
+            "receivers": {"packetparser": {}, "tcplatency": {}},
+            "processors": {"tcplatency": {}},
+            "exporters": {"nop": {}},
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {
+                    "logs": {"receivers": ["packetparser"], "processors": ["tcplatency"], "exporters": ["nop"]},
+                    "metrics": {"receivers": ["tcplatency"], "exporters": ["nop"]},
+                },
+            },
+        },
+        env={},
+    )
+    agent = Agent(config)  # built, not started: nothing touches the kernel
+    ip_filter = agent.get_extension("ip_filter")
+    assert isinstance(ip_filter, IpFilter)
+    assert agent.get_extension("tcp_latency") is not None

@@ -229,6 +229,10 @@ class PacketParserReceiver:
         return dict(self._attached_names)
 
     # -- filter map (IpFilter) ------------------------------------------------------------------
+    def extensions(self) -> dict[str, object]:
+        """The kernel's IP filter map, for k8sattributes to keep in sync (``ip_filter``)."""
+        return {"ip_filter": self}
+
     def add_ips(self, ips: list[str]) -> None:
         self._filter_ips.update(ips)
         if self._bpf is not None:
