@@ -584,7 +584,15 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
             stable, last[0] = snapshot == last[0], snapshot
             return stable and only(got, EXACT) == only(e.expected, EXACT)
 
-        wait_for(settled, timeout=30, interval=0.5)
+        if not wait_for(settled, timeout=30, interval=0.5):  # the tests say what differs; this says why
+            named = [a.get("source.k8s.pod.name") for _, a, _ in sink.log_records()]
+            print(
+                "e2e not settled:",
+                agent.readiness()[1],
+                f"flow logs {len(named)}, with a source pod name {sum(1 for n in named if n)}",
+                {k: getattr(c, "rows_emitted", None) for k, c in components.items()},
+                sep="\n",
+            )
         e.known = known
         yield e
 
@@ -755,7 +763,11 @@ def test_exact_sizes_in_flow_logs_over_otlp(e2e: E2E) -> None:
     udp = {"source.address": client, "destination.address": server, "destination.port": UDP_PORT}
     for point in ("from_endpoint", "to_endpoint"):
         where = {**udp, "retina.flow.observation_point": point, "event.name": "retina.flow.flow"}
-        assert wait_for(lambda w=where: total("retina.flow.packets", **w) == udp_packets, timeout=15), rows(**where)
+
+        def arrived(w: dict[str, Any] = where) -> bool:
+            return total("retina.flow.packets", **w) == udp_packets
+
+        assert wait_for(arrived, timeout=15), rows(**where)
         assert total("retina.flow.bytes", **where) == udp_bytes
         assert total("retina.flow.reply_packets", **where) == 0
     drops = {"source.address": client, "destination.port": DROP_PORT, "event.name": "retina.flow.drop"}
