@@ -84,6 +84,8 @@ CASES: dict[str, dict[str, Any]] = {
         }
     },
     "operator-installs-crds": {"operator": {"installCRDs": True, "retinaEndpoints": True}},
+    "operator-ha": {"operator": {"replicas": 3, "leaderElection": {"peeringName": "retina", "lifetime": 30}}},
+    "operator-no-leader-election": {"operator": {"leaderElection": {"enabled": False}}},
     "operator-capture-namespaces": {"operator": {"captureNamespaces": ["default", "shop"], "jobNumLimit": 5}},
     "digest-and-pull-secrets": {
         "image": {"digest": "sha256:" + "0" * 64},
@@ -295,7 +297,13 @@ def test_operator_rbac_least_privilege(chart: Any) -> None:
     assert granted[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
     assert granted[("", "secrets")] == {"get", "list", "delete"}  # never create, update or watch
     assert "delete" not in granted[("retina.sh", "captures")]
+    # Leader election (on by default): the cluster-wide peering object only, never deleted.
+    assert granted[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "create", "patch"}
+    assert ("kopf.dev", "kopfpeerings") not in granted
     assert not by_kind(docs, "Role")
+    (role,) = [d for d in by_kind(render(chart, CASES["operator-no-leader-election"]), "ClusterRole")
+               if d["metadata"]["name"].endswith("-operator")]
+    assert not any(g == "kopf.dev" for g, _ in grants(role))
     docs = render(chart, CASES["operator-installs-crds"])
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-operator")]
     granted = grants(role)
@@ -315,7 +323,8 @@ def test_operator_deployment(chart: Any) -> None:
     docs = render(chart, CASES["operator-capture-namespaces"])
     (dep,) = by_kind(docs, "Deployment")
     assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # Leader election is on by default: a new pod may start before the old one stops.
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["operator"]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -325,7 +334,28 @@ def test_operator_deployment(chart: Any) -> None:
     assert env["RETINA_OPERATOR_LIVENESS"] == "http://0.0.0.0:8080/healthz"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert env["RETINA_OPERATOR_PEERING"] == f"{RELEASE}-retina-otel-{NAMESPACE}"
+    assert env["RETINA_OPERATOR_PEERING_LIFETIME"] == "60"
+    pod_id = next(e for e in container["env"] if e["name"] == "POD_ID")
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert not by_kind(render(chart, CASES["operator-off"]), "Deployment")
+
+
+def test_operator_replicas_with_leader_election(chart: Any) -> None:
+    (dep,) = by_kind(render(chart, CASES["operator-ha"]), "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RETINA_OPERATOR_PEERING"] == "retina" and env["RETINA_OPERATOR_PEERING_LIFETIME"] == "30"
+    # Without leader election: one replica at most, never two at once (Recreate), no peering env.
+    (dep,) = by_kind(render(chart, CASES["operator-no-leader-election"]), "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {"RETINA_OPERATOR_PEERING", "RETINA_OPERATOR_PEERING_LIFETIME", "POD_ID"} & set(env)
+
+
+def test_chart_ships_the_peering_crds(chart: Any) -> None:
+    names = {d["metadata"]["name"] for d in crd_docs(chart)}
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "captures.retina.sh"} <= names
 
 
 def test_operator_env_matches_its_flags() -> None:
@@ -336,7 +366,8 @@ def test_operator_env_matches_its_flags() -> None:
     parser = argparse.ArgumentParser()
     env = {"RETINA_CAPTURE_IMAGE": "img:1", "RETINA_CAPTURE_JOB_NUM_LIMIT": "5", "RETINA_ENDPOINTS": "true",
            "RETINA_INSTALL_CRDS": "true", "RETINA_OPERATOR_LIVENESS": "http://0.0.0.0:8080/healthz",
-           "RETINA_CAPTURE_HOST_PATH_BASE": "/var/log/x"}
+           "RETINA_CAPTURE_HOST_PATH_BASE": "/var/log/x", "RETINA_OPERATOR_PEERING": "ro-retina-otel-retina",
+           "RETINA_OPERATOR_PEERING_LIFETIME": "30"}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -346,6 +377,7 @@ def test_operator_env_matches_its_flags() -> None:
     assert args.retina_endpoints is True and args.install_crds is True
     assert args.liveness_endpoint == env["RETINA_OPERATOR_LIVENESS"]
     assert args.host_path_base == "/var/log/x"
+    assert args.peering == "ro-retina-otel-retina" and args.peering_lifetime == 30
 
 
 def test_monitors_and_service(chart: Any) -> None:
@@ -390,7 +422,11 @@ BAD_VALUES = [
     ({"agent": {"capabilities": ["SYS_MODULE"]}}, r"/agent/capabilities/0"),
     ({"agent": {"receivers": {"packetparser": {"enable": True}}}}, r"/agent/receivers/packetparser"),
     ({"agent": {"unknown": 1}}, r"additional properties 'unknown' not allowed"),
-    ({"operator": {"replicas": 3}}, r"/operator/replicas.*maximum"),
+    ({"operator": {"replicas": 3, "leaderElection": {"enabled": False}}}, r"/operator/replicas.*maximum"),
+    ({"operator": {"replicas": 11}}, r"/operator/replicas.*maximum"),
+    ({"operator": {"leaderElection": {"lifetime": 1}}}, r"/operator/leaderElection/lifetime.*minimum"),
+    ({"operator": {"leaderElection": {"peeringName": "Bad_Name"}}}, r"/operator/leaderElection/peeringName"),
+    ({"operator": {"leaderElection": {"enable": True}}}, r"/operator/leaderElection"),
     ({"operator": {"captureNamespaces": ["Bad_NS"]}}, r"/operator/captureNamespaces/0"),
     ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
 ]

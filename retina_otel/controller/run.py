@@ -13,13 +13,20 @@ import kopf
 from retina_otel.controller.capture import DEFAULT_IMAGE, CaptureSettings
 from retina_otel.controller.handlers import FINALIZER, OperatorConfig, build_registry
 from retina_otel.controller.kube import KubeClient
+from retina_otel.controller.peering import (
+    DEFAULT_LIFETIME,
+    ensure_peering,
+    install_peering_crds,
+    random_priority,
+)
 from retina_otel.crds.models import DEFAULT_HOST_PATH_BASE
 
 __all__ = ["add_operator_arguments", "main_operator", "run_operator"]
 
 
-def _kopf_settings(consistency_timeout: float) -> kopf.OperatorSettings:
+def _kopf_settings(consistency_timeout: float, peering_lifetime: int = DEFAULT_LIFETIME) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
+    settings.peering.lifetime = peering_lifetime
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="retina.sh")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -49,6 +56,9 @@ def run_operator(
     resync_interval: float = 30.0,
     consistency_timeout: float = 5.0,
     liveness_endpoint: str | None = None,
+    peering_name: str | None = None,
+    priority: int | None = None,
+    peering_lifetime: int = DEFAULT_LIFETIME,
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
 ) -> None:
@@ -59,6 +69,11 @@ def run_operator(
     Runs its own event loop, so it may be called from any thread. ``consistency_timeout`` is how
     long kopf waits for its own patch to come back on the watch; test emulators that never change
     ``resourceVersion`` want it small.
+
+    ``peering_name=None`` runs standalone (one replica only). With a name, replicas coordinate
+    through that kopf peering object (``ClusterKopfPeering``, or ``KopfPeering`` in ``namespace``;
+    created here when missing): only the live replica with the highest ``priority`` (random when
+    ``None``) handles events, the others pause. See :mod:`retina_otel.controller.peering`.
     """
     client = KubeClient.from_options(api_url=api_url, kubeconfig=kubeconfig, insecure=insecure, token=token)
     if kubeconfig and not api_url:
@@ -72,14 +87,25 @@ def run_operator(
         insecure=insecure,
         token=token,
     )
+    if peering_name:
+        if install_crds:
+            for line in install_peering_crds(client):
+                logging.getLogger(__name__).info("CRD %s", line)
+        ensure_peering(client, peering_name, namespace)
+        if priority is None:
+            priority = random_priority()
+        logging.getLogger(__name__).info(
+            "leader election: kopf peering %r, priority %d", peering_name, priority)
     registry = build_registry(cfg, client)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(
             kopf.operator(
                 registry=registry,
-                settings=_kopf_settings(consistency_timeout),
-                standalone=True,
+                settings=_kopf_settings(consistency_timeout, peering_lifetime),
+                standalone=not peering_name,
+                peering_name=peering_name or None,
+                priority=priority if peering_name else None,
                 clusterwide=namespace is None,
                 namespaces=[namespace] if namespace else (),
                 stop_flag=stop_flag,
@@ -118,6 +144,24 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between Capture status resyncs (0 disables the timer)")
     parser.add_argument("--liveness-endpoint", default=env("RETINA_OPERATOR_LIVENESS"),
                         help="e.g. http://0.0.0.0:8080/healthz")
+    election = parser.add_mutually_exclusive_group()
+    election.add_argument("--peering", metavar="NAME", default=env("RETINA_OPERATOR_PEERING") or None,
+                          help="leader election through this kopf peering object (several replicas; "
+                               "env RETINA_OPERATOR_PEERING)")
+    election.add_argument("--standalone", dest="peering", action="store_const", const=None,
+                          help="no leader election: exactly one replica may run (the default)")
+    parser.add_argument("--priority", type=int, default=_env_int("RETINA_OPERATOR_PRIORITY"),
+                        help="peering priority; the highest live one handles events (default: random, "
+                             "replicas of equal priority would all pause)")
+    parser.add_argument("--peering-lifetime", type=int,
+                        default=_env_int("RETINA_OPERATOR_PEERING_LIFETIME") or DEFAULT_LIFETIME,
+                        help="seconds a replica's keep-alive is valid; a crashed leader is replaced "
+                             "after at most this long")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
 
 
 def main_operator(args: argparse.Namespace) -> int:
@@ -135,5 +179,8 @@ def main_operator(args: argparse.Namespace) -> int:
         retina_endpoints=args.retina_endpoints,
         resync_interval=args.resync_interval,
         liveness_endpoint=args.liveness_endpoint,
+        peering_name=args.peering,
+        priority=args.priority,
+        peering_lifetime=args.peering_lifetime,
     )
     return 0

@@ -12,9 +12,10 @@ import base64
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from retina_otel.capture.redact import redact_error, register_secret
 from retina_otel.controller import kube
 from retina_otel.controller.capture import (
     DEFAULT_IMAGE,
@@ -39,7 +40,7 @@ from retina_otel.crds.capturejob import (
 )
 from retina_otel.crds.models import CaptureSpec, SpecError, parse_duration, validate_spec
 
-__all__ = ["build_capture", "build_parser", "main"]
+__all__ = ["build_capture", "build_parser", "capture_file_matcher", "download_blob", "download_s3", "main"]
 
 DEFAULT_WAIT = 300.0
 
@@ -352,58 +353,93 @@ def _download(client: KubeClient, args: argparse.Namespace) -> int:
         print("the capture's jobs carry no capture spec", file=sys.stderr)
         return 1
     vols = {v["name"]: v for v in jobs[0]["spec"]["template"]["spec"].get("volumes") or []}
+    nodes = sorted({j["spec"]["template"]["spec"]["nodeName"] for j in jobs})
     os.makedirs(args.output, exist_ok=True)
     got = 0
+    failed = False
     if spec.outputs.blob is not None:
         url = args.blob_url or _secret_value(
             client, args.namespace, vols["blob-secret"]["secret"]["secretName"], BLOB_SECRET_KEY
         )
-        got += download_blob(url, args.name, args.output)
+        register_secret(url)
+        try:
+            got += download_blob(url, args.name, args.output, nodes)
+        except Exception as exc:  # azure-core errors; the SAS token is redacted
+            print(f"error: blob download failed: {redact_error(exc)}", file=sys.stderr)
+            failed = True
     if spec.outputs.s3 is not None:
         secret = vols["s3-secret"]["secret"]["secretName"]
-        got += download_s3(
-            spec.outputs.s3.bucket, spec.outputs.s3.path or "", args.name, args.output,
-            endpoint=spec.outputs.s3.endpoint, region=spec.outputs.s3.region,
-            key_id=_secret_value(client, args.namespace, secret, S3_ACCESS_KEY_ID_KEY),
-            secret_key=_secret_value(client, args.namespace, secret, S3_SECRET_ACCESS_KEY_KEY),
-        )
+        key_id = _secret_value(client, args.namespace, secret, S3_ACCESS_KEY_ID_KEY)
+        secret_key = _secret_value(client, args.namespace, secret, S3_SECRET_ACCESS_KEY_KEY)
+        register_secret(secret_key)
+        try:
+            got += download_s3(
+                spec.outputs.s3.bucket, spec.outputs.s3.path or "", args.name, args.output,
+                endpoint=spec.outputs.s3.endpoint, region=spec.outputs.s3.region,
+                key_id=key_id, secret_key=secret_key, nodes=nodes,
+            )
+        except Exception as exc:  # botocore errors
+            print(f"error: S3 download failed: {redact_error(exc)}", file=sys.stderr)
+            failed = True
     if spec.outputs.host_path_on_node and not got:
         from retina_otel.kubectl_plugin.hostpath import download_host_path
 
-        nodes = sorted({j["spec"]["template"]["spec"]["nodeName"] for j in jobs})
         for node in nodes:
             got += download_host_path(client, args.namespace, args.name, node, spec.outputs.host_path_on_node,
                                       args.output, args.helper_image)
     print(f"downloaded {got} file(s) to {args.output}")
-    return 0 if got else 1
+    return 0 if got and not failed else 1
 
 
-def download_blob(sas_url: str, capture: str, dest: str) -> int:
-    """Download every blob whose name starts with ``capture`` from a container SAS URL."""
+def capture_file_matcher(capture: str, nodes: Sequence[str] = ()) -> Callable[[str], bool]:
+    """Whether an object name is one of this capture's tarballs: ``<capture>-<node>-<time>UTC.tar.gz``.
+
+    With ``nodes`` (the capture's Jobs' nodes) another capture whose name merely starts with this
+    one's (``cap`` vs ``cap-2``) is not matched.
+    """
+    prefixes = tuple(f"{capture}-{node}-" for node in nodes) or (f"{capture}-",)
+
+    def match(name: str) -> bool:
+        base = name.rsplit("/", 1)[-1]
+        return base.startswith(prefixes) and base.endswith(".tar.gz")
+
+    return match
+
+
+def download_blob(sas_url: str, capture: str, dest: str, nodes: Sequence[str] = ()) -> int:
+    """Download the capture's tarballs (blobs named ``<capture>-<node>-...``) from a container SAS URL."""
     from azure.storage.blob import ContainerClient
 
-    container = ContainerClient.from_container_url(sas_url)
+    match = capture_file_matcher(capture, nodes)
     count = 0
-    for blob in container.list_blobs(name_starts_with=capture):
-        target = os.path.join(dest, os.path.basename(blob.name))
-        with open(target, "wb") as fh:
-            container.download_blob(blob.name).readinto(fh)
-        print(f"blob {blob.name} -> {target}")
-        count += 1
+    with ContainerClient.from_container_url(sas_url) as container:
+        for blob in container.list_blobs(name_starts_with=capture):
+            if not match(blob.name):
+                continue
+            target = os.path.join(dest, os.path.basename(blob.name))
+            with open(target, "wb") as fh:
+                container.download_blob(blob.name).readinto(fh)
+            print(f"blob {blob.name} -> {target}")
+            count += 1
     return count
 
 
 def download_s3(bucket: str, path: str, capture: str, dest: str, *, endpoint: str | None, region: str | None,
-                key_id: str, secret_key: str) -> int:
-    """Download every object under ``<path>/<capture>`` from an S3 bucket."""
+                key_id: str, secret_key: str, nodes: Sequence[str] = ()) -> int:
+    """Download the capture's tarballs (objects ``<path>/<capture>-<node>-...``) from an S3 bucket."""
     import boto3
+    from botocore.config import Config
 
     s3 = boto3.client("s3", endpoint_url=endpoint or None, region_name=region or None,
-                      aws_access_key_id=key_id, aws_secret_access_key=secret_key)
+                      aws_access_key_id=key_id, aws_secret_access_key=secret_key,
+                      config=Config(s3={"addressing_style": "path"}) if endpoint else None)
     prefix = "/".join(p for p in (path.strip("/"), capture) if p)
+    match = capture_file_matcher(capture, nodes)
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
+            if not match(obj["Key"]):
+                continue
             target = os.path.join(dest, os.path.basename(obj["Key"]))
             s3.download_file(bucket, obj["Key"], target)
             print(f"s3://{bucket}/{obj['Key']} -> {target}")

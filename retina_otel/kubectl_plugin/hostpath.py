@@ -21,6 +21,7 @@ MOUNT = "/capture"
 
 
 def helper_pod(namespace: str, capture: str, node: str, host_dir: str, image: str) -> Obj:
+    """The helper pod for one node: pinned there, the capture directory mounted read-only."""
     name = f"{job_name(capture, node)[:52]}-download"
     return {
         "apiVersion": "v1",
@@ -33,6 +34,9 @@ def helper_pod(namespace: str, capture: str, node: str, host_dir: str, image: st
             "automountServiceAccountToken": False,
             "tolerations": [{"operator": "Exists"}],
             "activeDeadlineSeconds": 600,
+            # Tarballs are written 0644 by the capture Job; reading them needs no privilege.
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "download",
                 "image": image,

@@ -75,3 +75,8 @@ app.kubernetes.io/component: operator
 {{- define "retina-otel.otlpHeaderEnv" -}}
 {{- printf "RETINA_OTEL_OTLP_HEADER_%s" (. | upper | replace "-" "_" | replace "." "_") -}}
 {{- end -}}
+
+{{/* Name of the operator's ClusterKopfPeering (cluster-scoped: the namespace keeps releases apart). */}}
+{{- define "retina-otel.operator.peeringName" -}}
+{{- default (printf "%s-%s" (include "retina-otel.fullname" .) .Release.Namespace) .Values.operator.leaderElection.peeringName | trunc 253 | trimSuffix "-" -}}
+{{- end -}}
