@@ -93,6 +93,18 @@ class Azurite:
         with ContainerClient.from_container_url(self.sas_url()) as client:
             client.upload_blob(name, data, overwrite=True)
 
+    def read(self, name: str) -> bytes:
+        from azure.storage.blob import ContainerClient
+
+        with ContainerClient.from_container_url(self.sas_url()) as client:
+            return bytes(client.download_blob(name).readall())
+
+    def names(self) -> list[str]:
+        from azure.storage.blob import ContainerClient
+
+        with ContainerClient.from_container_url(self.sas_url()) as client:
+            return [b.name for b in client.list_blobs()]
+
 
 @contextlib.contextmanager
 def azurite_server(location: Path, container: str = "captures") -> Iterator[Azurite]:
