@@ -235,6 +235,23 @@ def test_drops_local_tcpflags_and_retrans() -> None:
     }
 
 
+def test_unknown_drop_reasons_share_one_series() -> None:
+    """Reason id 0 and ids STRINGS does not know both read ``unknown``: one series, both counted."""
+    proc, host = processor(
+        {"remote_context": True,
+         "metrics": [{"metricName": "drop_count", "sourceLabels": ["namespace"], "destinationLabels": ["namespace"]}]}
+    )
+    batch = make(3)
+    row(batch, 0, 0, 2, event=Event.DROP, verdict=Verdict.DROPPED, drop_reason=0, packets=2)
+    row(batch, 1, 0, 2, event=Event.DROP, verdict=Verdict.DROPPED, drop_reason=4_000_000_000, packets=3)
+    row(batch, 2, 1, 0, event=Event.DROP, verdict=Verdict.DROPPED, drop_reason=0, packets=1)  # ns2 -> ns1
+    proc.consume_flows(batch)
+    assert series(host, "adv_drop_count") == {
+        ("unknown", "egress", "ns1", "ns1"): 5.0,
+        ("unknown", "egress", "ns2", "ns1"): 1.0,
+    }
+
+
 def _dns_batch() -> FlowBatch:
     batch = make(4)
     row(batch, 0, 0, -1, event=Event.DNS, verdict=Verdict.FORWARDED, proto=17, dport=53, dns_qtype=1)

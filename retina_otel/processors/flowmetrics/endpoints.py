@@ -15,9 +15,10 @@ import numpy.typing as npt
 from retina_otel import flowschema as fs
 from retina_otel.processors.flowmetrics.spec import ContextOptions, Plan
 
-__all__ = ["UNKNOWN", "EndpointIndex"]
+__all__ = ["LABEL_CACHE_LIMIT", "UNKNOWN", "EndpointIndex"]
 
 UNKNOWN = "unknown"
+LABEL_CACHE_LIMIT = 1 << 18  # label tuples kept per ContextOptions and EndpointTable generation
 
 _FIELD_KEYS = {
     "namespace": fs.K8S_NAMESPACE,
@@ -57,6 +58,7 @@ class EndpointIndex:
         self.namespaces = namespaces
         self._allowed: tuple[Plan, npt.NDArray[np.bool_]] | None = None
         self._labels: dict[tuple[str, ...], dict[int, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+        self._label_caches: dict[ContextOptions, dict[tuple[int, int, int, int], tuple[str, ...]]] = {}
 
     def allowed(self, plan: Plan) -> npt.NDArray[np.bool_]:
         """Slots whose namespace passes the plan's include/exclude (slot 0 never does when filtering)."""
@@ -84,3 +86,13 @@ class EndpointIndex:
             tail = (_text(entry, fs.ZONE),) if opts.zone else ()
             found = per_slot[slot] = (head, tail)
         return found
+
+    def label_cache(self, opts: ContextOptions) -> dict[tuple[int, int, int, int], tuple[str, ...]]:
+        """Full context label tuples of ``opts`` by (slot, address high word, low word, port), kept across
+        batches of this generation (the aggregator fills it); emptied when it outgrows its bound."""
+        cache = self._label_caches.get(opts)
+        if cache is None:
+            cache = self._label_caches[opts] = {}
+        elif len(cache) > LABEL_CACHE_LIMIT:
+            cache.clear()
+        return cache
