@@ -612,7 +612,7 @@ def adv_series(
     return out
 
 
-# Families whose values are exact today; forward/tcpflags are checked separately (see the xfail below).
+# Families checked exactly here; forward/tcpflags are checked in test_exact_forward_and_tcpflags_series.
 EXACT = tuple(
     P + n
     for n in (
@@ -730,11 +730,6 @@ def test_exact_drop_retrans_dns_series(e2e: E2E) -> None:
     assert {dict(k)["return_code"] for k in responses} == {"NOERROR", "NXDOMAIN"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="packetparser reports a flow between two local pods at both pods' veths and flowmetrics counts "
-    "each row for both pods, so forward counts/bytes and tcpflags are doubled; see tests/test_flow_contract.py",
-)
 def test_exact_forward_and_tcpflags_series(e2e: E2E) -> None:
     """adv_forward_count/bytes per pod and direction = the IP packets/bytes the pod sent to / received from
     the other pods (nft counters in the pod); adv_tcpflags_count = its TCP segments per flag."""

@@ -1,21 +1,13 @@
-"""packetparser's flow records through flowmetrics: minimal reproductions of the double counting that
-tests/test_e2e_metrics.py measures with real traffic (forward counts about 3x, tcpflags 2x).
+"""packetparser's flow records through flowmetrics: each packet counts once per pod.
 
-The open one is a strict xfail: when the pipeline counts right it XPASSes, and the marks (here and on
-``test_exact_forward_and_tcpflags_series``) must go.
-
-1. **Two observation points, both counted for both pods.** A packet from pod client to pod server on
-   the same node crosses client's host veth (packetparser: FROM_ENDPOINT, direction EGRESS) and
-   server's host veth (TO_ENDPOINT, INGRESS), so packetparser reports it in two rows with the same
-   src/dst. flowmetrics' local context counts *every* row as egress of its source pod and ingress of
-   its destination pod, so each packet counts twice for each pod (features.md: "emits each flow once
-   as egress ... and once as ingress"). A fix in flowmetrics: in local context a FROM_ENDPOINT row
-   counts only for its source pod (egress), a TO_ENDPOINT row only for its destination pod (ingress);
-   rows from other observation points (STACK, UNKNOWN, the host interface) as today.
-2. **The reply direction reported twice** (fixed in 01cb523: flowmetrics no longer adds the reply
-   columns, which are informational). packetparser's kernel program adds every packet to its own
-   direction's counters *and* to the opposite direction's ``rev_packets``/``rev_bytes``, and each
-   direction is reported in its own rows; the regression test below keeps it fixed.
+1. **Two observation points.** A packet from pod client to pod server on the same node crosses
+   client's host veth (packetparser: FROM_ENDPOINT, direction EGRESS) and server's host veth
+   (TO_ENDPOINT, INGRESS), so packetparser reports it in two rows with the same src/dst. Local context
+   counts a FROM_ENDPOINT row only for its source pod (egress) and a TO_ENDPOINT row only for its
+   destination pod (ingress) (features.md: "each flow once as egress ... and once as ingress").
+2. **The reply direction.** packetparser's kernel program adds every packet to its own direction's
+   counters and to the opposite direction's ``rev_packets``/``rev_bytes``, and each direction is
+   reported in its own rows; flowmetrics never adds the reply columns (they are informational).
 """
 
 from __future__ import annotations
@@ -48,10 +40,13 @@ ENTRIES: list[dict[str, Any]] = [
 ]
 
 
-def forward_counts(batch: FlowBatch) -> dict[tuple[str, ...], Any]:
+def forward_counts(batch: FlowBatch, *, remote: bool = False) -> dict[tuple[str, ...], Any]:
+    option: dict[str, Any] = {"metricName": "forward_count", "sourceLabels": ["podname"]}
+    if remote:
+        option["destinationLabels"] = ["podname"]
     proc = FACTORY.create(
         CreateSettings("flowmetrics", "processor"),
-        FlowMetricsConfig.model_validate({"metrics": [{"metricName": "forward_count", "sourceLabels": ["podname"]}]}),
+        FlowMetricsConfig.model_validate({"remote_context": remote, "metrics": [option]}),
         None,
     )
     assert isinstance(proc, FlowMetricsProcessor)
@@ -67,7 +62,6 @@ def forward_counts(batch: FlowBatch) -> dict[tuple[str, ...], Any]:
     return {labels: value for labels, value, _ in family.snapshot().series}
 
 
-@pytest.mark.xfail(strict=True, reason="flowmetrics counts a packetparser flow at both pods' veths (bug 1 above)")
 def test_one_packet_seen_at_two_veths_counts_once_per_pod() -> None:
     batch = FlowBatch.empty(2, receiver="packetparser")
     r = batch.records
@@ -92,10 +86,33 @@ def test_request_and_response_at_one_veth_count_once() -> None:
     reports["is_reply"][1], reports["rev_packets"][1], reports["rev_bytes"][1] = 1, 1, 100
     batch = records.reports_to_batch(reports, 0, "packetparser")
     # Two packets crossed the veth, one each way: reply columns are informational (flows.FLOW_DTYPE).
+    # At the client's veth they are the client's egress and ingress; the server's come from its own veth.
     assert int(batch.records["packets"].sum()) == 2
-    assert forward_counts(batch) == {
-        ("egress", "client"): 1.0,
-        ("ingress", "server"): 1.0,
-        ("egress", "server"): 1.0,
-        ("ingress", "client"): 1.0,
+    assert forward_counts(batch) == {("egress", "client"): 1.0, ("ingress", "client"): 1.0}
+
+
+def _sightings(*points: ObservationPoint) -> FlowBatch:
+    """3 packets client -> server, one row per place packetparser saw them."""
+    batch = FlowBatch.empty(len(points), receiver="packetparser")
+    r = batch.records
+    r["src_ip"], r["dst_ip"] = ip_to_bytes(CLIENT), ip_to_bytes(SERVER)
+    r["proto"], r["ip_version"], r["event"], r["verdict"] = 17, 4, Event.FLOW, Verdict.FORWARDED
+    r["packets"], r["bytes"] = 3, 300
+    r["observation_point"] = list(points)
+    egress = (ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK)
+    r["direction"] = [Direction.EGRESS if p in egress else Direction.INGRESS for p in points]
+    return batch
+
+
+def test_remote_context_counts_a_packet_once_per_pair() -> None:
+    batch = _sightings(ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_ENDPOINT)
+    assert forward_counts(batch, remote=True) == {("egress", "client", "server"): 3.0}
+
+
+def test_host_interface_sightings_of_local_pods_are_not_counted_again() -> None:
+    # A pod's packet leaving the node is seen at its veth and at the host interface.
+    batch = _sightings(ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK)
+    assert forward_counts(batch) == {("egress", "client"): 3.0}
+    assert forward_counts(_sightings(ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK), remote=True) == {
+        ("egress", "client", "server"): 3.0
     }

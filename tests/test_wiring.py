@@ -21,12 +21,14 @@ def _endpoints(path: Path, pods: list[tuple[str, str]]) -> None:
 
 
 def _batch(src: str, dst: str, packets: int) -> FlowBatch:
-    batch = FlowBatch.empty(1, receiver="test")
+    """Packets between two local pods as packetparser reports them: at each pod's veth."""
+    batch = FlowBatch.empty(2, receiver="test")
     r = batch.records
     r["src_ip"] = ip_to_bytes(src)
     r["dst_ip"] = ip_to_bytes(dst)
     r["proto"], r["ip_version"], r["src_port"], r["dst_port"] = 17, 4, 4000, 53
-    r["direction"], r["observation_point"] = Direction.EGRESS, ObservationPoint.FROM_ENDPOINT
+    r["direction"] = [Direction.EGRESS, Direction.INGRESS]
+    r["observation_point"] = [ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_ENDPOINT]
     r["verdict"], r["event"] = Verdict.FORWARDED, Event.FLOW
     r["packets"], r["bytes"] = packets, packets * 100
     return batch

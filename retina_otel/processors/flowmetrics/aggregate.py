@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import STRINGS, Event, FlowBatch, TcpFlag, Verdict
+from retina_otel.flows import STRINGS, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict
 from retina_otel.processors.flowmetrics.endpoints import UNKNOWN, EndpointIndex
 from retina_otel.processors.flowmetrics.grouping import group_rows, ip_codes
 from retina_otel.processors.flowmetrics.spec import AdvMetric, ContextOptions, MetricPlan, Plan
@@ -526,16 +526,35 @@ class Aggregator:
     # -- segments per context ----------------------------------------------------------------------
     @staticmethod
     def _context_segments(cols: _Columns, plan: Plan, rows: I64, remote: bool, *, dns: bool = False) -> list[_Segment]:
+        """The rows each context counts, so that every packet counts once per pod (local context) or
+        once per source/destination pair (remote context).
+
+        packetparser sees a packet between two pods of this node twice, leaving the source
+        (FROM_ENDPOINT, the source pod's veth) and entering the destination (TO_ENDPOINT), and a
+        packet to or from another node also at the host interface (FROM/TO_NETWORK). Local context
+        takes a pod's egress only from its own veth's FROM_ENDPOINT rows and its ingress only from
+        TO_ENDPOINT rows; remote context drops the second sighting of a packet (TO_ENDPOINT rows from
+        a local pod, host-interface rows with a local pod at either end). Rows of other observation
+        points (kernel tracepoints, unknown) count for both sides as before.
+        """
         index = cols.index
+        obs = cols.col("observation_point")[rows]
+        from_endpoint = obs == ObservationPoint.FROM_ENDPOINT
+        to_endpoint = obs == ObservationPoint.TO_ENDPOINT
+        network = (obs == ObservationPoint.FROM_NETWORK) | (obs == ObservationPoint.TO_NETWORK)
         allowed = index.allowed(plan)
         if remote:
+            src_local = index.local[cols.slot(0)[rows]]
+            dst_local = index.local[cols.slot(1)[rows]]
+            seen_before = (to_endpoint & src_local) | (network & (src_local | dst_local))
+            rows = rows[~seen_before]
             if not plan.filters_namespaces:
                 return [_Segment(rows)]
             keep = allowed[cols.slot(0)[rows]] | allowed[cols.slot(1)[rows]]
             return [_Segment(rows[keep])]
         eligible = Aggregator._eligible(index, plan)
-        src_ok = eligible[cols.slot(0)[rows]]
-        dst_ok = eligible[cols.slot(1)[rows]]
+        src_ok = eligible[cols.slot(0)[rows]] & ~(to_endpoint | network)
+        dst_ok = eligible[cols.slot(1)[rows]] & ~(from_endpoint | network)
         if dns:  # once per row: the destination pod for ingress rows when both ends are local
             use_dst = dst_ok & (~src_ok | (cols.col("direction")[rows] == _INGRESS))
             dst_ok = use_dst
