@@ -103,6 +103,7 @@ class Family:
         self._series: dict[LabelValues, _Series] = {}
         self._overflow_key: LabelValues = tuple(OVERFLOW_LABEL_VALUE for _ in self.label_names)
         self._np_bounds = np.asarray(self.bounds, dtype=np.float64)
+        self._folded = 0  # label sets folded into overflow by the current write, counted once after it
 
     # -- configuration --------------------------------------------------------------------------
     def configure(self, *, ttl_seconds: float | None, max_series: int | None) -> None:
@@ -118,7 +119,7 @@ class Family:
             # The budget counts real label sets; the overflow series comes on top of it.
             real = len(self._series) - (self._overflow_key in self._series)
             if self.max_series is not None and real >= self.max_series:
-                self._store._count_folded(self.name)
+                self._folded += 1
                 key = self._overflow_key
                 series = self._series.get(key)
                 if series is not None:
@@ -138,6 +139,8 @@ class Family:
                 series = self._slot(key, now, float)
                 series.value = float(series.value) + amount  # type: ignore[arg-type]
                 series.updated = now
+            folded, self._folded = self._folded, 0
+        self._report_folded(folded)
 
     def set(self, labels: LabelValues, value: float) -> None:
         self.set_many(((labels, value),))
@@ -150,6 +153,8 @@ class Family:
                 series = self._slot(key, now, float)
                 series.value = float(value)
                 series.updated = now
+            folded, self._folded = self._folded, 0
+        self._report_folded(folded)
 
     def observe_many(self, labels: LabelValues, values: Sequence[float] | np.ndarray) -> None:
         """Histogram observations for one series, bucketed in bulk."""
@@ -169,6 +174,8 @@ class Family:
             hist.minimum = min(hist.minimum, float(arr.min()))
             hist.maximum = max(hist.maximum, float(arr.max()))
             series.updated = now
+            folded, self._folded = self._folded, 0
+        self._report_folded(folded)
 
     def observe(self, labels: LabelValues, value: float) -> None:
         now = time.monotonic()
@@ -183,6 +190,12 @@ class Family:
             hist.minimum = min(hist.minimum, value)
             hist.maximum = max(hist.maximum, value)
             series.updated = now
+            folded, self._folded = self._folded, 0
+        self._report_folded(folded)
+
+    def _report_folded(self, count: int) -> None:
+        if count:
+            self._store._count_folded(self.name, count)
 
     # -- removal --------------------------------------------------------------------------------
     def remove_where(self, label: str, values: Iterable[str]) -> int:
@@ -322,9 +335,8 @@ class MetricStore:
         """Called before every :meth:`collect` (refresh values computed at read time, e.g. procfs)."""
         self._collect_hooks.append(hook)
 
-    def _count_folded(self, metric: str) -> None:
-        # Called with the writing family's lock held; the folded family has its own lock.
-        self._folded.add((metric,), 1)
+    def _count_folded(self, metric: str, count: int) -> None:
+        self._folded.add((metric,), count)
 
     def expire(self) -> int:
         total = 0
