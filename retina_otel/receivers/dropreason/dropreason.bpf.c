@@ -44,7 +44,12 @@ struct total_val {
     u64 bytes;
 };
 
-BPF_HASH(drop_flows, struct drop_key, struct drop_val, MAX_FLOWS);
+// Two per-flow maps: the kernel writes the one `flow_gen` names while user space drains the other, so
+// no increment can land between a batch read and its delete (exact totals). Totals are never deleted:
+// user space reads them as cumulative counters.
+BPF_HASH(drop_flows0, struct drop_key, struct drop_val, MAX_FLOWS);
+BPF_HASH(drop_flows1, struct drop_key, struct drop_val, MAX_FLOWS);
+BPF_ARRAY(flow_gen, u32, 1);
 BPF_HASH(drop_totals, struct total_key, struct total_val, 4096);
 BPF_PERCPU_ARRAY(drop_lost, u64, 2);  // 0: flow map full, 1: totals map full
 
@@ -159,11 +164,22 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
         count_lost(1);
     }
 
-    struct drop_val *v = drop_flows.lookup(&key);
-    if (!v) {
-        struct drop_val init = {.first_ns = now};
-        drop_flows.insert(&key, &init);
-        v = drop_flows.lookup(&key);
+    int zero_index = 0;
+    u32 *gen = flow_gen.lookup(&zero_index);
+    struct drop_val init = {.first_ns = now};
+    struct drop_val *v;
+    if (gen && *gen) {
+        v = drop_flows1.lookup(&key);
+        if (!v) {
+            drop_flows1.insert(&key, &init);
+            v = drop_flows1.lookup(&key);
+        }
+    } else {
+        v = drop_flows0.lookup(&key);
+        if (!v) {
+            drop_flows0.insert(&key, &init);
+            v = drop_flows0.lookup(&key);
+        }
     }
     if (!v) {
         count_lost(0);
