@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes as ct
 import logging
 import threading
 import time
@@ -139,6 +138,7 @@ class DropReasonReceiver:
     # -- draining ---------------------------------------------------------------------------------
     def flush(self) -> FlowBatch | None:
         """Drain the kernel maps now: write the metrics, send one batch of dropped flows (returned)."""
+        from retina_otel.bpf.doublebuffer import swap
         from retina_otel.bpf.mapdrain import drain
 
         with self._lock:
@@ -146,7 +146,7 @@ class DropReasonReceiver:
             if bpf is None or self._reasons is None or self._host is None:
                 return None
             totals_k, totals_v = drain(bpf["drop_totals"], TOTAL_KEY_DTYPE, TOTAL_VALUE_DTYPE, delete=False)
-            keys, values = drain(bpf[self._swap_flow_maps(bpf)], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+            keys, values = drain(bpf[swap(bpf, "drop_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
             self._publish_metrics(totals_k, totals_v)
             self._count_lost(bpf)
             if len(keys) == 0:
@@ -154,16 +154,6 @@ class DropReasonReceiver:
             batch = self._batch(keys, values)
         self._next.consume_flows(batch)
         return batch
-
-    def _swap_flow_maps(self, bpf: Any) -> str:
-        """Point the kernel at the other flow map and return the name of the one it wrote until now.
-        The tracepoint program is short and runs under RCU: after the flip and a brief pause, nothing
-        writes the returned map any more, so draining it (read, then delete) loses no increment."""
-        gen_table = bpf["flow_gen"]
-        current = int(gen_table[ct.c_int(0)].value)
-        gen_table[ct.c_int(0)] = ct.c_uint32(1 - current)
-        time.sleep(0.002)
-        return f"drop_flows{current}"
 
     def _publish_metrics(self, keys: np.ndarray, values: np.ndarray) -> None:
         assert self._reasons is not None and self._count is not None and self._bytes is not None

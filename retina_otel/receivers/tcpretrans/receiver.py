@@ -101,13 +101,14 @@ class TcpRetransReceiver:
 
     def flush(self) -> FlowBatch | None:
         """Drain the kernel map now: update the node total, send one batch of flows (returned)."""
+        from retina_otel.bpf.doublebuffer import swap
         from retina_otel.bpf.mapdrain import drain
 
         with self._lock:
             bpf = self._bpf
             if bpf is None or self._host is None or self._total is None:
                 return None
-            keys, values = drain(bpf["retrans_flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+            keys, values = drain(bpf[swap(bpf, "retrans_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
             segments, unmapped = self._counters.read(bpf["retrans_counters"])
             if segments:
                 self._total.add((), segments)

@@ -29,7 +29,10 @@ struct retrans_val {
     u32 states;  // bit mask of TCP states seen (1 << state)
 };
 
-BPF_HASH(retrans_flows, struct retrans_key, struct retrans_val, MAX_FLOWS);
+// Two per-flow maps, written by generation (see retina_otel/bpf/doublebuffer.py): exact drains.
+BPF_HASH(retrans_flows0, struct retrans_key, struct retrans_val, MAX_FLOWS);
+BPF_HASH(retrans_flows1, struct retrans_key, struct retrans_val, MAX_FLOWS);
+BPF_ARRAY(flow_gen, u32, 1);
 BPF_PERCPU_ARRAY(retrans_counters, u64, 2);  // 0: segments (all), 1: segments without a flow entry
 
 static __always_inline void add_counter(u32 slot, u64 n) {
@@ -41,11 +44,22 @@ static __always_inline void add_counter(u32 slot, u64 n) {
 static __always_inline void count(struct retrans_key *key, u64 segs, int state) {
     add_counter(0, segs);
     u64 now = bpf_ktime_get_ns();
-    struct retrans_val *v = retrans_flows.lookup(key);
-    if (!v) {
-        struct retrans_val init = {.first_ns = now};
-        retrans_flows.insert(key, &init);
-        v = retrans_flows.lookup(key);
+    struct retrans_val init = {.first_ns = now};
+    int zero_index = 0;
+    u32 *gen = flow_gen.lookup(&zero_index);
+    struct retrans_val *v;
+    if (gen && *gen) {
+        v = retrans_flows1.lookup(key);
+        if (!v) {
+            retrans_flows1.insert(key, &init);
+            v = retrans_flows1.lookup(key);
+        }
+    } else {
+        v = retrans_flows0.lookup(key);
+        if (!v) {
+            retrans_flows0.insert(key, &init);
+            v = retrans_flows0.lookup(key);
+        }
     }
     if (!v) {
         add_counter(1, segs);
