@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from retina_otel.component import ComponentConfig
@@ -16,6 +18,19 @@ __all__ = [
 ]
 
 DEFAULT_DNS_LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
+
+
+def _spec_checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """A field validator running ``check`` on the value, its :class:`SpecError` as pydantic's ValueError."""
+
+    def validate(value: str) -> str:
+        try:
+            check(value)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    return validate
 
 
 class _Strict(ComponentConfig):
@@ -59,23 +74,8 @@ class ContextOptionConfig(_Strict):
         description="series budget of this metric (overrides max_series_per_metric); default None",
     )
 
-    @field_validator("metric_name")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        try:
-            resolve_metric_name(value)
-        except SpecError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("ttl")
-    @classmethod
-    def _valid_ttl(cls, value: str) -> str:
-        try:
-            parse_duration(value)
-        except SpecError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    _known_metric = field_validator("metric_name")(_spec_checked(resolve_metric_name))
+    _valid_ttl = field_validator("ttl")(_spec_checked(parse_duration))
 
 
 class NamespacesConfig(_Strict):
@@ -158,14 +158,7 @@ class FlowMetricsConfig(ComponentConfig):
         description="bucket bounds (ms) of networkobservability_adv_dns_latency_ms; default 0.5 ... 5000",
     )
 
-    @field_validator("default_ttl")
-    @classmethod
-    def _valid_ttl(cls, value: str) -> str:
-        try:
-            parse_duration(value)
-        except SpecError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    _valid_ttl = field_validator("default_ttl")(_spec_checked(parse_duration))
 
     @field_validator("dns_latency_buckets_ms")
     @classmethod

@@ -204,18 +204,7 @@ class ContextOptions:
     @property
     def entry_fields(self) -> tuple[str, ...]:
         """The label fields that come from the endpoint entry (everything except ip and port)."""
-        out: list[str] = []
-        if self.namespace:
-            out.append("namespace")
-        if self.podname:
-            out.append("podname")
-        if self.workload:
-            out.extend(("workload_kind", "workload_name"))
-        if self.service:
-            out.append("service")
-        if self.zone:
-            out.append("zone")
-        return tuple(out)
+        return tuple(name for name in self.labels() if name not in ("ip", "port"))
 
     def labels(self, prefix: str = "") -> tuple[str, ...]:
         out: list[str] = []
