@@ -7,23 +7,17 @@ into dropped flow records (event DROP, verdict DROPPED, drop_reason). See docs/r
 
 from __future__ import annotations
 
-from retina_otel.component import CreateSettings, Factory, FlowConsumer
+from retina_otel.component import Factory
 from retina_otel.receivers.dropreason.config import DropReasonConfig
 from retina_otel.receivers.dropreason.receiver import DropReasonReceiver
 
 __all__ = ["FACTORY", "DropReasonConfig", "DropReasonReceiver"]
 
 
-def _create(
-    settings: CreateSettings, config: DropReasonConfig, next_consumer: FlowConsumer | None
-) -> DropReasonReceiver:
-    return DropReasonReceiver(settings, config, next_consumer)
-
-
 FACTORY: Factory[DropReasonConfig] = Factory(
     type="dropreason",
     kind="receiver",
     config_model=DropReasonConfig,
-    create=_create,
+    create=DropReasonReceiver,  # the constructor takes (settings, config, next_consumer)
     description="Packet drops by kernel drop reason and direction, with dropped flow records (skb:kfree_skb)",
 )

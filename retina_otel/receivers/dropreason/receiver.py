@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from retina_otel.bpf.counters import CounterDeltas
-from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
+from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, Verdict
 from retina_otel.metrics.store import Family
+from retina_otel.receivers._periodic import DrainingReceiver
 from retina_otel.receivers.dropreason.config import DropReasonConfig
 from retina_otel.receivers.dropreason.reasons import DropReasons, resolve_reasons
 
@@ -68,24 +68,19 @@ def _btf_cflags() -> list[str]:
     return flags
 
 
-class DropReasonReceiver:
+class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
     """See the package docstring. ``flush()`` drains now (tests call it for deterministic results)."""
+
+    kind = "dropreason"
 
     def __init__(
         self, settings: CreateSettings, config: DropReasonConfig, next_consumer: FlowConsumer | None
     ) -> None:
-        self.settings = settings
-        self.config = config
-        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
-        self._host: Host | None = None
-        self._bpf: Any = None
+        super().__init__(settings, config, next_consumer)
         self._reasons: DropReasons | None = None
         self._count: Family | None = None
         self._bytes: Family | None = None
         self._lost = CounterDeltas(len(_LOST_REASONS))
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def reasons(self) -> DropReasons | None:
@@ -110,30 +105,7 @@ class DropReasonReceiver:
         self._bytes = host.metrics.counter(
             "networkobservability_drop_bytes", "Total dropped bytes", ("reason", "direction"), unit="By"
         )
-        self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches the TRACEPOINT_PROBE on load
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"{self.settings.id}-drain", daemon=True)
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=10)
-        with self._lock:
-            bpf, self._bpf = self._bpf, None
-            if bpf is not None:
-                try:
-                    bpf.cleanup()  # detaches the tracepoint, closes the maps
-                except Exception:  # pragma: no cover - best effort on teardown
-                    log.exception("dropreason: cleanup failed")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.flush()
-            except Exception:
-                log.exception("dropreason: drain failed")
+        self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the TRACEPOINT_PROBE on load
 
     # -- draining ---------------------------------------------------------------------------------
     def flush(self) -> FlowBatch | None:

@@ -7,23 +7,17 @@ node total ``networkobservability_tcpretrans_count``. See docs/receivers/tcpretr
 
 from __future__ import annotations
 
-from retina_otel.component import CreateSettings, Factory, FlowConsumer
+from retina_otel.component import Factory
 from retina_otel.receivers.tcpretrans.config import TcpRetransConfig
 from retina_otel.receivers.tcpretrans.receiver import TcpRetransReceiver
 
 __all__ = ["FACTORY", "TcpRetransConfig", "TcpRetransReceiver"]
 
 
-def _create(
-    settings: CreateSettings, config: TcpRetransConfig, next_consumer: FlowConsumer | None
-) -> TcpRetransReceiver:
-    return TcpRetransReceiver(settings, config, next_consumer)
-
-
 FACTORY: Factory[TcpRetransConfig] = Factory(
     type="tcpretrans",
     kind="receiver",
     config_model=TcpRetransConfig,
-    create=_create,
+    create=TcpRetransReceiver,  # the constructor takes (settings, config, next_consumer)
     description="TCP retransmissions per flow, IPv4 and IPv6 (tcp:tcp_retransmit_skb tracepoint)",
 )

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from retina_otel.component import ComponentConfig
+from retina_otel.receivers._periodic import DrainConfig
 
 __all__ = ["TcpRetransConfig"]
 
 
-class TcpRetransConfig(ComponentConfig):
+class TcpRetransConfig(DrainConfig):
     """How often to drain the kernel's retransmission counters and how many flows to keep per interval."""
 
-    interval: float = Field(
-        default=10.0,
-        gt=0,
-        description="Seconds between drains of the kernel map into metrics and flow records (default 10).",
-    )
     max_flows: int = Field(
         default=16384,
         ge=16,

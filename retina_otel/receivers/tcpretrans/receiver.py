@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from retina_otel.bpf.counters import CounterDeltas
-from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
+from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.flows import Direction, Event, FlowBatch, ObservationPoint, Verdict
 from retina_otel.metrics.store import Family
+from retina_otel.receivers._periodic import DrainingReceiver
 from retina_otel.receivers.tcpretrans.config import TcpRetransConfig
 
 __all__ = ["FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "TcpRetransReceiver"]
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("tcpretrans.bpf.c")
 TRACEFS = Path("/sys/kernel/tracing/events/tcp")
@@ -48,22 +44,17 @@ def _cflags(config: TcpRetransConfig, tracefs: Path = TRACEFS) -> list[str]:
     return flags
 
 
-class TcpRetransReceiver:
+class TcpRetransReceiver(DrainingReceiver[TcpRetransConfig]):
     """See the package docstring. ``flush()`` drains now (tests call it for deterministic results)."""
+
+    kind = "tcpretrans"
 
     def __init__(
         self, settings: CreateSettings, config: TcpRetransConfig, next_consumer: FlowConsumer | None
     ) -> None:
-        self.settings = settings
-        self.config = config
-        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
-        self._host: Host | None = None
-        self._bpf: Any = None
+        super().__init__(settings, config, next_consumer)
         self._total: Family | None = None
         self._counters = CounterDeltas(2)  # slot 0: segments, 1: not in the flow map
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self, host: Host) -> None:
         from retina_otel.bpf import load_bpf
@@ -74,30 +65,7 @@ class TcpRetransReceiver:
             "networkobservability_tcpretrans_count",
             "Total TCP retransmitted segments on the node (all network namespaces)",
         )
-        self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches the TRACEPOINT_PROBEs on load
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"{self.settings.id}-drain", daemon=True)
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=10)
-        with self._lock:
-            bpf, self._bpf = self._bpf, None
-            if bpf is not None:
-                try:
-                    bpf.cleanup()
-                except Exception:  # pragma: no cover - best effort on teardown
-                    log.exception("tcpretrans: cleanup failed")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.flush()
-            except Exception:
-                log.exception("tcpretrans: drain failed")
+        self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the TRACEPOINT_PROBEs on load
 
     def flush(self) -> FlowBatch | None:
         """Drain the kernel map now: update the node total, send one batch of flows (returned)."""
