@@ -1,9 +1,12 @@
 """packetparser overhead and exactness, side by side in one run.
 
 1. 64-byte UDP frames (iperf3, 18-byte payload: 46-byte IP packets, 64 bytes on a wire with FCS)
-   between two sandbox pods: no agent, packetparser high aggregation, low aggregation (and no agent
-   again). Reports pps, the ratio to the no-agent runs, and whether every packet iperf3 sent is in the
-   flow rows (packet sum of the iperf3 flow at the client's veth vs iperf3's sent count).
+   between two sandbox pods: no agent, a no-op TC program attached exactly where packetparser attaches
+   (``tc_noop``: the cost of the hook itself), packetparser high aggregation, low aggregation. Reports
+   pps, the ratio to the no-agent runs, and whether every packet iperf3 sent is in the flow rows (packet
+   sum of the iperf3 flow at the client's veth vs iperf3's sent count).
+   Also the in-kernel cost per program run on one crafted 64-byte UDP frame (BPF_PROG_TEST_RUN,
+   warm cache): the no-op vs packetparser's program in high aggregation.
 2. Agent CPU: user+system CPU seconds of the agent process (the receiver runs in this process; iperf3
    runs in child processes) per million packets observed.
 3. N short TCP connections (20K, quick: 2K) with TCP timestamps off, each with a distinct client port and
@@ -23,14 +26,38 @@ from typing import Any
 
 import numpy as np
 
+from retina_otel.bpf.tc import FilterSpec, TcAttacher
 from retina_otel.component import CreateSettings
 from retina_otel.flows import TcpFlag, ip_to_bytes
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
-from retina_otel.receivers.packetparser.receiver import PacketParserReceiver
+from retina_otel.receivers.packetparser.kernel import prog_test_run
+from retina_otel.receivers.packetparser.receiver import FILTER_SPEC, PacketParserReceiver
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import CollectingConsumer, TestHost
 
 PORT = 5201
+NOOP_SOURCE = b"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+int noop(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
+"""
+# Same prio and handle as packetparser's filters, so the no-op sits exactly where packetparser would.
+NOOP_SPEC = FilterSpec(name="retina_otel_bench_noop", prio=FILTER_SPEC.prio, handle=FILTER_SPEC.handle)
+MODES = ("none", "tc_noop", "high", "low")
+# One 64-byte frame (without FCS) of the UDP stream: Ethernet + IPv4 + UDP + 18 bytes of payload.
+UDP64_FRAME = (
+    b"\x02" * 6
+    + b"\x04" * 6
+    + b"\x08\x00"
+    + bytes.fromhex("4500002e00010000401100")
+    + b"\x00"
+    + bytes([198, 18, 0, 1, 198, 18, 0, 2])
+    + (40000).to_bytes(2, "big")
+    + PORT.to_bytes(2, "big")
+    + (26).to_bytes(2, "big")
+    + b"\x00\x00"
+    + b"x" * 18
+)
 
 
 def _cpu() -> float:
@@ -74,15 +101,26 @@ def _udp_rows(rec: np.ndarray, client: Pod, server: Pod) -> np.ndarray:
         & (rec["dst_port"] == PORT)
         & (rec["ifindex"] == client.host_ifindex)
     )
-    return rec[sel]
+    out: np.ndarray = rec[sel]
+    return out
 
 
-def _udp_once(sb: Sandbox, a: Pod, b: Pod, mode: str, seconds: float) -> dict[str, Any]:
+def _udp_once(sb: Sandbox, a: Pod, b: Pod, mode: str, seconds: float, noop_fd: int) -> dict[str, Any]:
     receiver = consumer = None
-    if mode != "none":
+    noop: TcAttacher | None = None
+    if mode == "tc_noop":
+        noop = TcAttacher(NOOP_SPEC)
+        for pod in (a, b):
+            noop.attach(pod.host_ifindex, "ingress", noop_fd)
+            noop.attach(pod.host_ifindex, "egress", noop_fd)
+    elif mode != "none":
         receiver, consumer = _start(sb, aggregation=mode)
     cpu0 = _cpu()
-    res = _iperf(a, b, seconds)
+    try:
+        res = _iperf(a, b, seconds)
+    finally:
+        if noop is not None:
+            noop.close()
     out: dict[str, Any] = {"pps": res["sent"] / res["seconds"], "sent": res["sent"]}
     if receiver is not None and consumer is not None:
         receiver.flush()
@@ -98,12 +136,19 @@ def _udp_once(sb: Sandbox, a: Pod, b: Pod, mode: str, seconds: float) -> dict[st
 
 
 def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """Modes interleaved (none, high, low) ``rounds`` times; medians per mode, so that load from
+    """Modes interleaved (none, tc_noop, high, low) ``rounds`` times; medians per mode, so that load from
     other processes on the machine hits every mode alike."""
-    runs: dict[str, list[dict[str, Any]]] = {"none": [], "high": [], "low": []}
-    for _ in range(rounds):
-        for mode in runs:
-            runs[mode].append(_udp_once(sb, a, b, mode, seconds))
+    from bcc import BPF
+
+    noop_bpf = BPF(text=NOOP_SOURCE)
+    try:
+        noop_fd = int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd)
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        for _ in range(rounds):
+            for mode in runs:
+                runs[mode].append(_udp_once(sb, a, b, mode, seconds, noop_fd))
+    finally:
+        noop_bpf.cleanup()
     baseline = float(np.median([r["pps"] for r in runs["none"]]))
     rows: list[dict[str, Any]] = []
     for mode, rs in runs.items():
@@ -116,7 +161,7 @@ def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[
             "pps_runs": [round(r["pps"]) for r in rs],
             "ratio_vs_no_agent": round(pps / baseline, 3),
         }
-        if mode != "none":
+        if mode not in ("none", "tc_noop"):
             # iperf3 sends one extra datagram on the test's 5-tuple before the test (its UDP "connect").
             expected = sum(r["sent"] + 1 for r in rs)
             counted = sum(r["counted"] for r in rs)
@@ -227,6 +272,27 @@ def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
     }
 
 
+def _prog_ns_per_run(sb: Sandbox, repeat: int = 200_000, samples: int = 7) -> dict[str, Any]:
+    """In-kernel ns per program run on one warm 64-byte UDP frame: no-op vs packetparser (high)."""
+    from bcc import BPF
+
+    def median_ns(fd: int) -> float:
+        prog_test_run(fd, UDP64_FRAME, repeat=1000)
+        return float(np.median([prog_test_run(fd, UDP64_FRAME, repeat=repeat).duration_ns for _ in range(samples)]))
+
+    noop_bpf = BPF(text=NOOP_SOURCE)
+    try:
+        noop_ns = median_ns(int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd))
+    finally:
+        noop_bpf.cleanup()
+    receiver, _consumer = _start(sb, aggregation="high")
+    try:
+        high_ns = median_ns(receiver._fds["pp_from_endpoint"])
+    finally:
+        receiver.shutdown()
+    return {"test": "prog_test_run_udp64", "agent": "high", "noop_ns_per_run": noop_ns, "high_ns_per_run": high_ns}
+
+
 def run(quick: bool) -> dict[str, Any]:
     seconds = 3.0 if quick else 5.0
     rounds = 2 if quick else 4
@@ -236,13 +302,23 @@ def run(quick: bool) -> dict[str, Any]:
         for pod in (a, b):  # the short-TCP run binds client ports 20000-39999: keep ephemeral ports above
             pod.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=45000 60999"])
         a.run(["ping", "-c", "1", b.ipv4])
+        prog_ns = _prog_ns_per_run(sb)
         rows = _udp_runs(sb, a, b, seconds, rounds)
         rows.append(_tcp_connections(sb, a, b, conns))
+    rows.append(prog_ns)
     high = next(r for r in rows if r["agent"] == "high" and r["test"] == "udp64")
     low = next(r for r in rows if r["agent"] == "low" and r["test"] == "udp64")
-    tcp = rows[-1]
+    noop = next(r for r in rows if r["agent"] == "tc_noop" and r["test"] == "udp64")
+    tcp = next(r for r in rows if r["test"] == "short_tcp")
+    hook_cost = round(1.0 - noop["ratio_vs_no_agent"], 3)
+    prog_cost = round(noop["ratio_vs_no_agent"] - high["ratio_vs_no_agent"], 3)
     return {
         "rows": rows,
+        "attribution_high": {
+            "hook_cost_fraction": hook_cost,
+            "program_cost_fraction": prog_cost,
+            "program_ns_per_run_above_noop": round(prog_ns["high_ns_per_run"] - prog_ns["noop_ns_per_run"], 1),
+        },
         "targets": {
             "high_ratio_ge_0.95": high["ratio_vs_no_agent"] >= 0.95,
             "high_all_packets_accounted": high["all_accounted"],
@@ -251,8 +327,15 @@ def run(quick: bool) -> dict[str, Any]:
         },
         "notes": (
             "udp64: iperf3 -u -b 0 -l 18 between two sandbox pods, "
-            f"{seconds:.0f} s per run, modes interleaved (none, high, low) x {rounds}; ratio is the median pps "
-            "sent vs the median of the no-agent runs (the machine is shared, so single runs vary). "
+            f"{seconds:.0f} s per run, modes interleaved (none, tc_noop, high, low) x {rounds}; ratio is the "
+            "median pps sent vs the median of the no-agent runs (the machine is shared, so single runs vary). "
+            "tc_noop: a program that only returns TC_ACT_UNSPEC, attached by the same clsact/cls_bpf path, "
+            "prio and handle on the same four hooks (both pods' host veths, ingress and egress). "
+            "attribution_high: hook_cost_fraction = 1 - ratio(tc_noop) (clsact + cls_bpf + entering a BPF "
+            "program), program_cost_fraction = ratio(tc_noop) - ratio(high) (what our program adds); each "
+            "packet of the stream passes two of the hooks (client veth ingress, server veth egress), both on "
+            "the sending CPU. prog_test_run_udp64: in-kernel ns per run on one warm frame "
+            "(BPF_PROG_TEST_RUN, median of 7 x 200K runs; includes the test-run harness, so compare the two). "
             "packets_counted: sum of the flow rows' packets for the "
             "iperf3 flow at the client's veth (FROM_ENDPOINT) after a final flush; all_accounted compares it "
             "with iperf3's sent count + 1 (its UDP connect datagram on the same 5-tuple). "

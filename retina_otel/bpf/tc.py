@@ -175,8 +175,9 @@ class TcAttacher:
     def detach(self, ifindex: int) -> None:
         """Remove our filters from one interface (both hooks)."""
         with self._lock:
-            for hook in ("ingress", "egress"):
-                self._detach_locked(ifindex, hook)  # type: ignore[arg-type]
+            hooks: tuple[Hook, ...] = ("ingress", "egress")
+            for hook in hooks:
+                self._detach_locked(ifindex, hook)
             self._maybe_remove_clsact(ifindex)
 
     def forget(self, ifindex: int) -> None:

@@ -141,9 +141,25 @@ static __always_inline void stat_inc(u32 idx) {
         *v += 1;
 }
 
+// Copy n header bytes at off: straight from the linear packet data when they are there (no helper
+// call), else through bpf_skb_load_bytes (non-linear skb). Returns < 0 when the packet is too short.
+#define DIRECT_MAX_OFF 512
+static __always_inline int load_hdr(struct __sk_buff *skb, u32 off, void *buf, u32 n) {
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    if (off <= DIRECT_MAX_OFF) {
+        void *ptr = data + off;
+        if (ptr + n <= end) {
+            __builtin_memcpy(buf, ptr, n);
+            return 0;
+        }
+    }
+    return bpf_skb_load_bytes(skb, off, buf, n);
+}
+
 static __always_inline u16 load_be16(struct __sk_buff *skb, u32 off, int *err) {
     u16 v = 0;
-    if (bpf_skb_load_bytes(skb, off, &v, 2) < 0)
+    if (load_hdr(skb, off, &v, 2) < 0)
         *err = 1;
     return bpf_ntohs(v);
 }
@@ -174,7 +190,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
     int first_fragment = 1;
     if (eth_proto == ETH_P_IP) {
         u8 hdr[20];
-        if (bpf_skb_load_bytes(skb, off, hdr, 20) < 0) {
+        if (load_hdr(skb, off, hdr, 20) < 0) {
             stat_inc(ST_TRUNC_IP);
             return -1;
         }
@@ -213,7 +229,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         l3end = off + total;
     } else if (eth_proto == ETH_P_IPV6) {
         u8 hdr[40];
-        if (bpf_skb_load_bytes(skb, off, hdr, 40) < 0) {
+        if (load_hdr(skb, off, hdr, 40) < 0) {
             stat_inc(ST_TRUNC_IP);
             return -1;
         }
@@ -238,7 +254,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
             if (!done) {
                 if (nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44) {
                     u8 eh[4];
-                    if (cur + 8 > l3end || bpf_skb_load_bytes(skb, cur, eh, 4) < 0) {
+                    if (cur + 8 > l3end || load_hdr(skb, cur, eh, 4) < 0) {
                         stat_inc(ST_TRUNC_EXT);
                         return -1;
                     }
@@ -277,7 +293,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         return 0;
     if (l4proto == 6) {
         u8 th[20];
-        if (l4off + 20 > l3end || bpf_skb_load_bytes(skb, l4off, th, 20) < 0) {
+        if (l4off + 20 > l3end || load_hdr(skb, l4off, th, 20) < 0) {
             stat_inc(ST_TRUNC_L4);
             return -1;
         }
@@ -304,7 +320,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         p->kdport = p->dport;
     } else if (l4proto == 17) {
         u8 uh[8];
-        if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, uh, 8) < 0) {
+        if (l4off + 8 > l3end || load_hdr(skb, l4off, uh, 8) < 0) {
             stat_inc(ST_TRUNC_L4);
             return -1;
         }
@@ -314,7 +330,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         p->kdport = p->dport;
     } else if (l4proto == 1 || l4proto == 58) {
         u8 ih[8];
-        if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, ih, 8) < 0) {
+        if (l4off + 8 > l3end || load_hdr(skb, l4off, ih, 8) < 0) {
             stat_inc(ST_TRUNC_L4);
             return -1;
         }
