@@ -15,6 +15,7 @@ from typing import Any
 from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import Family
+from retina_otel.receivers._periodic import Worker, cleanup_bpf
 from retina_otel.receivers.dns.config import DnsConfig
 from retina_otel.receivers.dns.tracker import DnsTracker
 
@@ -73,8 +74,7 @@ class DnsReceiver:
         self._ifindex: dict[str, int] = {}
         self._buffer = bytearray(65536)
         self._lock = threading.Lock()  # sockets and tracker
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reader = Worker(f"{settings.id}-reader")
         self._requests: Family | None = None
         self._responses: Family | None = None
         self._latency: Family | None = None
@@ -116,9 +116,7 @@ class DnsReceiver:
         except BaseException:
             self._close()
             raise
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"{self.settings.id}-reader", daemon=True)
-        self._thread.start()
+        self._reader.start(self._run)
 
     def _socket(self, prog_fd: int, sock: socket.socket) -> socket.socket:
         self._sockets.append(sock)
@@ -129,10 +127,7 @@ class DnsReceiver:
         return sock
 
     def shutdown(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=10)
+        self._reader.stop(timeout=10)
         with self._lock:
             self._close()
 
@@ -141,16 +136,12 @@ class DnsReceiver:
         for sock in sockets:
             sock.close()
         bpf, self._bpf = self._bpf, None
-        if bpf is not None:
-            try:
-                bpf.cleanup()
-            except Exception:  # pragma: no cover
-                log.exception("dns: cleanup failed")
+        cleanup_bpf(bpf, log, "dns")
 
     # -- reading ----------------------------------------------------------------------------------
     def _run(self) -> None:
         next_flush = time.monotonic() + self.config.interval
-        while not self._stop.is_set():
+        while not self._reader.stopping:
             sockets = list(self._sockets)
             if not sockets:
                 return
@@ -163,7 +154,7 @@ class DnsReceiver:
                     next_flush += self.config.interval
                     self.flush()
             except Exception:
-                if self._stop.is_set():
+                if self._reader.stopping:
                     return
                 log.exception("dns: reader failed")
                 time.sleep(0.5)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from retina_otel.component import ComponentStatus, CreateSettings, Host
 from retina_otel.metrics.store import Family
+from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.linuxutil.config import LinuxUtilConfig
 from retina_otel.receivers.linuxutil.ethtool import EthtoolError, EthtoolUnsupported, interface_stats
 from retina_otel.receivers.linuxutil.procfs import (
@@ -68,8 +69,7 @@ class LinuxUtilReceiver:
         self.config = config
         self.proc_net = proc_net
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Worker(f"{settings.id}-poll")
         self._running = False
         self._last_refresh = 0.0
         self._families: dict[str, Family] = {}
@@ -97,29 +97,20 @@ class LinuxUtilReceiver:
             self._running = True
         self.refresh()
         host.metrics.add_collect_hook(self._on_collect)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.settings.id}-poll", daemon=True)
-        self._thread.start()
+        self._poller.run_every(
+            self.config.interval, self.refresh, log=log, failure="linuxutil: reading statistics failed"
+        )
         host.report_status(self.settings.id, ComponentStatus.OK)
 
     def shutdown(self) -> None:
-        self._stop.set()
+        self._poller.signal()
         with self._lock:
             self._running = False
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._poller.stop(timeout=5)
 
     def _on_collect(self) -> None:
         if self._running and time.monotonic() - self._last_refresh >= COLLECT_MIN_AGE:
             self.refresh()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.refresh()
-            except Exception:
-                log.exception("linuxutil: reading statistics failed")
 
     # -- reading --------------------------------------------------------------------------------
     def refresh(self) -> None:

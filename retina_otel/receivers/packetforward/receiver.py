@@ -26,6 +26,7 @@ from typing import Any
 from retina_otel.bpf import load_bpf
 from retina_otel.component import ComponentStatus, CreateSettings, Host
 from retina_otel.metrics.store import Family
+from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.packetforward.config import PacketForwardConfig
 
 __all__ = ["PacketForwardReceiver", "default_route_interfaces"]
@@ -92,8 +93,7 @@ class PacketForwardReceiver:
         self.settings = settings
         self.config = config
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Worker(f"{settings.id}-poll")
         self._bpf: Any = None
         self._prog_fd: int | None = None
         self._table: Any = None
@@ -143,15 +143,14 @@ class PacketForwardReceiver:
         self._running = True
         host.metrics.add_collect_hook(self._on_collect)
         self.refresh()
-        self._thread = threading.Thread(target=self._loop, name=f"{self.settings.id}-poll", daemon=True)
-        self._thread.start()
+        # Keep counting when a read fails; the next round may succeed.
+        self._poller.run_every(
+            self.config.interval, self.refresh, log=log, failure="packetforward: reading counters failed"
+        )
         host.report_status(self.settings.id, ComponentStatus.OK, f"counting on {', '.join(self.interfaces)}")
 
     def shutdown(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._poller.stop(timeout=5)
         with self._lock:
             self._running = False
             for tap in self._taps:
@@ -235,10 +234,3 @@ class PacketForwardReceiver:
     def _on_collect(self) -> None:
         if self._running:
             self.refresh()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.refresh()
-            except Exception:  # keep counting; the next round may succeed
-                log.exception("packetforward: reading counters failed")

@@ -34,6 +34,7 @@ from retina_otel.bpf import load_bpf
 from retina_otel.component import CreateSettings, Host
 from retina_otel.flows import ip_to_bytes
 from retina_otel.metrics.store import Family
+from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.tcplatency.config import TcpLatencyConfig
 
 __all__ = ["APISERVER_BUCKETS_MS", "FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "LatencyTable", "TcpLatencyReceiver"]
@@ -98,8 +99,7 @@ class TcpLatencyReceiver:
         self.config = config
         self._bpf: Any = None
         self._host: Host | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Worker(self.id)
         self._lock = threading.Lock()
         self._table = LatencyTable(np.zeros(0, FLOW_KEY_DTYPE), np.zeros(0, FLOW_VALUE_DTYPE))
         self._prev_latency = np.zeros(HIST_SLOTS, dtype=np.int64)
@@ -168,16 +168,9 @@ class TcpLatencyReceiver:
                 "Number of connection attempts to the node apiserver that got no response",
                 ("no_response",),
             )
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=self.id, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.interval):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("%s: reading the kernel tables failed", self.id)
+        self._poller.run_every(
+            self.config.interval, self.poll, log=log, failure=f"{self.id}: reading the kernel tables failed"
+        )
 
     def _array(self, name: str, size: int) -> npt.NDArray[np.int64]:
         table = self._bpf[name]
@@ -213,10 +206,7 @@ class TcpLatencyReceiver:
         family.observe_many((), values)
 
     def shutdown(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._poller.stop(timeout=5)
         if self._bpf is not None:
             try:
                 self.poll()
