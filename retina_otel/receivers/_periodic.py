@@ -92,8 +92,8 @@ class DrainingReceiver(Generic[ConfigT]):
     """A receiver whose loaded BPF program counts in the kernel; ``flush()`` drains it every interval.
 
     Subclasses set ``kind`` (the component type, used in log messages), load their program in
-    ``start()`` and hand it to :meth:`_start_draining`, and implement :meth:`flush` under ``self._lock``
-    (which also guards ``self._bpf`` against :meth:`shutdown`).
+    ``start()`` and hand it to :meth:`_start_draining`, and implement :meth:`_drain`, which :meth:`flush`
+    calls under ``self._lock`` (the lock also guards ``self._bpf`` against :meth:`shutdown`).
     """
 
     kind: ClassVar[str]
@@ -118,5 +118,17 @@ class DrainingReceiver(Generic[ConfigT]):
             bpf, self._bpf = self._bpf, None
             cleanup_bpf(bpf, self._log, self.kind)  # detaches the tracepoints, closes the maps
 
-    def flush(self) -> FlowBatch | None:  # pragma: no cover - every subclass implements it
+    def flush(self) -> FlowBatch | None:
+        """Drain the kernel now: write the metrics, send one batch of flows (returned; None if none)."""
+        with self._lock:
+            bpf, host = self._bpf, self._host
+            if bpf is None or host is None:
+                return None
+            batch = self._drain(bpf, host)
+        if batch is not None:
+            self._next.consume_flows(batch)
+        return batch
+
+    def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:  # pragma: no cover - subclasses implement it
+        """Read (and reset) the kernel maps, publish the metrics, return the flows. Called under the lock."""
         raise NotImplementedError

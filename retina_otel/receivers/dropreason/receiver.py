@@ -108,24 +108,18 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the TRACEPOINT_PROBE on load
 
     # -- draining ---------------------------------------------------------------------------------
-    def flush(self) -> FlowBatch | None:
-        """Drain the kernel maps now: write the metrics, send one batch of dropped flows (returned)."""
+    def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
+        """Metrics from the cumulative totals; the dropped flows of the interval as one batch."""
         from retina_otel.bpf.doublebuffer import swap
         from retina_otel.bpf.mapdrain import drain
 
-        with self._lock:
-            bpf = self._bpf
-            if bpf is None or self._reasons is None or self._host is None:
-                return None
-            totals_k, totals_v = drain(bpf["drop_totals"], TOTAL_KEY_DTYPE, TOTAL_VALUE_DTYPE, delete=False)
-            keys, values = drain(bpf[swap(bpf, "drop_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
-            self._publish_metrics(totals_k, totals_v)
-            self._count_lost(bpf)
-            if len(keys) == 0:
-                return None
-            batch = self._batch(keys, values)
-        self._next.consume_flows(batch)
-        return batch
+        if self._reasons is None:
+            return None
+        totals_k, totals_v = drain(bpf["drop_totals"], TOTAL_KEY_DTYPE, TOTAL_VALUE_DTYPE, delete=False)
+        keys, values = drain(bpf[swap(bpf, "drop_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+        self._publish_metrics(totals_k, totals_v)
+        self._count_lost(bpf)
+        return self._batch(keys, values) if len(keys) else None
 
     def _publish_metrics(self, keys: np.ndarray, values: np.ndarray) -> None:
         assert self._reasons is not None and self._count is not None and self._bytes is not None

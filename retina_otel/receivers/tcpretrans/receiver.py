@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,26 +68,20 @@ class TcpRetransReceiver(DrainingReceiver[TcpRetransConfig]):
         )
         self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the TRACEPOINT_PROBEs on load
 
-    def flush(self) -> FlowBatch | None:
-        """Drain the kernel map now: update the node total, send one batch of flows (returned)."""
+    def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
+        """The node total from the segment counter; the retransmitting flows of the interval as one batch."""
         from retina_otel.bpf.doublebuffer import swap
         from retina_otel.bpf.mapdrain import drain
 
-        with self._lock:
-            bpf = self._bpf
-            if bpf is None or self._host is None or self._total is None:
-                return None
-            keys, values = drain(bpf[swap(bpf, "retrans_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
-            segments, unmapped = self._counters.read(bpf["retrans_counters"])
-            if segments:
-                self._total.add((), segments)
-            if unmapped:
-                self._host.count_lost("tcpretrans", "flow_map_full", unmapped)
-            if len(keys) == 0:
-                return None
-            batch = self._batch(keys, values)
-        self._next.consume_flows(batch)
-        return batch
+        if self._total is None:
+            return None
+        keys, values = drain(bpf[swap(bpf, "retrans_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+        segments, unmapped = self._counters.read(bpf["retrans_counters"])
+        if segments:
+            self._total.add((), segments)
+        if unmapped:
+            host.count_lost("tcpretrans", "flow_map_full", unmapped)
+        return self._batch(keys, values) if len(keys) else None
 
     def _batch(self, keys: np.ndarray, values: np.ndarray) -> FlowBatch:
         assert self._host is not None
