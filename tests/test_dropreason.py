@@ -222,3 +222,18 @@ def test_excluded_reason_is_not_counted(sandbox: Sandbox) -> None:
         assert len(_rows(consumer, a.ipv4, b.ipv4, 7003)) == 0
     finally:
         rcv.shutdown()
+
+
+@pytest.mark.kernel
+def test_shutdown_publishes_what_the_kernel_counted_since_the_last_drain(
+    sandbox: Sandbox, receiver: tuple[DropReasonReceiver, TestHost, CollectingConsumer]
+) -> None:
+    rcv, host, consumer = receiver
+    a, b = sandbox.add_pod("a"), sandbox.add_pod("b")
+    _nft(b, "input", "udp dport 7009 drop")
+    n = 23
+    _send_udp(a, b.ipv4, 7009, n)
+    rcv.shutdown()  # no flush() before: the interval (1 h) never came
+    rows = _rows(consumer, a.ipv4, b.ipv4, 7009)
+    assert int(rows["packets"].sum()) == n
+    assert _metric(host, "networkobservability_drop_count", ("NETFILTER_DROP", "ingress")) >= n

@@ -114,6 +114,10 @@ class DrainingReceiver(Generic[ConfigT]):
 
     def shutdown(self) -> None:
         self._drainer.stop(timeout=10)
+        try:
+            self.flush()  # what the kernel counted since the last interval is published, not lost
+        except Exception:
+            self._log.exception("%s: final drain failed", self.kind)
         with self._lock:
             bpf, self._bpf = self._bpf, None
             cleanup_bpf(bpf, self._log, self.kind)  # detaches the tracepoints, closes the maps
