@@ -94,13 +94,16 @@ class Agent:
         return self._node_name
 
     def report_status(self, component_id: str, status: ComponentStatus, detail: str = "") -> None:
+        """A component's own report; processors are keyed per pipeline, so every instance with this id
+        takes it (each pipeline's instance reports for itself with the same id)."""
         with self._lock:
             state = self._states.get(component_id)
-            if state is None:
-                return
-            state.status = status
-            state.detail = detail
-        self.self_metrics.component_status(component_id, status)
+            matches = [state] if state is not None else [s for s in self._states.values() if s.id == component_id]
+            for match in matches:
+                match.status = status
+                match.detail = detail
+        if matches:
+            self.self_metrics.component_status(component_id, status)
 
     def count_lost(self, event_type: str, reason: str, count: int = 1) -> None:
         self.self_metrics.lost(event_type, reason, count)

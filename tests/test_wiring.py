@@ -114,3 +114,39 @@ def test_extensions_are_registered_before_start() -> None:
     ip_filter = agent.get_extension("ip_filter")
     assert isinstance(ip_filter, IpFilter)
     assert agent.get_extension("tcp_latency") is not None
+
+
+def test_readiness_waits_for_the_first_kubernetes_sync() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens: the watch cache never syncs
+    config = parse_config(
+        {
+            "receivers": {"synthetic": {"interval": 3600}},
+            "processors": {
+                "k8sattributes": {"api_url": f"http://127.0.0.1:{dead}", "sync_timeout": 60, "node_name": "n"}
+            },
+            "exporters": {"nop": {}},
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {
+                    "logs": {"receivers": ["synthetic"], "processors": ["k8sattributes"], "exporters": ["nop"]}
+                },
+            },
+        },
+        env={},
+    )
+    agent = Agent(config)
+    agent.start()
+    try:
+        ready, detail = agent.readiness()
+        assert not ready
+        components = detail["components"]
+        assert isinstance(components, dict)
+        (k8s,) = [v for k, v in components.items() if k.startswith("k8sattributes")]
+        assert k8s["status"] == "starting"
+        assert "sync" in k8s["detail"]
+    finally:
+        agent.shutdown()
