@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.bpf import load_bpf
+from retina_otel.bpf.doublebuffer import swap
 from retina_otel.bpf.tc import FilterSpec, TcAttacher, TcError
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch, ObservationPoint
@@ -40,6 +41,7 @@ from .links import LinkWatcher, default_route_ifindexes, list_links, select_pod_
 from .records import (
     CT_ENTRY_DTYPE,
     CT_KEY_DTYPE,
+    HOT_SLOT_DTYPE,
     LOST_STATS,
     RINGBUF_RECORD_DTYPE,
     STAT_NAMES,
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 BPF_SOURCE = Path(__file__).with_name("packetparser.bpf.c")
 FILTER_SPEC = FilterSpec(name="retina_otel_packetparser", prio=0x1E7, handle=0x1E7A)
 FLUSH_BATCH = 256
+HOT_SLOTS = 1024
+"""Slots per CPU in each half of high aggregation's flow cache (``struct hot_slot``, 112 bytes)."""
 PARSED_PACKETS = "controlplane_networkobservability_parsed_packets_counter"
 """Retina's control-plane counter, no labels: here the kernel's ``packets`` statistic (every packet
 parsed and counted into the connection table, after the IP filter and sampling)."""
@@ -72,6 +76,7 @@ def build_cflags(config: PacketParserConfig) -> list[str]:
         f"-DBYPASS_FILTER={1 if config.bypass_lookup_ip_of_interest else 0}",
         f"-DRINGBUF_PAGES={config.ring_buffer_size // 4096}",
         f"-DFLUSH_BATCH={FLUSH_BATCH}",
+        f"-DHOT_SLOTS={HOT_SLOTS}",
     ]
 
 
@@ -128,7 +133,12 @@ class PacketParserReceiver:
             or ctypes.sizeof(ct_table.Leaf) != CT_ENTRY_DTYPE.itemsize
         ):
             raise RuntimeError("packetparser: kernel struct layout does not match records.py")
-        for name in ("pp_from_endpoint", "pp_to_endpoint", "pp_from_network", "pp_to_network", "pp_flush"):
+        programs = ["pp_from_endpoint", "pp_to_endpoint", "pp_from_network", "pp_to_network", "pp_flush"]
+        if self.config.aggregation == "high":
+            if ctypes.sizeof(self._bpf["hot"].sLeaf) != HOT_SLOT_DTYPE.itemsize:
+                raise RuntimeError("packetparser: kernel flow-cache layout does not match records.py")
+            programs.append("pp_merge")
+        for name in programs:
             self._fds[name] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
         self._ring = RingBufReader(self._bpf["events"].map_fd, self.config.ring_buffer_size, RINGBUF_RECORD_DTYPE)
@@ -317,10 +327,46 @@ class PacketParserReceiver:
         self._metrics["bytes_tx"].add((), float(records["bytes"][tx].sum()))
         self._metrics["bytes_rx"].add((), float(records["bytes"][~tx].sum()))
 
-    def _kernel_flush(self) -> None:
-        """Move every unreported counter of the connection table into the ring buffer (and drop idle
-        expired entries), via the pp_flush program run with BPF_PROG_TEST_RUN."""
+    def _sweep_flow_cache(self) -> None:
+        """Move the counts pending in high aggregation's per-CPU flow cache into the connection table.
+
+        Flip the cache's generation (the programs move to the other half), wait for programs still
+        counting into the old half, read it on every CPU, let pp_merge add the pending counts to their
+        entries, and zero it for its next turn.
+        """
         assert self._bpf is not None
+        from bcc.utils import get_possible_cpus
+
+        idle = int(swap(self._bpf, "hot", gen="hot_gen")[-1])
+        ncpu = len(get_possible_cpus())
+        hot_fd = self._bpf["hot"].map_fd
+        _keys, values = lookup_batch(
+            hot_fd, np.dtype(np.uint32), np.dtype((HOT_SLOT_DTYPE, (ncpu,))), 2 * HOT_SLOTS
+        )
+        half = values[idle * HOT_SLOTS : (idle + 1) * HOT_SLOTS].reshape(-1)
+        if not half["valid"].any():
+            return
+        pending = half[(half["valid"] != 0) & (half["packets"] > 0)]
+        fd_list = self._bpf["merge_list"].map_fd
+        for start in range(0, int(pending.shape[0]), FLUSH_BATCH):
+            chunk = np.ascontiguousarray(pending[start : start + FLUSH_BATCH])
+            n = int(chunk.shape[0])
+            update_batch(fd_list, np.arange(n, dtype=np.uint32), chunk)
+            prog_test_run(self._fds["pp_merge"], struct.pack("<I", n) + b"\x00" * 60)
+        update_batch(
+            hot_fd,
+            np.arange(idle * HOT_SLOTS, (idle + 1) * HOT_SLOTS, dtype=np.uint32),
+            np.zeros((HOT_SLOTS, ncpu), dtype=HOT_SLOT_DTYPE),
+        )
+
+    def _kernel_flush(self, everything: bool = False) -> None:
+        """Move every unreported counter of the connection table into the ring buffer (and drop idle
+        expired entries), via the pp_flush program run with BPF_PROG_TEST_RUN. The flow cache is swept
+        first: one half (the other has counted for a few milliseconds), or both with ``everything``."""
+        assert self._bpf is not None
+        if "pp_merge" in self._fds:
+            for _ in range(2 if everything else 1):
+                self._sweep_flow_cache()
         keys, values = lookup_batch(
             self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, self.config.conntrack_max_entries
         )
@@ -345,7 +391,7 @@ class PacketParserReceiver:
             return
         with self._lock:
             self._drain_ring()
-            self._kernel_flush()
+            self._kernel_flush(everything=True)
             self._drain_ring()
             self._emit()
             self._publish_stats()

@@ -14,6 +14,7 @@ from retina_otel.flows import FLOW_DTYPE, Direction, Event, FlowBatch, Observati
 __all__ = [
     "CT_ENTRY_DTYPE",
     "CT_KEY_DTYPE",
+    "HOT_SLOT_DTYPE",
     "LOST_STATS",
     "REPORT_DTYPE",
     "RINGBUF_RECORD_DTYPE",
@@ -57,6 +58,29 @@ CT_KEY_DTYPE = np.dtype(
     [("a", "V16"), ("b", "V16"), ("pa", "<u2"), ("pb", "<u2"), ("ifindex", "<u4"), ("proto", "u1"), ("pad", "V3")]
 )
 assert CT_KEY_DTYPE.itemsize == 44
+
+HOT_SLOT_DTYPE = np.dtype(
+    [
+        ("k", CT_KEY_DTYPE),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("flags_ok", "<u2"),
+        ("obs", "u1"),
+        ("src_is_a", "u1"),
+        ("ipver", "u1"),
+        ("valid", "u1"),
+        ("pad", "V2"),
+        ("deadline", "<u8"),
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("first_ns", "<u8"),
+        ("last_ns", "<u8"),
+        ("n_ack", "<u8"),
+        ("n_psh", "<u8"),
+    ]
+)
+"""A slot of the per-CPU flow cache of high aggregation (``struct hot_slot``)."""
+assert HOT_SLOT_DTYPE.itemsize == 112
 
 CT_DIR_DTYPE = np.dtype(
     [
@@ -105,6 +129,7 @@ STAT_NAMES = (
     "filtered",
     "sampled_out",
     "flush_deleted",
+    "flow_cache_hits",
 )
 
 # Statistics forwarded to ``host.count_lost("packetparser", reason, n)``: reports that could not be
