@@ -184,6 +184,14 @@ def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
     for pod in (a, b):
         pod.run(["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"])
     a.run(["ping", "-c", "1", b.ipv4])
+    # An independent count: nftables counters in the client pod for every packet of the test's port.
+    ruleset = (
+        "table inet rotel_bench {\n"
+        " chain o { type filter hook output priority 0; tcp dport 18081 counter }\n"
+        " chain i { type filter hook input priority 0; tcp sport 18081 counter }\n"
+        "}\n"
+    )
+    subprocess.run(a.exec_args(["nft", "-f", "-"]), input=ruleset, text=True, check=True)
     receiver, consumer = _start(sb, aggregation="high")
     req = [1 + i % 97 for i in range(n)]
     resp = [1 + (i * 7) % 89 for i in range(n)]
@@ -259,6 +267,15 @@ def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
         & (per_flag(rev, idx_r, TcpFlag.FIN) == 1)
     )
     packets = int(fwd["packets"].sum() + rev["packets"].sum())
+    nft = json.loads(a.run(["nft", "-j", "list", "table", "inet", "rotel_bench"]).stdout)
+    a.run(["nft", "delete", "table", "inet", "rotel_bench"])
+    nft_packets = sum(
+        int(e["counter"]["packets"])
+        for item in nft["nftables"]
+        if "rule" in item
+        for e in item["rule"]["expr"]
+        if "counter" in e
+    )
     return {
         "test": "short_tcp",
         "agent": "high",
@@ -268,6 +285,8 @@ def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
         "conn_per_s": round(n / elapsed),
         "flow_rows": len(fwd) + len(rev),
         "packets_counted": packets,
+        "packets_nft": nft_packets,
+        "all_packets_accounted": packets == nft_packets,
         "agent_cpu_s": round(cpu, 2),
     }
 
@@ -324,6 +343,7 @@ def run(quick: bool) -> dict[str, Any]:
             "high_all_packets_accounted": high["all_accounted"],
             "low_all_packets_accounted": low["all_accounted"],
             "short_tcp_all_exact": tcp["all_exact"],
+            "short_tcp_all_packets_accounted": tcp["all_packets_accounted"],
         },
         "notes": (
             "udp64: iperf3 -u -b 0 -l 18 between two sandbox pods, "
