@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from retina_otel.sandbox import Sandbox
+from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import wait_for
 
 METRICS = "http://127.0.0.1:10093/metrics"
@@ -38,6 +38,19 @@ def _tc_filters(dev: str) -> str:
         proc = subprocess.run(["tc", "filter", "show", "dev", dev, direction], capture_output=True, text=True)
         out.append(proc.stdout)
     return "\n".join(out)
+
+
+def _tcx_programs(ifindex: int) -> list[str]:
+    from retina_otel.bpf.tcx import tcx_query
+
+    return [e.prog_name for hook in ("ingress", "egress") for e in tcx_query(ifindex, hook)]  # type: ignore[arg-type]
+
+
+def _packetparser_attached(pod: Pod) -> bool:
+    """packetparser's programs on the pod's veth: TCX links (the default on Linux >= 6.6) or clsact filters."""
+    return any(n.startswith("pp_") for n in _tcx_programs(pod.host_ifindex)) or "retina_otel" in _tc_filters(
+        pod.host_veth
+    )
 
 
 def _start_agent(extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> subprocess.Popen[str]:
@@ -98,7 +111,8 @@ def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -
         _status, body = _get(READYZ)
         detail: dict[str, Any] = json.loads(body)
         assert detail["ready"] is True
-        assert wait_for(lambda: "retina_otel" in _tc_filters(a.host_veth), timeout=10), _tc_filters(a.host_veth)
+        attached = wait_for(lambda: _packetparser_attached(a), timeout=10)
+        assert attached, (_tc_filters(a.host_veth), _tcx_programs(a.host_ifindex))
         for _ in range(50):
             a.run(["ping", "-c", "1", "-W", "1", b.ipv4], check=False)
         status, text = _get(METRICS)
@@ -111,6 +125,7 @@ def test_default_agent_observes_traffic_and_shuts_down_clean(sandbox: Sandbox) -
     filters = _tc_filters(a.host_veth)
     assert "u32" in filters, filters
     assert "bpf" not in filters, filters
+    assert not _packetparser_attached(a), _tcx_programs(a.host_ifindex)
     leftover_pins = [p.name for p in Path("/sys/fs/bpf").iterdir() if "retina" in p.name]
     assert not leftover_pins
 

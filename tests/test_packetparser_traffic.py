@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from retina_otel.bpf.tc import FilterSpec, TcAttacher, list_filters
+from retina_otel.bpf.tcx import tcx_query
 from retina_otel.component import CreateSettings
 from retina_otel.flows import Direction, ObservationPoint, TcpFlag, ip_to_bytes
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
@@ -235,10 +236,15 @@ def test_udp_exact_and_high_aggregation(sandbox: Sandbox, make_agent: object, ip
         assert len(fwd) + len(rev) <= 6  # high aggregation: a handful of records for 1000 packets
 
 
+@pytest.mark.parametrize("attach_mode", ["tcx", "clsact"])
 @pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
-def test_icmp_echo(sandbox: Sandbox, make_agent: object, ipv6: bool) -> None:
+def test_icmp_echo(sandbox: Sandbox, make_agent: object, ipv6: bool, attach_mode: str) -> None:
     a, b = sandbox.add_pod("a"), sandbox.add_pod("b")
-    agent = make_agent(aggregation="low")  # type: ignore[operator]
+    agent = make_agent(aggregation="low", attach_mode=attach_mode)  # type: ignore[operator]
+    on_tcx = bool(tcx_query(a.host_ifindex, "ingress"))
+    ipr = agent.receiver._attacher._iproute()
+    on_clsact = any(f[3] == FILTER_SPEC.name for f in list_filters(ipr, a.host_ifindex, "ingress"))
+    assert (on_tcx, on_clsact) == (attach_mode == "tcx", attach_mode == "clsact")
     aip = a.ipv6 if ipv6 else a.ipv4
     bip = b.ipv6 if ipv6 else b.ipv4
     assert aip and bip
@@ -296,9 +302,10 @@ def test_shutdown_removes_own_filters_and_keeps_foreign(sandbox: Sandbox, make_a
     prog = BPF(text=b"#include <uapi/linux/pkt_cls.h>\nint f(struct __sk_buff *s) { return TC_ACT_UNSPEC; }")
     try:
         foreign.attach(a.host_ifindex, "ingress", prog.load_func(b"f", BPF.SCHED_CLS).fd)
-        agent = make_agent()  # type: ignore[operator]
+        agent = make_agent(attach_mode="clsact")  # type: ignore[operator]
         # A second agent (a restart after a crash) replaces our filter instead of adding one.
-        again = make_agent()  # type: ignore[operator]
+        # (TCX mode: tests/test_tcx.py; a crashed agent's links are gone with its process.)
+        again = make_agent(attach_mode="clsact")  # type: ignore[operator]
         ipr = foreign._iproute()
         names = [f[3] for f in list_filters(ipr, a.host_ifindex, "ingress")]
         assert sorted(names) == sorted(["foreign_test", FILTER_SPEC.name])

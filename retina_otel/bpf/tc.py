@@ -11,17 +11,32 @@ so an observer never changes a packet's fate and later filters still run.
 :class:`TcAttacher` remembers what it added and whether it created the ``clsact`` qdisc, and
 :meth:`TcAttacher.detach_all` removes exactly that: its filters, and the qdisc only when it created it
 and no other filter remains on it.
+
+TCX links (Linux >= 6.6) are the alternative, in :mod:`retina_otel.bpf.tcx`; :func:`make_attacher` picks
+one of the two by a component's ``attach_mode``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-__all__ = ["EGRESS_PARENT", "INGRESS_PARENT", "FilterSpec", "TcAttacher", "TcError", "list_filters"]
+__all__ = [
+    "EGRESS_PARENT",
+    "INGRESS_PARENT",
+    "AttachMode",
+    "Attacher",
+    "FilterSpec",
+    "Hook",
+    "TcAttacher",
+    "TcError",
+    "list_filters",
+    "make_attacher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +45,7 @@ EGRESS_PARENT = 0xFFFFFFF3  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)
 _ETH_P_ALL = 0x0003  # pyroute2 converts to network order itself
 
 Hook = Literal["ingress", "egress"]
+AttachMode = Literal["auto", "tcx", "clsact"]
 
 
 class TcError(RuntimeError):
@@ -207,3 +223,36 @@ class TcAttacher:
                 with contextlib.suppress(Exception):
                     self._ipr.close()
                 self._ipr = None
+
+
+class Attacher(Protocol):
+    """What :class:`TcAttacher` and :class:`~retina_otel.bpf.tcx.TcxAttacher` both offer."""
+
+    spec: FilterSpec
+
+    def _iproute(self) -> Any: ...
+    def attached(self) -> set[tuple[int, str]]: ...
+    def attach(self, ifindex: int, hook: Hook, prog_fd: int) -> None: ...
+    def detach(self, ifindex: int) -> None: ...
+    def forget(self, ifindex: int) -> None: ...
+    def detach_all(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def make_attacher(spec: FilterSpec, mode: AttachMode) -> Attacher:
+    """``"tcx"``: TCX links (:class:`~retina_otel.bpf.tcx.TcxAttacher`, which also removes clsact
+    filters of ``spec`` left by an earlier agent), a :class:`TcError` when the kernel has no TCX.
+    ``"clsact"``: clsact + cls_bpf (:class:`TcAttacher`). ``"auto"``: TCX where the kernel offers it
+    (:func:`~retina_otel.bpf.tcx.tcx_supported`), else clsact."""
+    from .tcx import TcxAttacher, tcx_supported
+
+    if mode == "clsact":
+        return TcAttacher(spec)
+    if tcx_supported():
+        return TcxAttacher(spec)
+    if mode == "tcx":
+        raise TcError(
+            f"{spec.name}: attach_mode 'tcx' needs TCX (Linux >= 6.6 with CONFIG_NET_XGRESS, and CAP_NET_ADMIN); "
+            f"this kernel ({os.uname().release}) does not offer it: use 'auto' or 'clsact'"
+        )
+    return TcAttacher(spec)

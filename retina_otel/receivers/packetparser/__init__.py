@@ -1,5 +1,5 @@
-"""packetparser receiver: every flow on the node, counted in the kernel (TC clsact on pod veths and the
-host interface), reported as flow records. See docs/receivers/packetparser.md."""
+"""packetparser receiver: every flow on the node, counted in the kernel (TC programs, TCX or clsact, on pod
+veths and the host interface), reported as flow records. See docs/receivers/packetparser.md."""
 
 from __future__ import annotations
 

@@ -28,6 +28,16 @@ class PacketParserConfig(ComponentConfig):
             "or 'none'. Default: auto."
         ),
     )
+    attach_mode: Literal["auto", "tcx", "clsact"] = Field(
+        default="auto",
+        description=(
+            "How the programs hook the interfaces. tcx: TCX links (Linux >= 6.6), no qdisc or filter; the "
+            "kernel detaches them when the agent exits, even when it is killed; on a kernel without TCX the "
+            "agent refuses the config (exit 2). clsact: a clsact qdisc and a cls_bpf filter (any kernel; a "
+            "killed agent leaves its filters until the next start replaces them). auto: tcx where the kernel "
+            "offers it, else clsact. Default: auto."
+        ),
+    )
     aggregation: Literal["low", "high"] = Field(
         default="high",
         description=(

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from retina_otel.bpf import load_bpf
 from retina_otel.bpf.doublebuffer import swap
-from retina_otel.bpf.tc import FilterSpec, TcAttacher, TcError
+from retina_otel.bpf.tc import FilterSpec, TcError, make_attacher
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch, ObservationPoint
 from retina_otel.metrics.store import Family
@@ -92,7 +92,8 @@ class PacketParserReceiver:
         self._host: Host | None = None
         self._bpf: Any = None
         self._fds: dict[str, int] = {}
-        self._attacher = TcAttacher(FILTER_SPEC)
+        # TCX or clsact; in TCX mode the attacher also removes clsact filters an older agent left behind.
+        self._attacher = make_attacher(FILTER_SPEC, config.attach_mode)
         self._watcher: LinkWatcher | None = None
         self._ring: RingBufReader | None = None
         self._reader: threading.Thread | None = None
