@@ -236,14 +236,22 @@ def test_report_interval_passes_while_cached(make_driver: Any) -> None:
     driver = make_driver(report_interval=0.2)
     frame, ip_len = _udp_frame("198.18.3.1", "198.18.3.2", 4000, 4001, 30)
     want = Expected()
+    wall_before = time.time_ns()
     started = time.monotonic()
     while time.monotonic() - started < 1.3:
         driver.send([frame] * 20, spread=False)
         for _ in range(20):
             want.add(("198.18.3.1", "198.18.3.2", 4000, 4001, 17), ip_len)
         time.sleep(0.02)
+    wall_after = time.time_ns()
     driver.receiver.flush()
     _assert_exact(driver, want)
+    rec = driver.consumer.records()
+    # Row times come from the table's tick clock (jiffies in ns) translated to the wall clock: within a
+    # few ticks of when the packets were really counted, and in order.
+    tick = 10_000_000
+    assert (rec["time_start_ns"] >= wall_before - tick).all() and (rec["time_end_ns"] <= wall_after + tick).all()
+    assert (rec["time_start_ns"] <= rec["time_end_ns"]).all()
     rows = driver.totals()["rows"][("198.18.3.1", "198.18.3.2", 4000, 4001, 17)]
     assert rows >= 5, rows  # first packet + one per 0.2 s interval (+ the reader's sweeps)
     assert driver.receiver.kernel_stats()["flow_cache_hits"] > 0.8 * sum(want.packets.values())

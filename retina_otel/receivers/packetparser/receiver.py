@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.bpf import load_bpf
+from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
 from retina_otel.bpf.doublebuffer import swap
 from retina_otel.bpf.tc import FilterSpec, TcError, make_attacher
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
@@ -66,8 +67,17 @@ _POLL_SECONDS = 0.02
 _TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
 
 
+def _jiffy_ns(config: PacketParserConfig) -> int:
+    """ns per jiffy for high aggregation's clock, or 0 (coarse clock) when HZ is unknown or not a divisor."""
+    if config.aggregation != "high":
+        return 0
+    hz = kernel_hz()
+    return 1_000_000_000 // hz if hz and 1_000_000_000 % hz == 0 else 0
+
+
 def build_cflags(config: PacketParserConfig) -> list[str]:
     return [
+        f"-DJIFFY_NS={_jiffy_ns(config)}ULL",
         f"-DAGG_HIGH={1 if config.aggregation == 'high' else 0}",
         f"-DSAMPLING_RATE={config.sampling_rate}",
         f"-DREPORT_INTERVAL_NS={int(config.report_interval * 1e9)}ULL",
@@ -101,7 +111,8 @@ class PacketParserReceiver:
         self._lock = threading.RLock()  # serialises ring reads, kernel flushes and emits
         self._pending: list[FlowBatch] = []
         self._pending_rows = 0
-        self._clock_offset_ns = 0
+        self._clock_offset_ns = 0  # table clock -> unix epoch ns
+        self._table_minus_mono_ns = 0  # table clock - CLOCK_MONOTONIC
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
         self._attached_names: dict[int, str] = {}
@@ -134,14 +145,14 @@ class PacketParserReceiver:
             or ctypes.sizeof(ct_table.Leaf) != CT_ENTRY_DTYPE.itemsize
         ):
             raise RuntimeError("packetparser: kernel struct layout does not match records.py")
-        programs = ["pp_from_endpoint", "pp_to_endpoint", "pp_from_network", "pp_to_network", "pp_flush"]
+        programs = ["pp_from_endpoint", "pp_to_endpoint", "pp_from_network", "pp_to_network", "pp_flush", "pp_clock"]
         if self.config.aggregation == "high":
             if ctypes.sizeof(self._bpf["hot"].sLeaf) != HOT_SLOT_DTYPE.itemsize:
                 raise RuntimeError("packetparser: kernel flow-cache layout does not match records.py")
             programs.append("pp_merge")
         for name in programs:
             self._fds[name] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
-        self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
+        self._sample_clock()
         self._ring = RingBufReader(self._bpf["events"].map_fd, self.config.ring_buffer_size, RINGBUF_RECORD_DTYPE)
         if self._filter_ips:
             self._apply_filter(sorted(self._filter_ips), add=True)
@@ -328,6 +339,16 @@ class PacketParserReceiver:
         self._metrics["bytes_tx"].add((), float(records["bytes"][tx].sum()))
         self._metrics["bytes_rx"].add((), float(records["bytes"][~tx].sum()))
 
+    def _sample_clock(self) -> None:
+        """Relate the table's clock (jiffies in ns, coarse or precise monotonic) to user-space clocks."""
+        assert self._bpf is not None
+        prog_test_run(self._fds["pp_clock"], b"\x00" * 64)
+        sample = self._bpf["clock_sample"]
+        table_ns = int(sample[ctypes.c_int(0)].value)
+        mono_ns = int(sample[ctypes.c_int(1)].value)
+        self._table_minus_mono_ns = table_ns - mono_ns
+        self._clock_offset_ns = wall_offset_ns() - self._table_minus_mono_ns
+
     def _sweep_flow_cache(self) -> None:
         """Move the counts pending in high aggregation's per-CPU flow cache into the connection table.
 
@@ -371,7 +392,8 @@ class PacketParserReceiver:
         keys, values = lookup_batch(
             self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, self.config.conntrack_max_entries
         )
-        now = time.monotonic_ns()
+        self._sample_clock()
+        now = time.monotonic_ns() + self._table_minus_mono_ns
         expired = values["eviction_ns"] < now
         if "total_connections" in self._metrics:
             self._metrics["total_connections"].set((), float((~expired).sum()))
