@@ -1,8 +1,9 @@
 """packetparser overhead and exactness, side by side in one run.
 
 1. 64-byte UDP frames (iperf3, 18-byte payload: 46-byte IP packets, 64 bytes on a wire with FCS)
-   between two sandbox pods: no agent, a no-op TC program attached exactly where packetparser attaches
-   (``tc_noop``: the cost of the hook itself), packetparser high aggregation, low aggregation. Reports
+   between two sandbox pods: no agent, a no-op TC program attached exactly where and how packetparser
+   attaches (``noop``: the cost of the hook itself; TCX where the kernel has it, else clsact),
+   packetparser high aggregation, low aggregation. Reports
    pps, the ratio to the no-agent runs, and whether every packet iperf3 sent is in the flow rows (packet
    sum of the iperf3 flow at the client's veth vs iperf3's sent count).
    Also the in-kernel cost per program run on one crafted 64-byte UDP frame (BPF_PROG_TEST_RUN,
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -26,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from retina_otel.bpf.tc import FilterSpec, TcAttacher
+from retina_otel.bpf.tc import Attacher, FilterSpec, make_attacher
+from retina_otel.bpf.tcx import tcx_supported
 from retina_otel.component import CreateSettings
 from retina_otel.flows import TcpFlag, ip_to_bytes
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
@@ -43,7 +46,7 @@ int noop(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
 """
 # Same prio and handle as packetparser's filters, so the no-op sits exactly where packetparser would.
 NOOP_SPEC = FilterSpec(name="retina_otel_bench_noop", prio=FILTER_SPEC.prio, handle=FILTER_SPEC.handle)
-MODES = ("none", "tc_noop", "high", "low")
+MODES = ("none", "noop", "high", "low")
 # One 64-byte frame (without FCS) of the UDP stream: Ethernet + IPv4 + UDP + 18 bytes of payload.
 UDP64_FRAME = (
     b"\x02" * 6
@@ -65,14 +68,27 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _pinned(cpu: int, args: list[str]) -> list[str]:
+    """Pin to one CPU when there are several: the sender (whose CPU also runs the veth path and both
+    hooks) and the receiver stop trading places, which takes most of the run-to-run spread away."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ["taskset", "-c", str(cpus[cpu % len(cpus)]), *args] if len(cpus) > 1 else args
+
+
+def _secs(seconds: float) -> list[str]:
+    return ["-t", str(seconds), "--json"]
+
+
 def _iperf(client: Pod, server: Pod, seconds: float) -> dict[str, Any]:
     srv = server.popen(
-        ["iperf3", "-s", "-1", "-B", server.ipv4, "-p", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _pinned(1, ["iperf3", "-s", "-1", "-B", server.ipv4, "-p", str(PORT)]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(0.5)
     try:
         out = client.run(
-            ["iperf3", "-c", server.ipv4, "-p", str(PORT), "-u", "-b", "0", "-l", "18", "-t", str(seconds), "--json"],
+            _pinned(0, ["iperf3", "-c", server.ipv4, "-p", str(PORT), "-u", "-b", "0", "-l", "18", *_secs(seconds)]),
             timeout=seconds + 30,
         ).stdout
     finally:
@@ -107,9 +123,9 @@ def _udp_rows(rec: np.ndarray, client: Pod, server: Pod) -> np.ndarray:
 
 def _udp_once(sb: Sandbox, a: Pod, b: Pod, mode: str, seconds: float, noop_fd: int) -> dict[str, Any]:
     receiver = consumer = None
-    noop: TcAttacher | None = None
-    if mode == "tc_noop":
-        noop = TcAttacher(NOOP_SPEC)
+    noop: Attacher | None = None
+    if mode == "noop":
+        noop = make_attacher(NOOP_SPEC, "auto")  # the mechanism packetparser itself uses here
         for pod in (a, b):
             noop.attach(pod.host_ifindex, "ingress", noop_fd)
             noop.attach(pod.host_ifindex, "egress", noop_fd)
@@ -136,8 +152,8 @@ def _udp_once(sb: Sandbox, a: Pod, b: Pod, mode: str, seconds: float, noop_fd: i
 
 
 def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """Modes interleaved (none, tc_noop, high, low) ``rounds`` times; medians per mode, so that load from
-    other processes on the machine hits every mode alike."""
+    """Modes interleaved (none, noop, high, low) ``rounds`` times; medians per mode, so that load from
+    other processes on the machine hits every mode alike, and the median of the per-round ratios."""
     from bcc import BPF
 
     noop_bpf = BPF(text=NOOP_SOURCE)
@@ -153,6 +169,7 @@ def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[
     rows: list[dict[str, Any]] = []
     for mode, rs in runs.items():
         pps = float(np.median([r["pps"] for r in rs]))
+        paired = [r["pps"] / n["pps"] for r, n in zip(rs, runs["none"], strict=True)]
         row: dict[str, Any] = {
             "test": "udp64",
             "agent": mode,
@@ -160,8 +177,9 @@ def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[
             "pps_sent_median": round(pps),
             "pps_runs": [round(r["pps"]) for r in rs],
             "ratio_vs_no_agent": round(pps / baseline, 3),
+            "ratio_paired_median": round(float(np.median(paired)), 3),
         }
-        if mode not in ("none", "tc_noop"):
+        if mode not in ("none", "noop"):
             # iperf3 sends one extra datagram on the test's 5-tuple before the test (its UDP "connect").
             expected = sum(r["sent"] + 1 for r in rs)
             counted = sum(r["counted"] for r in rs)
@@ -187,8 +205,8 @@ def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
     # An independent count: nftables counters in the client pod for every packet of the test's port.
     ruleset = (
         "table inet rotel_bench {\n"
-        " chain o { type filter hook output priority 0; tcp dport 18081 counter }\n"
-        " chain i { type filter hook input priority 0; tcp sport 18081 counter }\n"
+        " chain o {\n  type filter hook output priority 0;\n  tcp dport 18081 counter\n }\n"
+        " chain i {\n  type filter hook input priority 0;\n  tcp sport 18081 counter\n }\n"
         "}\n"
     )
     subprocess.run(a.exec_args(["nft", "-f", "-"]), input=ruleset, text=True, check=True)
@@ -291,30 +309,35 @@ def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
     }
 
 
-def _prog_ns_per_run(sb: Sandbox, repeat: int = 200_000, samples: int = 7) -> dict[str, Any]:
-    """In-kernel ns per program run on one warm 64-byte UDP frame: no-op vs packetparser (high)."""
+def _prog_ns_per_run(sb: Sandbox, repeat: int = 200_000, samples: int = 9) -> dict[str, Any]:
+    """In-kernel ns per program run on one warm 64-byte UDP frame: no-op vs packetparser (high), sampled
+    alternately so that a busy moment on the machine hits both."""
     from bcc import BPF
 
-    def median_ns(fd: int) -> float:
-        prog_test_run(fd, UDP64_FRAME, repeat=1000)
-        return float(np.median([prog_test_run(fd, UDP64_FRAME, repeat=repeat).duration_ns for _ in range(samples)]))
-
     noop_bpf = BPF(text=NOOP_SOURCE)
-    try:
-        noop_ns = median_ns(int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd))
-    finally:
-        noop_bpf.cleanup()
     receiver, _consumer = _start(sb, aggregation="high")
     try:
-        high_ns = median_ns(receiver._fds["pp_from_endpoint"])
+        fds = {"noop": int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd), "high": receiver._fds["pp_from_endpoint"]}
+        times: dict[str, list[int]] = {name: [] for name in fds}
+        for fd in fds.values():
+            prog_test_run(fd, UDP64_FRAME, repeat=1000)
+        for _ in range(samples):
+            for name, fd in fds.items():
+                times[name].append(prog_test_run(fd, UDP64_FRAME, repeat=repeat).duration_ns)
     finally:
         receiver.shutdown()
-    return {"test": "prog_test_run_udp64", "agent": "high", "noop_ns_per_run": noop_ns, "high_ns_per_run": high_ns}
+        noop_bpf.cleanup()
+    return {
+        "test": "prog_test_run_udp64",
+        "agent": "high",
+        "noop_ns_per_run": float(np.median(times["noop"])),
+        "high_ns_per_run": float(np.median(times["high"])),
+    }
 
 
 def run(quick: bool) -> dict[str, Any]:
-    seconds = 3.0 if quick else 5.0
-    rounds = 2 if quick else 4
+    seconds = 3.0 if quick else 4.0
+    rounds = 2 if quick else 8
     conns = 2000 if quick else 20000
     with Sandbox() as sb:
         a, b = sb.add_pod("a"), sb.add_pod("b")
@@ -327,12 +350,14 @@ def run(quick: bool) -> dict[str, Any]:
     rows.append(prog_ns)
     high = next(r for r in rows if r["agent"] == "high" and r["test"] == "udp64")
     low = next(r for r in rows if r["agent"] == "low" and r["test"] == "udp64")
-    noop = next(r for r in rows if r["agent"] == "tc_noop" and r["test"] == "udp64")
+    noop = next(r for r in rows if r["agent"] == "noop" and r["test"] == "udp64")
     tcp = next(r for r in rows if r["test"] == "short_tcp")
+    attach_mode = "TCX links" if tcx_supported() else "clsact + cls_bpf"
     hook_cost = round(1.0 - noop["ratio_vs_no_agent"], 3)
     prog_cost = round(noop["ratio_vs_no_agent"] - high["ratio_vs_no_agent"], 3)
     return {
         "rows": rows,
+        "attach_mode": attach_mode,
         "attribution_high": {
             "hook_cost_fraction": hook_cost,
             "program_cost_fraction": prog_cost,
@@ -346,13 +371,14 @@ def run(quick: bool) -> dict[str, Any]:
             "short_tcp_all_packets_accounted": tcp["all_packets_accounted"],
         },
         "notes": (
-            "udp64: iperf3 -u -b 0 -l 18 between two sandbox pods, "
-            f"{seconds:.0f} s per run, modes interleaved (none, tc_noop, high, low) x {rounds}; ratio is the "
-            "median pps sent vs the median of the no-agent runs (the machine is shared, so single runs vary). "
-            "tc_noop: a program that only returns TC_ACT_UNSPEC, attached by the same clsact/cls_bpf path, "
-            "prio and handle on the same four hooks (both pods' host veths, ingress and egress). "
-            "attribution_high: hook_cost_fraction = 1 - ratio(tc_noop) (clsact + cls_bpf + entering a BPF "
-            "program), program_cost_fraction = ratio(tc_noop) - ratio(high) (what our program adds); each "
+            "udp64: iperf3 -u -b 0 -l 18 between two sandbox pods, client pinned to CPU 0 and server to CPU 1 "
+            f"(taskset), {seconds:.0f} s per run, modes interleaved (none, noop, high, low) x {rounds}; "
+            "ratio_vs_no_agent is the median pps of a mode vs the median of the no-agent runs, "
+            "ratio_paired_median the median over rounds of (pps of the mode / pps of that round's no-agent "
+            f"run). noop: a program that only returns TC_ACT_UNSPEC, attached with {attach_mode} like "
+            "packetparser, on the same four hooks (both pods' host veths, ingress and egress). "
+            "attribution_high: hook_cost_fraction = 1 - ratio(noop) (the hook and entering a BPF "
+            "program), program_cost_fraction = ratio(noop) - ratio(high) (what our program adds); each "
             "packet of the stream passes two of the hooks (client veth ingress, server veth egress), both on "
             "the sending CPU. prog_test_run_udp64: in-kernel ns per run on one warm frame "
             "(BPF_PROG_TEST_RUN, median of 7 x 200K runs; includes the test-run harness, so compare the two). "
