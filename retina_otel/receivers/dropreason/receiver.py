@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retina_otel.bpf.clock import wall_offset_ns
 from retina_otel.bpf.counters import CounterDeltas
 from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, Verdict
@@ -144,7 +144,7 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         n = len(keys)
         batch = FlowBatch.empty(n, receiver=self.settings.id)
         r = batch.records
-        offset = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        offset = wall_offset_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         r["time_start_ns"] = values["first_ns"] + offset
         r["time_end_ns"] = np.maximum(values["last_ns"], values["first_ns"]) + offset
         r["src_ip"] = keys["saddr"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retina_otel.bpf.clock import wall_offset_ns
 from retina_otel.bpf.counters import CounterDeltas
 from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.flows import Direction, Event, FlowBatch, ObservationPoint, Verdict
@@ -87,7 +87,7 @@ class TcpRetransReceiver(DrainingReceiver[TcpRetransConfig]):
         assert self._host is not None
         batch = FlowBatch.empty(len(keys), receiver=self.settings.id)
         r = batch.records
-        offset = time.time_ns() - time.monotonic_ns()
+        offset = wall_offset_ns()
         r["time_start_ns"] = values["first_ns"] + offset
         r["time_end_ns"] = np.maximum(values["last_ns"], values["first_ns"]) + offset
         r["src_ip"] = keys["saddr"]
