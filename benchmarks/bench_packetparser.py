@@ -24,6 +24,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,8 @@ def _iperf(client: Pod, server: Pod, seconds: float) -> dict[str, Any]:
 
 def _start(sb: Sandbox, **cfg: Any) -> tuple[PacketParserReceiver, CollectingConsumer]:
     consumer = CollectingConsumer()
-    config = PacketParserConfig(interfaces=(f"ro{sb.token}*",), host_interface="none", **cfg)
+    cfg.setdefault("interfaces", (f"ro{sb.token}*",))
+    config = PacketParserConfig(host_interface="none", **cfg)
     r = FACTORY.create(CreateSettings("packetparser", "receiver"), config, consumer)
     assert isinstance(r, PacketParserReceiver)
     r.start(TestHost())
@@ -196,6 +198,68 @@ def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[
             )
         rows.append(row)
     return rows
+
+
+TOGGLE_MODES = ("none", "noop", "high")
+
+
+def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float) -> dict[str, Any]:
+    """One long 64-byte UDP stream, the hooks switched between nothing, the no-op and packetparser's
+    high-aggregation programs every ``phase`` seconds (order rotated per cycle), pps per phase from the
+    client's host veth counter. Neighbouring phases see the same machine, so the per-cycle ratios are far
+    steadier than whole runs minutes apart."""
+    from bcc import BPF
+
+    noop_bpf = BPF(text=NOOP_SOURCE)
+    receiver, _consumer = _start(sb, aggregation="high", interfaces=("retina-otel-bench-none*",))
+    attacher = make_attacher(NOOP_SPEC, "auto")
+    noop_fd = int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd)
+    programs = {
+        "noop": (noop_fd, noop_fd),
+        "high": (receiver._fds["pp_from_endpoint"], receiver._fds["pp_to_endpoint"]),
+    }
+    counter = Path(f"/sys/class/net/{a.host_veth}/statistics/rx_packets")
+    pps: dict[str, list[float]] = {m: [] for m in TOGGLE_MODES}
+    srv = b.popen(_pinned(1, ["iperf3", "-s", "-1", "-B", b.ipv4, "-p", str(PORT)]), stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    client = a.popen(
+        _pinned(0, ["iperf3", "-c", b.ipv4, "-p", str(PORT), "-u", "-b", "0", "-l", "18", "-t", "3600"]),
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3.0)  # the first seconds of a stream run slower (warm-up)
+        for cycle in range(cycles):
+            order = TOGGLE_MODES[cycle % 3 :] + TOGGLE_MODES[: cycle % 3]
+            for mode in order:
+                for pod in (a, b):
+                    attacher.detach(pod.host_ifindex)
+                if mode != "none":
+                    ingress, egress = programs[mode]
+                    for pod in (a, b):
+                        attacher.attach(pod.host_ifindex, "ingress", ingress)
+                        attacher.attach(pod.host_ifindex, "egress", egress)
+                time.sleep(0.1)
+                c0, t0 = int(counter.read_text()), time.monotonic()
+                time.sleep(phase)
+                c1, t1 = int(counter.read_text()), time.monotonic()
+                pps[mode].append((c1 - c0) / (t1 - t0))
+    finally:
+        attacher.close()
+        client.kill()  # stopped here, not by -t: phases take a little longer than phase_s
+        client.wait(timeout=10)
+        srv.kill()
+        srv.wait(timeout=10)
+        receiver.shutdown()
+        noop_bpf.cleanup()
+    out: dict[str, Any] = {"test": "udp64_toggled", "agent": "high", "cycles": cycles, "phase_s": phase}
+    if os.environ.get("BENCH_RAW"):
+        out["raw"] = {m: [round(v) for v in pps[m]] for m in TOGGLE_MODES}
+    for mode in TOGGLE_MODES:
+        ratios = [p / n for p, n in zip(pps[mode], pps["none"], strict=True)]
+        out[f"{mode}_pps_median"] = round(float(np.median(pps[mode])))
+        out[f"{mode}_ratio_paired_median"] = round(float(np.median(ratios)), 3)
+        out[f"{mode}_ratio_paired_iqr"] = [round(float(q), 3) for q in np.percentile(ratios, [25, 75])]
+    return out
 
 
 def _tcp_connections(sb: Sandbox, a: Pod, b: Pod, n: int) -> dict[str, Any]:
@@ -346,15 +410,16 @@ def run(quick: bool) -> dict[str, Any]:
         a.run(["ping", "-c", "1", b.ipv4])
         prog_ns = _prog_ns_per_run(sb)
         rows = _udp_runs(sb, a, b, seconds, rounds)
+        toggled = _udp_toggled(sb, a, b, cycles=10 if quick else 40, phase=0.5)
+        rows.append(toggled)
         rows.append(_tcp_connections(sb, a, b, conns))
     rows.append(prog_ns)
     high = next(r for r in rows if r["agent"] == "high" and r["test"] == "udp64")
     low = next(r for r in rows if r["agent"] == "low" and r["test"] == "udp64")
-    noop = next(r for r in rows if r["agent"] == "noop" and r["test"] == "udp64")
     tcp = next(r for r in rows if r["test"] == "short_tcp")
     attach_mode = "TCX links" if tcx_supported() else "clsact + cls_bpf"
-    hook_cost = round(1.0 - noop["ratio_vs_no_agent"], 3)
-    prog_cost = round(noop["ratio_vs_no_agent"] - high["ratio_vs_no_agent"], 3)
+    hook_cost = round(1.0 - toggled["noop_ratio_paired_median"], 3)
+    prog_cost = round(toggled["noop_ratio_paired_median"] - toggled["high_ratio_paired_median"], 3)
     return {
         "rows": rows,
         "attach_mode": attach_mode,
@@ -364,7 +429,8 @@ def run(quick: bool) -> dict[str, Any]:
             "program_ns_per_run_above_noop": round(prog_ns["high_ns_per_run"] - prog_ns["noop_ns_per_run"], 1),
         },
         "targets": {
-            "high_ratio_ge_0.95": high["ratio_vs_no_agent"] >= 0.95,
+            "high_ratio_ge_0.95_toggled": toggled["high_ratio_paired_median"] >= 0.95,
+            "high_ratio_ge_0.95_whole_runs": high["ratio_vs_no_agent"] >= 0.95,
             "high_all_packets_accounted": high["all_accounted"],
             "low_all_packets_accounted": low["all_accounted"],
             "short_tcp_all_exact": tcp["all_exact"],
@@ -377,8 +443,14 @@ def run(quick: bool) -> dict[str, Any]:
             "ratio_paired_median the median over rounds of (pps of the mode / pps of that round's no-agent "
             f"run). noop: a program that only returns TC_ACT_UNSPEC, attached with {attach_mode} like "
             "packetparser, on the same four hooks (both pods' host veths, ingress and egress). "
-            "attribution_high: hook_cost_fraction = 1 - ratio(noop) (the hook and entering a BPF "
-            "program), program_cost_fraction = ratio(noop) - ratio(high) (what our program adds); each "
+            "udp64_toggled: one long stream (same pinning), the hooks switched between nothing, the no-op and "
+            "packetparser's high-aggregation programs every 0.5 s (+0.1 s settling, order rotated per "
+            "cycle), pps per phase from the client's host-veth rx_packets, ratio per cycle to that cycle's "
+            "no-agent phase, median and IQR over cycles: neighbouring phases share the machine's state, which "
+            "drifts by +-20% over minutes here, so this is the steadier estimate. "
+            "attribution_high (from udp64_toggled): hook_cost_fraction = 1 - ratio(noop) (the hook and "
+            "entering a BPF program), program_cost_fraction = ratio(noop) - ratio(high) (what our program "
+            "adds); each "
             "packet of the stream passes two of the hooks (client veth ingress, server veth egress), both on "
             "the sending CPU. prog_test_run_udp64: in-kernel ns per run on one warm frame "
             "(BPF_PROG_TEST_RUN, median of 7 x 200K runs; includes the test-run harness, so compare the two). "
