@@ -135,9 +135,10 @@ def _check_rows(consumer: CollectingConsumer, client: Pod, seen: list[dict[str, 
     queries = [i for i, r in enumerate(records) if r["src_ip"].tobytes() in cli and r["dst_port"] == port]
     responses = [i for i, r in enumerate(records) if r["dst_ip"].tobytes() in cli and r["src_port"] == port]
     assert len(queries) == len(seen) and len(responses) == len(seen)
-    by_id = {int(records[i]["dns_id"]): i for i in responses}
+    # Ids are random 16-bit numbers: a UDP and a TCP query may share one, so match on the transport too.
+    by_id = {(int(records[i]["dns_id"]), int(records[i]["proto"])): i for i in responses}
     for s in seen:
-        i = by_id[int(s["id"])]  # type: ignore[call-overload]
+        i = by_id[(int(s["id"]), 6 if s["tcp"] else 17)]  # type: ignore[call-overload]
         row, extra = records[i], extras[i]
         assert extra is not None
         assert int(row["event"]) == Event.DNS and int(row["dns_is_response"]) == 1

@@ -116,6 +116,9 @@ def make_source(cluster: EmulatedCluster) -> Iterator[Any]:
         made.append(source)
         source.start()
         assert cache.wait_synced(10)
+        # kmock does not replay events from an older resourceVersion the way an API server does, so a change
+        # made between the list and the watch would wait for the next relist: let every watch open first.
+        assert wait_for(lambda: all(i.stats.watches >= 1 for i in source.informers), timeout=10)
         return cache, source
 
     yield make
