@@ -41,6 +41,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .syscall import bpf
 from .tc import FilterSpec, Hook, TcAttacher, TcError, list_filters
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_SYS_BPF = 321  # x86_64
 _ATTR_SIZE = 128  # room for every member used here; bytes past the kernel's own union must be zero
 
 # enum bpf_cmd
@@ -176,28 +175,20 @@ class _ProgInfoStruct(ctypes.Structure):
     ]
 
 
-def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
-    res = int(_libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
-    if res < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return res
-
-
 # -- the syscalls --------------------------------------------------------------------------------------
 def tcx_link_create(prog_fd: int, ifindex: int, hook: Hook) -> int:
     """Attach ``prog_fd`` (a SCHED_CLS program) at the end of ``ifindex``'s TCX ``hook``; the link's fd.
 
     The interface is looked up in the calling thread's network namespace. Close the fd to detach."""
     attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=_attach_type(hook))
-    return _bpf(_BPF_LINK_CREATE, attr, "BPF_LINK_CREATE")
+    return bpf(_BPF_LINK_CREATE, attr, "BPF_LINK_CREATE")
 
 
 def tcx_link_update(link_fd: int, prog_fd: int) -> None:
     """Swap the program of an existing link atomically (it keeps its place in the chain).
 
     ``ENOLINK`` when the link's interface is gone."""
-    _bpf(_BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=prog_fd), "BPF_LINK_UPDATE")
+    bpf(_BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=prog_fd), "BPF_LINK_UPDATE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +211,7 @@ def _query(ifindex: int, attach_type: int, capacity: int) -> tuple[_QueryAttr, _
     if capacity:
         attr.prog_ids = ctypes.addressof(prog_ids)
         attr.link_ids = ctypes.addressof(link_ids)
-    _bpf(_BPF_PROG_QUERY, attr, "BPF_PROG_QUERY")
+    bpf(_BPF_PROG_QUERY, attr, "BPF_PROG_QUERY")
     return attr, prog_ids, link_ids
 
 
@@ -252,7 +243,7 @@ class LinkInfo:
 def link_info(link_fd: int) -> LinkInfo:
     info = _LinkInfoStruct()
     attr = _InfoAttr(bpf_fd=link_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
+    bpf(_BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
     hook: Hook | None = None
     if info.type == _BPF_LINK_TYPE_TCX:
         hook = "ingress" if info.attach_type == BPF_TCX_INGRESS else "egress"
@@ -263,12 +254,12 @@ def prog_info(prog_fd: int) -> tuple[int, str]:
     """``(id, name)`` of a loaded program (the name is cut to 15 characters by the kernel)."""
     info = _ProgInfoStruct()
     attr = _InfoAttr(bpf_fd=prog_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
+    bpf(_BPF_OBJ_GET_INFO_BY_FD, attr, "BPF_OBJ_GET_INFO_BY_FD")
     return int(info.id), info.name.decode(errors="replace")
 
 
 def prog_name_by_id(prog_id: int) -> str:
-    fd = _bpf(_BPF_PROG_GET_FD_BY_ID, _GetFdByIdAttr(id=prog_id), "BPF_PROG_GET_FD_BY_ID")
+    fd = bpf(_BPF_PROG_GET_FD_BY_ID, _GetFdByIdAttr(id=prog_id), "BPF_PROG_GET_FD_BY_ID")
     try:
         return prog_info(fd)[1]
     finally:

@@ -20,10 +20,10 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
+from retina_otel.bpf.syscall import bpf
+
 __all__ = ["RingBufReader", "TestRunResult", "lookup_batch", "prog_test_run", "update_batch"]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_SYS_BPF = 321  # x86_64
 _BPF_PROG_TEST_RUN = 10
 
 
@@ -73,10 +73,7 @@ def prog_test_run(prog_fd: int, data: bytes, *, ctx: bytes | None = None, repeat
         ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
         attr.ctx_in = ctypes.addressof(ctx_buf)
         attr.ctx_size_in = len(ctx)
-    res = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if res != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    bpf(_BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
     return TestRunResult(int(attr.retval), data_out.raw[: attr.data_size_out], int(attr.duration))
 
 
