@@ -113,6 +113,7 @@ class PacketParserReceiver:
         self._pending_rows = 0
         self._clock_offset_ns = 0  # table clock -> unix epoch ns
         self._table_minus_mono_ns = 0  # table clock - CLOCK_MONOTONIC
+        self._possible_cpus = 0
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
         self._attached_names: dict[int, str] = {}
@@ -150,6 +151,9 @@ class PacketParserReceiver:
             if ctypes.sizeof(self._bpf["hot"].sLeaf) != HOT_SLOT_DTYPE.itemsize:
                 raise RuntimeError("packetparser: kernel flow-cache layout does not match records.py")
             programs.append("pp_merge")
+            from bcc.utils import get_possible_cpus
+
+            self._possible_cpus = len(get_possible_cpus())  # per-CPU map values hold one slot per possible CPU
         for name in programs:
             self._fds[name] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
         self._sample_clock()
@@ -339,6 +343,19 @@ class PacketParserReceiver:
         self._metrics["bytes_tx"].add((), float(records["bytes"][tx].sum()))
         self._metrics["bytes_rx"].add((), float(records["bytes"][~tx].sum()))
 
+    def _run_batched(self, program: str, input_map: str, rows: npt.NDArray[np.void]) -> None:
+        """Run a user-space-driven program (pp_flush, pp_merge) over ``rows``: FLUSH_BATCH at a time
+        written into its input array, the count in the first 4 bytes of the test-run packet; the ring
+        buffer is drained after each run, so a long flush cannot fill it."""
+        assert self._bpf is not None
+        fd = self._bpf[input_map].map_fd
+        for start in range(0, int(rows.shape[0]), FLUSH_BATCH):
+            chunk = np.ascontiguousarray(rows[start : start + FLUSH_BATCH])
+            n = int(chunk.shape[0])
+            update_batch(fd, np.arange(n, dtype=np.uint32), chunk)
+            prog_test_run(self._fds[program], struct.pack("<I", n) + b"\x00" * 60)
+            self._drain_ring()
+
     def _sample_clock(self) -> None:
         """Relate the table's clock (jiffies in ns, coarse or precise monotonic) to user-space clocks."""
         assert self._bpf is not None
@@ -357,10 +374,8 @@ class PacketParserReceiver:
         entries, and zero it for its next turn.
         """
         assert self._bpf is not None
-        from bcc.utils import get_possible_cpus
-
         idle = int(swap(self._bpf, "hot", gen="hot_gen")[-1])
-        ncpu = len(get_possible_cpus())
+        ncpu = self._possible_cpus
         hot_fd = self._bpf["hot"].map_fd
         _keys, values = lookup_batch(
             hot_fd, np.dtype(np.uint32), np.dtype((HOT_SLOT_DTYPE, (ncpu,))), 2 * HOT_SLOTS
@@ -368,13 +383,7 @@ class PacketParserReceiver:
         half = values[idle * HOT_SLOTS : (idle + 1) * HOT_SLOTS].reshape(-1)
         if not half["valid"].any():
             return
-        pending = half[(half["valid"] != 0) & (half["packets"] > 0)]
-        fd_list = self._bpf["merge_list"].map_fd
-        for start in range(0, int(pending.shape[0]), FLUSH_BATCH):
-            chunk = np.ascontiguousarray(pending[start : start + FLUSH_BATCH])
-            n = int(chunk.shape[0])
-            update_batch(fd_list, np.arange(n, dtype=np.uint32), chunk)
-            prog_test_run(self._fds["pp_merge"], struct.pack("<I", n) + b"\x00" * 60)
+        self._run_batched("pp_merge", "merge_list", half[(half["valid"] != 0) & (half["packets"] > 0)])
         update_batch(
             hot_fd,
             np.arange(idle * HOT_SLOTS, (idle + 1) * HOT_SLOTS, dtype=np.uint32),
@@ -398,14 +407,7 @@ class PacketParserReceiver:
         if "total_connections" in self._metrics:
             self._metrics["total_connections"].set((), float((~expired).sum()))
         need = (values["d"]["packets"] > 0).any(axis=1) | expired
-        todo = keys[need]
-        fd_keys = self._bpf["flush_keys"].map_fd
-        for start in range(0, int(todo.shape[0]), FLUSH_BATCH):
-            chunk = todo[start : start + FLUSH_BATCH]
-            n = int(chunk.shape[0])
-            update_batch(fd_keys, np.arange(n, dtype=np.uint32), chunk)
-            prog_test_run(self._fds["pp_flush"], struct.pack("<I", n) + b"\x00" * 60)
-            self._drain_ring()
+        self._run_batched("pp_flush", "flush_keys", keys[need])
 
     def flush(self) -> None:
         """Report every counter still in the kernel, hand all pending rows to the next consumer and
