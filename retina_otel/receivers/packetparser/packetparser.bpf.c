@@ -541,6 +541,14 @@ static __always_inline int hot_hit(struct hot_slot *s, const struct ct_key *k, c
     return 1;
 }
 
+static __always_inline void hot_clear_counts(struct hot_slot *s) {
+    s->packets = 0;
+    s->bytes = 0;
+    s->n_ack = 0;
+    s->n_psh = 0;
+    s->first_ns = 0;
+}
+
 // Move a slot's pending counts into its connection entry e (other CPUs may be counting into e too).
 static __always_inline void hot_merge(struct ct_entry *e, struct hot_slot *s) {
     int dir = (s->src_is_a == (e->init_is_a != 0)) ? 0 : 1;
@@ -568,11 +576,7 @@ static __always_inline void hot_merge(struct ct_entry *e, struct hot_slot *s) {
         life = e->closing ? TIME_WAIT_NS : TCP_LIFETIME_NS;
     if (s->last_ns + life > e->eviction_ns)
         e->eviction_ns = s->last_ns + life;
-    s->packets = 0;
-    s->bytes = 0;
-    s->n_ack = 0;
-    s->n_psh = 0;
-    s->first_ns = 0;
+    hot_clear_counts(s);
 }
 
 // The same for a slot whose entry is not at hand (created again if the table evicted it).
@@ -602,11 +606,7 @@ static __always_inline void hot_install(struct hot_slot *s, const struct ct_key 
     if (deadline > now + TIME_WAIT_NS)
         deadline = now + TIME_WAIT_NS;
     s->deadline = deadline;
-    s->packets = 0;
-    s->bytes = 0;
-    s->n_ack = 0;
-    s->n_psh = 0;
-    s->first_ns = 0;
+    hot_clear_counts(s);
     s->last_ns = now;
 }
 #endif
