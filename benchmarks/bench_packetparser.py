@@ -203,11 +203,60 @@ def _udp_runs(sb: Sandbox, a: Pod, b: Pod, seconds: float, rounds: int) -> list[
 TOGGLE_MODES = ("none", "noop", "high")
 
 
-def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float) -> dict[str, Any]:
+def _bootstrap_median_ci(values: list[float], resamples: int = 4000) -> list[float]:
+    """95% bootstrap confidence interval of the median (fixed seed: the same data give the same interval)."""
+    rng = np.random.default_rng(12345)
+    data = np.asarray(values)
+    medians = np.median(rng.choice(data, size=(resamples, len(data)), replace=True), axis=1)
+    return [round(float(q), 3) for q in np.percentile(medians, [2.5, 97.5])]
+
+
+def _prog_run_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a loaded program: the kernel keeps them while kernel.bpf_stats_enabled=1."""
+    from retina_otel.bpf.tcx import prog_info
+
+    shown = subprocess.run(
+        ["bpftool", "-j", "prog", "show", "id", str(prog_info(fd)[0])], capture_output=True, text=True, check=True
+    )
+    info = json.loads(shown.stdout)
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+def _real_path_ns(
+    attacher: Attacher, pods: tuple[Pod, Pod], programs: dict[str, tuple[int, int]], cycles: int
+) -> dict[str, float]:
+    """In-kernel ns per run of each program on the live stream (kernel.bpf_stats_enabled, which adds its own
+    clock reads to every run: compare the two), alternating no-op and high, median over phases."""
+    stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = stats_path.read_text().strip()
+    per_run: dict[str, list[float]] = {m: [] for m in programs}
+    stats_path.write_text("1")
+    try:
+        for _ in range(cycles):
+            for mode, (ingress, egress) in programs.items():
+                for pod in pods:
+                    attacher.detach(pod.host_ifindex)
+                    attacher.attach(pod.host_ifindex, "ingress", ingress)
+                    attacher.attach(pod.host_ifindex, "egress", egress)
+                time.sleep(0.1)
+                fds = sorted({ingress, egress})
+                s0 = [_prog_run_stats(fd) for fd in fds]
+                time.sleep(0.4)
+                s1 = [_prog_run_stats(fd) for fd in fds]
+                runs = sum(b[1] - a[1] for a, b in zip(s0, s1, strict=True))
+                per_run[mode].append(sum(b[0] - a[0] for a, b in zip(s0, s1, strict=True)) / max(1, runs))
+    finally:
+        stats_path.write_text(before)
+        for pod in pods:
+            attacher.detach(pod.host_ifindex)
+    return {f"{mode}_ns_per_run_real_path": round(float(np.median(v)), 1) for mode, v in per_run.items()}
+
+
+def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float, stats_cycles: int) -> dict[str, Any]:
     """One long 64-byte UDP stream, the hooks switched between nothing, the no-op and packetparser's
     high-aggregation programs every ``phase`` seconds (order rotated per cycle), pps per phase from the
     client's host veth counter. Neighbouring phases see the same machine, so the per-cycle ratios are far
-    steadier than whole runs minutes apart."""
+    steadier than whole runs minutes apart. Then the programs' own cost on the same stream."""
     from bcc import BPF
 
     noop_bpf = BPF(text=NOOP_SOURCE)
@@ -216,7 +265,7 @@ def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float) -> dict
     noop_fd = int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd)
     programs = {
         "noop": (noop_fd, noop_fd),
-        "high": (receiver._fds["pp_from_endpoint"], receiver._fds["pp_to_endpoint"]),
+        "high": (receiver.entry_program_fd("from_endpoint"), receiver.entry_program_fd("to_endpoint")),
     }
     counter = Path(f"/sys/class/net/{a.host_veth}/statistics/rx_packets")
     pps: dict[str, list[float]] = {m: [] for m in TOGGLE_MODES}
@@ -243,6 +292,7 @@ def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float) -> dict
                 time.sleep(phase)
                 c1, t1 = int(counter.read_text()), time.monotonic()
                 pps[mode].append((c1 - c0) / (t1 - t0))
+        real_ns = _real_path_ns(attacher, (a, b), programs, stats_cycles)
     finally:
         attacher.close()
         client.kill()  # stopped here, not by -t: phases take a little longer than phase_s
@@ -259,6 +309,8 @@ def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float) -> dict
         out[f"{mode}_pps_median"] = round(float(np.median(pps[mode])))
         out[f"{mode}_ratio_paired_median"] = round(float(np.median(ratios)), 3)
         out[f"{mode}_ratio_paired_iqr"] = [round(float(q), 3) for q in np.percentile(ratios, [25, 75])]
+        out[f"{mode}_ratio_paired_median_ci95"] = _bootstrap_median_ci(ratios)
+    out.update(real_ns)
     return out
 
 
@@ -381,7 +433,10 @@ def _prog_ns_per_run(sb: Sandbox, repeat: int = 200_000, samples: int = 9) -> di
     noop_bpf = BPF(text=NOOP_SOURCE)
     receiver, _consumer = _start(sb, aggregation="high")
     try:
-        fds = {"noop": int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd), "high": receiver._fds["pp_from_endpoint"]}
+        fds = {
+            "noop": int(noop_bpf.load_func(b"noop", BPF.SCHED_CLS).fd),
+            "high": receiver.entry_program_fd("from_endpoint"),
+        }
         times: dict[str, list[int]] = {name: [] for name in fds}
         for fd in fds.values():
             prog_test_run(fd, UDP64_FRAME, repeat=1000)
@@ -410,7 +465,7 @@ def run(quick: bool) -> dict[str, Any]:
         a.run(["ping", "-c", "1", b.ipv4])
         prog_ns = _prog_ns_per_run(sb)
         rows = _udp_runs(sb, a, b, seconds, rounds)
-        toggled = _udp_toggled(sb, a, b, cycles=10 if quick else 40, phase=0.5)
+        toggled = _udp_toggled(sb, a, b, cycles=10 if quick else 120, phase=0.4, stats_cycles=4 if quick else 12)
         rows.append(toggled)
         rows.append(_tcp_connections(sb, a, b, conns))
     rows.append(prog_ns)
@@ -444,10 +499,13 @@ def run(quick: bool) -> dict[str, Any]:
             f"run). noop: a program that only returns TC_ACT_UNSPEC, attached with {attach_mode} like "
             "packetparser, on the same four hooks (both pods' host veths, ingress and egress). "
             "udp64_toggled: one long stream (same pinning), the hooks switched between nothing, the no-op and "
-            "packetparser's high-aggregation programs every 0.5 s (+0.1 s settling, order rotated per "
-            "cycle), pps per phase from the client's host-veth rx_packets, ratio per cycle to that cycle's "
-            "no-agent phase, median and IQR over cycles: neighbouring phases share the machine's state, which "
-            "drifts by +-20% over minutes here, so this is the steadier estimate. "
+            "packetparser's high-aggregation programs (the fast-path programs it attaches) every 0.4 s (+0.1 s "
+            "settling, order rotated per cycle), pps per phase from the client's host-veth rx_packets, ratio "
+            "per cycle to that cycle's no-agent phase, median, IQR and a 95% bootstrap interval of the median "
+            "over cycles: neighbouring phases share the machine's state, which drifts by +-20% over minutes "
+            "here, so this is the steadier estimate. *_ns_per_run_real_path: the programs' in-kernel time per "
+            "run on that stream (kernel.bpf_stats_enabled=1 for a few alternating phases afterwards; the "
+            "statistics add their own clock reads to both). "
             "attribution_high (from udp64_toggled): hook_cost_fraction = 1 - ratio(noop) (the hook and "
             "entering a BPF program), program_cost_fraction = ratio(noop) - ratio(high) (what our program "
             "adds); each "

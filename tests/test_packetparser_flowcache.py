@@ -1,9 +1,10 @@
 """High aggregation's per-CPU flow cache, on crafted packets through BPF_PROG_TEST_RUN.
 
 The receiver runs for real (its ring-buffer reader, cache sweep and flush), attached to no interface;
-the packets go straight into ``pp_from_endpoint`` from both CPUs. More flows than cache slots, TCP flag
-sequences in both directions, sweeps in the middle of a stream and report intervals passing must all
-leave every flow's totals exact.
+the packets go straight into the program it attaches at FROM_ENDPOINT (the fast path, which hands what
+it does not count to ``pp_from_endpoint`` by tail call) from both CPUs. More flows than cache slots, TCP
+flag sequences in both directions, sweeps in the middle of a stream and report intervals passing must
+all leave every flow's totals exact; and the fast path must count exactly what the full program counts.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import Dot1Q, Ether
 
 from retina_otel.component import CreateSettings
 from retina_otel.flows import TcpFlag, bytes_to_ip
@@ -64,10 +65,11 @@ class Expected:
 
 
 class Driver:
-    def __init__(self, receiver: PacketParserReceiver, consumer: CollectingConsumer) -> None:
+    def __init__(self, receiver: PacketParserReceiver, consumer: CollectingConsumer, entry: bool = True) -> None:
         self.receiver = receiver
         self.consumer = consumer
-        self.fd = receiver._fds["pp_from_endpoint"]
+        # entry: the program attached at FROM_ENDPOINT (the fast path); else the full program directly.
+        self.fd = receiver.entry_program_fd("from_endpoint") if entry else receiver._fds["pp_from_endpoint"]
         self.cpus = sorted(os.sched_getaffinity(0))
 
     def send(self, frames: list[bytes], spread: bool = True) -> None:
@@ -107,7 +109,7 @@ class Driver:
 def make_driver() -> Iterator[Any]:
     started: list[PacketParserReceiver] = []
 
-    def make(**cfg: Any) -> Driver:
+    def make(entry: bool = True, **cfg: Any) -> Driver:
         consumer = CollectingConsumer()
         config = PacketParserConfig(
             interfaces=("retina-otel-none-*",), host_interface="none", aggregation="high", **cfg
@@ -116,7 +118,7 @@ def make_driver() -> Iterator[Any]:
         assert isinstance(r, PacketParserReceiver)
         r.start(TestHost())
         started.append(r)
-        return Driver(r, consumer)
+        return Driver(r, consumer, entry)
 
     try:
         yield make
@@ -255,3 +257,84 @@ def test_report_interval_passes_while_cached(make_driver: Any) -> None:
     rows = driver.totals()["rows"][("198.18.3.1", "198.18.3.2", 4000, 4001, 17)]
     assert rows >= 5, rows  # first packet + one per 0.2 s interval (+ the reader's sweeps)
     assert driver.receiver.kernel_stats()["flow_cache_hits"] > 0.8 * sum(want.packets.values())
+
+
+def _fast_path_corpus() -> list[bytes]:
+    """Frames the fast path takes, frames it must hand on, and broken variants of both."""
+    v4 = {"src": "198.18.7.1", "dst": "198.18.7.2"}
+    v6 = {"src": "2001:db8:7::1", "dst": "2001:db8:7::2"}
+    base = [
+        ETH / IP(**v4) / UDP(sport=21001, dport=53) / (b"q" * 18),
+        ETH / IP(**v4) / UDP(sport=21002, dport=53),
+        ETH / IP(**v4, options=[IPOption_RR(length=11)]) / UDP(sport=21003, dport=53) / b"opts",
+        ETH / IP(**v4) / TCP(sport=21004, dport=80, flags="A"),
+        ETH / IP(**v4) / TCP(sport=21005, dport=80, flags="PA") / (b"d" * 30),
+        ETH / IP(**v4) / TCP(sport=21006, dport=80, flags="S"),
+        ETH / IP(**v4) / TCP(sport=21007, dport=80, flags="FA"),
+        ETH / IP(**v4) / TCP(sport=21008, dport=80, flags="AU"),
+        ETH / IP(**v4, flags="MF") / UDP(sport=21009, dport=53) / (b"f" * 16),
+        ETH / IP(**v4, frag=5) / (b"f" * 16),
+        ETH / IP(**v4) / ICMP(type=8, id=77) / b"ping",
+        ETH / Dot1Q(vlan=5) / IP(**v4) / UDP(sport=21010, dport=53) / b"vlan",
+        ETH / IPv6(**v6) / UDP(sport=21011, dport=53) / (b"q" * 18),
+        ETH / IPv6(**v6) / TCP(sport=21012, dport=443, flags="PA") / (b"d" * 10),
+        ETH / IPv6(**v6) / IPv6ExtHdrHopByHop() / UDP(sport=21013, dport=53) / b"ext",
+        ETH / IPv6(**v6) / ICMPv6EchoRequest(id=78),
+    ]
+    frames: list[bytes] = []
+    for pkt in base:
+        raw = bytes(pkt)
+        frames.append(raw)
+        l3 = 18 if raw[12:14] == b"\x81\x00" else 14
+        # Every truncation BPF_PROG_TEST_RUN accepts: it refuses IP ethertypes shorter than their header.
+        shortest = 15 if l3 == 18 else l3 + (20 if raw[l3] >> 4 == 4 else 40)
+        frames.extend(raw[:n] for n in range(shortest, len(raw)))
+        if raw[l3] >> 4 == 4:
+            for tot in (0, 19, 27, 28, 39, len(raw) - l3 + 100):  # lying total lengths
+                frames.append(raw[: l3 + 2] + tot.to_bytes(2, "big") + raw[l3 + 4 :])
+            frames.append(raw[:l3] + bytes([0x44]) + raw[l3 + 1 :])  # IHL 4
+            frames.append(raw[:l3] + bytes([0x65]) + raw[l3 + 1 :])  # version 6 under the IPv4 type
+            ihl = (raw[l3] & 0x0F) * 4
+            if raw[l3 + 9] == 6:
+                doff = l3 + ihl + 12
+                frames.append(raw[:doff] + bytes([0x40]) + raw[doff + 1 :])  # TCP data offset 4
+        else:
+            for plen in (0, 4, 7, 300):
+                frames.append(raw[: l3 + 4] + plen.to_bytes(2, "big") + raw[l3 + 6 :])
+    return frames
+
+
+def _row_totals(driver: Driver) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    out: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0] + [0] * len(TcpFlag))
+    for r in driver.consumer.records():
+        key = (bytes(r["src_ip"]), bytes(r["dst_ip"]), int(r["src_port"]), int(r["dst_port"]), int(r["proto"]))
+        t = out[key]
+        t[0] += 1
+        t[1] += int(r["packets"])
+        t[2] += int(r["bytes"])
+        t[3] += int(r["is_reply"])
+        t[4] = int(r["ip_version"])
+        for i, n in enumerate(r["tcp_flags"]):
+            t[5 + i] += int(n)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_fast_path_counts_exactly_what_the_full_program_counts(make_driver: Any) -> None:
+    """Every frame of the corpus, five times, through the fast path of one receiver and straight into the
+    full program of another: the same rows, the same totals and the same statistics (rejections
+    included); and the fast path did take the packets it is for."""
+    frames = _fast_path_corpus()
+    fast, full = make_driver(entry=True), make_driver(entry=False)
+    assert fast.fd != full.fd
+    for driver in (fast, full):
+        for frame in frames:
+            driver.send([frame] * 5, spread=False)
+        driver.receiver.flush()
+    got_fast, got_full = _row_totals(fast), _row_totals(full)
+    assert got_fast == got_full
+    assert sum(t[1] for t in got_full.values()) > 5 * 16  # the valid frames at least
+    stats_fast, stats_full = fast.receiver.kernel_stats(), full.receiver.kernel_stats()
+    assert stats_fast["tail_call_failed"] == 0
+    assert stats_fast == stats_full
+    assert stats_fast["flow_cache_hits"] >= 4 * 8  # repeats of the cacheable frames
+    assert stats_fast["truncated_ip"] > 0 and stats_fast["truncated_l4"] > 0 and stats_fast["malformed_ip"] > 0

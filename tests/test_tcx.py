@@ -260,8 +260,8 @@ def test_receiver_tcx_attaches_replaces_leftovers_and_cleans_up(sandbox: Sandbox
         receiver = created
         receiver.start(TestHost())
         assert idx in receiver.attached_interfaces()
-        ours_in = prog_info(receiver._fds["pp_from_endpoint"])[0]
-        ours_out = prog_info(receiver._fds["pp_to_endpoint"])[0]
+        ours_in = prog_info(receiver.entry_program_fd("from_endpoint"))[0]
+        ours_out = prog_info(receiver.entry_program_fd("to_endpoint"))[0]
         foreign = progs.id("rotel_t_foreign")
         assert _ids(idx, "ingress") == [foreign, ours_in]
         assert _ids(idx, "egress") == [ours_out]

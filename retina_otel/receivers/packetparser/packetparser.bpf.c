@@ -48,7 +48,8 @@
 #define ST_SAMPLED_OUT 14
 #define ST_FLUSH_DELETED 15  // expired idle entries removed by the flush program
 #define ST_HOT_HITS 16       // packets counted in the per-CPU flow cache (high aggregation)
-#define N_STATS 17
+#define ST_TAIL_CALL_FAILED 17  // fast path could not hand a packet to the full program (not counted)
+#define N_STATS 18
 
 #define TCP_LIFETIME_NS (360ULL * 1000000000ULL)
 #define TIME_WAIT_NS (30ULL * 1000000000ULL)
@@ -133,6 +134,8 @@ struct pkt {
 // 1e9 / CONFIG_HZ, passed by user space when it knows HZ) cost one load, ~17 ns less per packet than
 // the coarse clock. Both tick clocks have tick resolution (1-10 ms). The jiffies clock has its own
 // origin: pp_clock samples it next to bpf_ktime_get_ns so user space can translate.
+#define FAST_PATH (AGG_HIGH && BYPASS_FILTER && SAMPLING_RATE == 1)
+
 #if !AGG_HIGH
 #define CT_NOW() bpf_ktime_get_ns()
 #elif JIFFY_NS
@@ -239,6 +242,30 @@ static __always_inline u16 load_be16(struct __sk_buff *skb, u32 off, int *err) {
     return bpf_ntohs(v);
 }
 
+// An IPv4 address as the IPv4-mapped IPv6 address ::ffff:a.b.c.d (one key layout for both versions).
+static __always_inline void set_v4mapped(u8 *out, const u8 *addr4) {
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(&out[12], addr4, 4);
+}
+
+// Our flag bits (F_*) from the TCP header's flags byte (offset 13) and data-offset byte (12, for NS).
+static __always_inline u16 tcp_flag_bits(u8 f, u8 doff) {
+    u16 m = 0;
+    if (f & 0x01) m |= F_FIN;
+    if ((f & 0x02) && (f & 0x10)) m |= F_SYNACK;
+    else if (f & 0x02) m |= F_SYN;
+    if (f & 0x04) m |= F_RST;
+    if (f & 0x08) m |= F_PSH;
+    if (f & 0x10) m |= F_ACK;
+    if (f & 0x20) m |= F_URG;
+    if (f & 0x40) m |= F_ECE;
+    if (f & 0x80) m |= F_CWR;
+    if (doff & 0x01) m |= F_NS;
+    return m;
+}
+
 // Returns 0 with *p filled, or -1 (already counted).
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
     int err = 0;
@@ -289,14 +316,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         u16 frag = ((u16)hdr[6] << 8) | hdr[7];
         if (frag & 0x1fff)
             first_fragment = 0;
-        __builtin_memset(p->src, 0, 10);
-        p->src[10] = 0xff;
-        p->src[11] = 0xff;
-        __builtin_memcpy(&p->src[12], &hdr[12], 4);
-        __builtin_memset(p->dst, 0, 10);
-        p->dst[10] = 0xff;
-        p->dst[11] = 0xff;
-        __builtin_memcpy(&p->dst[12], &hdr[16], 4);
+        set_v4mapped(p->src, &hdr[12]);
+        set_v4mapped(p->dst, &hdr[16]);
         p->ipver = 4;
         p->len = total;
         l4proto = hdr[9];
@@ -378,19 +399,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p) {
         }
         p->sport = ((u16)th[0] << 8) | th[1];
         p->dport = ((u16)th[2] << 8) | th[3];
-        u8 f = th[13];
-        u16 m = 0;
-        if (f & 0x01) m |= F_FIN;
-        if ((f & 0x02) && (f & 0x10)) m |= F_SYNACK;
-        else if (f & 0x02) m |= F_SYN;
-        if (f & 0x04) m |= F_RST;
-        if (f & 0x08) m |= F_PSH;
-        if (f & 0x10) m |= F_ACK;
-        if (f & 0x20) m |= F_URG;
-        if (f & 0x40) m |= F_ECE;
-        if (f & 0x80) m |= F_CWR;
-        if (th[12] & 0x01) m |= F_NS;
-        p->flags = m;
+        p->flags = tcp_flag_bits(th[13], th[12]);
         p->ksport = p->sport;
         p->kdport = p->dport;
     } else if (l4proto == 17) {
@@ -481,6 +490,26 @@ static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int
     d->last_report_ns = now;
     events.ringbuf_submit(r, 0);
     stat_inc(ST_REPORTS);
+}
+
+// The connection key of a packet (addresses and ports in a fixed order, so both directions share it).
+// Returns 1 when the packet's source is key.a.
+static __always_inline u8 make_key(struct __sk_buff *skb, const struct pkt *p, struct ct_key *k) {
+    u8 src_is_a = addr_le(p->src, p->ksport, p->dst, p->kdport);
+    if (src_is_a) {
+        __builtin_memcpy(k->a, p->src, 16);
+        __builtin_memcpy(k->b, p->dst, 16);
+        k->pa = p->ksport;
+        k->pb = p->kdport;
+    } else {
+        __builtin_memcpy(k->a, p->dst, 16);
+        __builtin_memcpy(k->b, p->src, 16);
+        k->pa = p->kdport;
+        k->pb = p->ksport;
+    }
+    k->ifindex = skb->ifindex;
+    k->proto = p->proto;
+    return src_is_a;
 }
 
 static __always_inline int filter_match(struct pkt *p) {
@@ -629,20 +658,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
     stat_inc(ST_PACKETS);
 
     struct ct_key k __attribute__((aligned(8))) = {};
-    u8 src_is_a = addr_le(p.src, p.ksport, p.dst, p.kdport);
-    if (src_is_a) {
-        __builtin_memcpy(k.a, p.src, 16);
-        __builtin_memcpy(k.b, p.dst, 16);
-        k.pa = p.ksport;
-        k.pb = p.kdport;
-    } else {
-        __builtin_memcpy(k.a, p.dst, 16);
-        __builtin_memcpy(k.b, p.src, 16);
-        k.pa = p.kdport;
-        k.pb = p.ksport;
-    }
-    k.ifindex = skb->ifindex;
-    k.proto = p.proto;
+    u8 src_is_a = make_key(skb, &p, &k);
 
     u64 now = CT_NOW();
 #if AGG_HIGH
@@ -741,6 +757,95 @@ int pp_from_endpoint(struct __sk_buff *skb) { return handle(skb, OBS_FROM_ENDPOI
 int pp_to_endpoint(struct __sk_buff *skb) { return handle(skb, OBS_TO_ENDPOINT); }
 int pp_from_network(struct __sk_buff *skb) { return handle(skb, OBS_FROM_NETWORK); }
 int pp_to_network(struct __sk_buff *skb) { return handle(skb, OBS_TO_NETWORK); }
+
+#if FAST_PATH
+// Fast path (high aggregation, no IP filter, no sampling): the programs attached to the interfaces.
+// They parse only the common case -- Ethernet, IPv4 (any header length, not a later fragment) or IPv6
+// without extension headers, TCP or UDP, headers in the linear data -- and count the packet in its
+// flow-cache slot when nothing else is needed. Every other packet goes on by tail call to the full
+// program of the same observation point (pp_full[obs - 1]), which parses it again and does everything.
+// Why a second program: between two packets the stack runs microseconds of other code, so each run
+// fetches the program's code and data from L2/L3 again; the full program's code is 11.6 KB jitted, this
+// one's 2.4 KB (measured with kernel.bpf_stats_enabled: ~20 ns less per run under 64-byte UDP).
+BPF_PROG_ARRAY(pp_full, 4);
+
+static __always_inline int parse_fast(struct __sk_buff *skb, struct pkt *p) {
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    u8 *ip = data + ETH_HLEN;
+    if ((void *)(ip + 20) > end)
+        return -1;
+    u16 eth_proto = *(u16 *)(data + 12);
+    u64 total;
+    u32 l4off;
+    if (eth_proto == bpf_htons(ETH_P_IP)) {
+        u8 ihl = ip[0] & 0x0f;
+        u16 tot = ((u16)ip[2] << 8) | ip[3];
+        if ((ip[0] >> 4) != 4 || ihl < 5 || (ip[6] & 0x1f) || ip[7] || tot < ihl * 4)
+            return -1;  // malformed, a later fragment or a super-packet: the full parser decides
+        set_v4mapped(p->src, ip + 12);
+        set_v4mapped(p->dst, ip + 16);
+        p->ipver = 4;
+        p->proto = ip[9];
+        total = tot;
+        l4off = ihl * 4;
+    } else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+        if ((void *)(ip + 40) > end)
+            return -1;
+        u16 plen = ((u16)ip[4] << 8) | ip[5];
+        if ((ip[0] >> 4) != 6 || plen == 0)
+            return -1;
+        __builtin_memcpy(p->src, ip + 8, 16);
+        __builtin_memcpy(p->dst, ip + 24, 16);
+        p->ipver = 6;
+        p->proto = ip[6];  // an extension header is neither 6 nor 17: full path
+        total = (u64)plen + 40;
+        l4off = 40;
+    } else {
+        return -1;
+    }
+    u8 *l4 = ip + l4off;
+    if (p->proto == 17) {
+        if ((void *)(l4 + 8) > end || l4off + 8 > total)
+            return -1;
+    } else if (p->proto == 6) {
+        if ((void *)(l4 + 20) > end || l4off + 20 > total || (l4[12] >> 4) < 5)
+            return -1;
+        p->flags = tcp_flag_bits(l4[13], l4[12]);
+    } else {
+        return -1;
+    }
+    p->len = total;
+    p->sport = ((u16)l4[0] << 8) | l4[1];
+    p->dport = ((u16)l4[2] << 8) | l4[3];
+    p->ksport = p->sport;
+    p->kdport = p->dport;
+    return 0;
+}
+
+static __always_inline int handle_fast(struct __sk_buff *skb, u8 obs) {
+    struct pkt p = {};
+    if (parse_fast(skb, &p) == 0 && !(p.flags & ~HOT_FLAGS)) {
+        struct ct_key k __attribute__((aligned(8))) = {};
+        u8 src_is_a = make_key(skb, &p, &k);
+        u32 hidx = hot_index(&k, obs, src_is_a);
+        struct hot_slot *s = hot.lookup(&hidx);
+        if (s && hot_hit(s, &k, &p, obs, src_is_a, CT_NOW())) {
+            stat_inc(ST_PACKETS);
+            stat_inc(ST_HOT_HITS);
+            return TC_ACT_UNSPEC;
+        }
+    }
+    pp_full.call(skb, obs - 1);
+    stat_inc(ST_TAIL_CALL_FAILED);  // only reached when the tail call failed
+    return TC_ACT_UNSPEC;
+}
+
+int pp_fast_from_endpoint(struct __sk_buff *skb) { return handle_fast(skb, OBS_FROM_ENDPOINT); }
+int pp_fast_to_endpoint(struct __sk_buff *skb) { return handle_fast(skb, OBS_TO_ENDPOINT); }
+int pp_fast_from_network(struct __sk_buff *skb) { return handle_fast(skb, OBS_FROM_NETWORK); }
+int pp_fast_to_network(struct __sk_buff *skb) { return handle_fast(skb, OBS_TO_NETWORK); }
+#endif
 
 // Run from user space with BPF_PROG_TEST_RUN: report the unreported counters of the connections
 // whose keys user space wrote into flush_keys[0..n) (n in the first 4 bytes of the packet), and delete

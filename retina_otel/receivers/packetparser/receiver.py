@@ -49,7 +49,7 @@ from .records import (
     reports_to_batch,
 )
 
-__all__ = ["BPF_SOURCE", "FILTER_SPEC", "PARSED_PACKETS", "PacketParserReceiver", "build_cflags"]
+__all__ = ["BPF_SOURCE", "FILTER_SPEC", "PARSED_PACKETS", "PacketParserReceiver", "build_cflags", "uses_fast_path"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ parsed and counted into the connection table, after the IP filter and sampling).
 _ST_PACKETS = STAT_NAMES.index("packets")
 _POLL_SECONDS = 0.02
 
+_POINTS = ("from_endpoint", "to_endpoint", "from_network", "to_network")
+"""Observation points in the order of their numbers (OBS_* in packetparser.bpf.c, 1-based)."""
 _TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
 
 
@@ -73,6 +75,11 @@ def _jiffy_ns(config: PacketParserConfig) -> int:
         return 0
     hz = kernel_hz()
     return 1_000_000_000 // hz if hz and 1_000_000_000 % hz == 0 else 0
+
+
+def uses_fast_path(config: PacketParserConfig) -> bool:
+    """Whether the interfaces get the small fast-path programs (``pp_fast_*``, see packetparser.bpf.c)."""
+    return config.aggregation == "high" and config.bypass_lookup_ip_of_interest and config.sampling_rate == 1
 
 
 def build_cflags(config: PacketParserConfig) -> list[str]:
@@ -102,6 +109,7 @@ class PacketParserReceiver:
         self._host: Host | None = None
         self._bpf: Any = None
         self._fds: dict[str, int] = {}
+        self._entry: dict[str, int] = {}  # observation point -> the program attached there
         # TCX or clsact; in TCX mode the attacher also removes clsact filters an older agent left behind.
         self._attacher = make_attacher(FILTER_SPEC, config.attach_mode)
         self._watcher: LinkWatcher | None = None
@@ -156,6 +164,13 @@ class PacketParserReceiver:
             self._possible_cpus = len(get_possible_cpus())  # per-CPU map values hold one slot per possible CPU
         for name in programs:
             self._fds[name] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
+        self._entry = {point: self._fds[f"pp_{point}"] for point in _POINTS}
+        if uses_fast_path(self.config):
+            full = self._bpf["pp_full"]
+            for i, point in enumerate(_POINTS):  # index = observation point - 1, as in the program
+                full[ctypes.c_int(i)] = ctypes.c_int(self._fds[f"pp_{point}"])
+                name = f"pp_fast_{point}"
+                self._fds[name] = self._entry[point] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
         self._sample_clock()
         self._ring = RingBufReader(self._bpf["events"].map_fd, self.config.ring_buffer_size, RINGBUF_RECORD_DTYPE)
         if self._filter_ips:
@@ -240,12 +255,12 @@ class PacketParserReceiver:
             is_host = idx in host
             try:
                 if is_host:
-                    self._attacher.attach(idx, "ingress", self._fds["pp_from_network"])
-                    self._attacher.attach(idx, "egress", self._fds["pp_to_network"])
+                    self._attacher.attach(idx, "ingress", self._entry["from_network"])
+                    self._attacher.attach(idx, "egress", self._entry["to_network"])
                     self._host_ifindexes.add(idx)
                 else:
-                    self._attacher.attach(idx, "ingress", self._fds["pp_from_endpoint"])
-                    self._attacher.attach(idx, "egress", self._fds["pp_to_endpoint"])
+                    self._attacher.attach(idx, "ingress", self._entry["from_endpoint"])
+                    self._attacher.attach(idx, "egress", self._entry["to_endpoint"])
                 self._attached_names[idx] = name
             except TcError as exc:
                 if idx in list_links(ipr):  # a vanished link is not worth a warning
@@ -253,6 +268,10 @@ class PacketParserReceiver:
 
     def attached_interfaces(self) -> dict[int, str]:
         return dict(self._attached_names)
+
+    def entry_program_fd(self, point: str) -> int:
+        """fd of the program attached at an observation point ("from_endpoint", ... "to_network")."""
+        return self._entry[point]
 
     # -- filter map (IpFilter) ------------------------------------------------------------------
     def extensions(self) -> dict[str, object]:

@@ -130,6 +130,7 @@ STAT_NAMES = (
     "sampled_out",
     "flush_deleted",
     "flow_cache_hits",
+    "tail_call_failed",
 )
 
 # Statistics forwarded to ``host.count_lost("packetparser", reason, n)``: reports that could not be
@@ -138,6 +139,7 @@ STAT_NAMES = (
 LOST_STATS = (
     "ringbuf_full",
     "conntrack_full",
+    "tail_call_failed",
     "truncated_l2",
     "truncated_ip",
     "malformed_ip",
