@@ -173,7 +173,7 @@ BPF_ARRAY(clock_sample, u64, 2);  // written by pp_clock: [CT_NOW(), bpf_ktime_g
 #define HOT_IDLE_NS 10000000ULL             // a slot unused for 10 ms may be taken by another flow
 
 struct hot_slot {
-    struct ct_key k;
+    struct ct_key flow;  // the flow as the packets carry it: a = source, pa = source port (not normalised)
     u16 sport;
     u16 dport;
     u16 flags_ok;   // HOT_FLAGS already seen in this direction: packets with others take the slow path
@@ -528,13 +528,26 @@ static __always_inline int filter_match(struct pkt *p) {
 }
 
 #if AGG_HIGH
-// Keys live 8-byte aligned (the stack copy is declared so, map values are), so word loads are safe.
-static __always_inline u64 key_word(const struct ct_key *k, int i) { return ((const u64 *)k)[i]; }
+// The flow cache works on the flow as the packet carries it (source first), as five 64-bit words laid
+// out like struct ct_key's first 40 bytes: source address (2 words, IPv4 mapped), destination address
+// (2), and source port | destination port << 16 | ifindex << 32 (key ports: ICMP echo uses the id).
+// Both programs build the words, the fast path straight from the packet with word loads, so a hit needs
+// neither the normalised key nor struct pkt.
+struct flow_words {
+    u64 w[5];
+};
 
-// Slot of (connection, direction, observation point) in the current half of the flow cache.
-static __always_inline u32 hot_index(const struct ct_key *k, u8 obs, u8 src_is_a) {
-    u64 x = key_word(k, 0) ^ key_word(k, 1) ^ key_word(k, 2) ^ key_word(k, 3) ^ key_word(k, 4);
-    x ^= (u64)k->proto | ((u64)obs << 56) | ((u64)src_is_a << 62);
+static __always_inline void words_from_pkt(struct flow_words *f, const struct pkt *p, u32 ifindex) {
+    __builtin_memcpy(&f->w[0], p->src, 16);
+    __builtin_memcpy(&f->w[2], p->dst, 16);
+    f->w[4] = (u64)p->ksport | ((u64)p->kdport << 16) | ((u64)ifindex << 32);
+}
+
+// Slot of (flow as oriented, observation point) in the current half of the flow cache. Source and
+// destination are mixed asymmetrically, so the two directions of a conversation get different slots.
+static __always_inline u32 hot_index(const struct flow_words *f, u8 proto, u8 obs) {
+    u64 d = f->w[2] ^ f->w[3];
+    u64 x = f->w[0] ^ f->w[1] ^ ((d << 29) | (d >> 35)) ^ f->w[4] ^ ((u64)proto << 48) ^ ((u64)obs << 56);
     x *= 0x9E3779B97F4A7C15ULL;
     u32 idx = (u32)(x >> 40) & (HOT_SLOTS - 1);
     u32 zero = 0;
@@ -544,28 +557,26 @@ static __always_inline u32 hot_index(const struct ct_key *k, u8 obs, u8 src_is_a
     return idx;
 }
 
-static __always_inline int hot_same_key(const struct hot_slot *s, const struct ct_key *k) {
-    u64 diff = 0;
-#pragma unroll
-    for (int i = 0; i < 5; i++)
-        diff |= key_word(&s->k, i) ^ key_word(k, i);
-    return diff == 0 && s->k.proto == k->proto;
+static __always_inline int hot_same_flow(const struct hot_slot *s, const struct flow_words *f, u8 proto) {
+    const u64 *sw = (const u64 *)&s->flow;
+    u64 diff = (sw[0] ^ f->w[0]) | (sw[1] ^ f->w[1]) | (sw[2] ^ f->w[2]) | (sw[3] ^ f->w[3]) | (sw[4] ^ f->w[4]);
+    return diff == 0 && s->flow.proto == proto;
 }
 
 // Count the packet in its slot when nothing about it needs the connection table.
-static __always_inline int hot_hit(struct hot_slot *s, const struct ct_key *k, const struct pkt *p, u8 obs,
-                                   u8 src_is_a, u64 now) {
-    if (!s->valid || now >= s->deadline || (p->flags & ~s->flags_ok) || s->obs != obs || s->src_is_a != src_is_a ||
-        s->sport != p->sport || s->dport != p->dport || !hot_same_key(s, k))
+static __always_inline int hot_hit(struct hot_slot *s, const struct flow_words *f, u8 proto, u8 obs, u16 sport,
+                                   u16 dport, u16 flags, u64 len, u64 now) {
+    if (!s->valid || now >= s->deadline || (flags & ~s->flags_ok) || s->obs != obs || s->sport != sport ||
+        s->dport != dport || !hot_same_flow(s, f, proto))
         return 0;
     if (s->packets == 0)
         s->first_ns = now;
     s->packets += 1;
-    s->bytes += p->len;
+    s->bytes += len;
     s->last_ns = now;
-    if (p->flags & F_ACK)
+    if (flags & F_ACK)
         s->n_ack += 1;
-    if (p->flags & F_PSH)
+    if (flags & F_PSH)
         s->n_psh += 1;
     return 1;
 }
@@ -601,18 +612,33 @@ static __always_inline void hot_merge(struct ct_entry *e, struct hot_slot *s) {
     d->dport = s->dport;
     d->obs = s->obs;
     u64 life = OTHER_LIFETIME_NS;
-    if (s->k.proto == 6)
+    if (s->flow.proto == 6)
         life = e->closing ? TIME_WAIT_NS : TCP_LIFETIME_NS;
     if (s->last_ns + life > e->eviction_ns)
         e->eviction_ns = s->last_ns + life;
     hot_clear_counts(s);
 }
 
-// The same for a slot whose entry is not at hand (created again if the table evicted it).
+// The same for a slot whose entry is not at hand (created again if the table evicted it). The slot's
+// flow is turned into its connection key in place (a and b, and their ports, swapped when the source is
+// b; branch-free, like a key on the stack, this keeps pp_merge's loop within the verifier's budget) and
+// the slot is invalidated: the callers reinstall it (take-over) or drop it (pp_merge works on a copy).
 static __always_inline void hot_merge_lookup(struct hot_slot *s, u64 now) {
-    struct ct_entry *e = conntrack.lookup(&s->k);
+    u64 *w = (u64 *)&s->flow;
+    u64 m = 0ULL - (u64)(s->src_is_a == 0);
+    u64 x0 = (w[0] ^ w[2]) & m;
+    u64 x1 = (w[1] ^ w[3]) & m;
+    w[0] ^= x0;
+    w[2] ^= x0;
+    w[1] ^= x1;
+    w[3] ^= x1;
+    u64 ports = w[4] & 0xffffffffULL;
+    u64 swapped = ((ports & 0xffff) << 16) | (ports >> 16);
+    w[4] ^= (ports ^ swapped) & m;
+    s->valid = 0;
+    struct ct_entry *e = conntrack.lookup(&s->flow);
     if (!e)
-        e = ct_create(&s->k, s->src_is_a, s->ipver, now);
+        e = ct_create(&s->flow, s->src_is_a, s->ipver, now);
     if (!e) {
         stat_add(ST_CT_FULL, s->packets);
         s->packets = 0;
@@ -621,9 +647,13 @@ static __always_inline void hot_merge_lookup(struct hot_slot *s, u64 now) {
     hot_merge(e, s);
 }
 
-static __always_inline void hot_install(struct hot_slot *s, const struct ct_key *k, const struct pkt *p, u8 obs,
+static __always_inline void hot_install(struct hot_slot *s, const struct flow_words *f, const struct pkt *p, u8 obs,
                                         u8 src_is_a, const struct ct_dir *d, u64 now) {
-    __builtin_memcpy(&s->k, k, sizeof(s->k));
+    __builtin_memcpy(&s->flow, f, sizeof(*f));
+    s->flow.proto = p->proto;
+    s->flow.pad[0] = 0;
+    s->flow.pad[1] = 0;
+    s->flow.pad[2] = 0;
     s->sport = p->sport;
     s->dport = p->dport;
     s->flags_ok = d->flags_seen & HOT_FLAGS;
@@ -662,11 +692,13 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
 
     u64 now = CT_NOW();
 #if AGG_HIGH
-    u32 hidx = hot_index(&k, obs, src_is_a);
+    struct flow_words fw;
+    words_from_pkt(&fw, &p, k.ifindex);
+    u32 hidx = hot_index(&fw, p.proto, obs);
     struct hot_slot *s = hot.lookup(&hidx);
     if (!s)
         return TC_ACT_UNSPEC;
-    if (hot_hit(s, &k, &p, obs, src_is_a, now)) {
+    if (hot_hit(s, &fw, p.proto, obs, p.sport, p.dport, p.flags, p.len, now)) {
         stat_inc(ST_HOT_HITS);
         return TC_ACT_UNSPEC;
     }
@@ -689,7 +721,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
     // The slot's pending counts go into the entry before this packet (and before a reset below). A slot
     // busy with another flow is only taken over once that flow has been quiet for HOT_IDLE_NS.
     int take = 1;
-    if (s->valid && hot_same_key(s, &k)) {
+    if (s->valid && hot_same_flow(s, &fw, p.proto)) {
         if (s->packets)
             hot_merge(e, s);
     } else if (s->valid && s->packets) {
@@ -748,7 +780,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
         emit(e, &k, dir, now, 1);
 #if AGG_HIGH
     if (take)
-        hot_install(s, &k, &p, obs, src_is_a, d, now);
+        hot_install(s, &fw, &p, obs, src_is_a, d, now);
 #endif
     return TC_ACT_UNSPEC;
 }
@@ -769,68 +801,86 @@ int pp_to_network(struct __sk_buff *skb) { return handle(skb, OBS_TO_NETWORK); }
 // one's 2.4 KB (measured with kernel.bpf_stats_enabled: ~20 ns less per run under 64-byte UDP).
 BPF_PROG_ARRAY(pp_full, 4);
 
-static __always_inline int parse_fast(struct __sk_buff *skb, struct pkt *p) {
+// The packet as the fast path needs it. Header fields are read with word loads: packet data is only
+// 2-byte aligned behind the Ethernet header, which x86-64 and arm64 load at full speed and the verifier
+// accepts there (no strict alignment); through a byte pointer clang would assemble every field from
+// single bytes (an IPv6 address: 16 loads, shifts and ors).
+struct fast_pkt {
+    struct flow_words f;
+    u64 len;
+    u16 flags;
+    u8 proto;
+};
+
+#define V4MAPPED(addr) (((u64)(addr) << 32) | 0xffff0000ULL)  // ::ffff:a.b.c.d as the low word's value
+
+static __always_inline int parse_fast(struct __sk_buff *skb, struct fast_pkt *fp) {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
-    u8 *ip = data + ETH_HLEN;
-    if ((void *)(ip + 20) > end)
+    void *ip = data + ETH_HLEN;
+    if (ip + 20 > end)
         return -1;
     u16 eth_proto = *(u16 *)(data + 12);
-    u64 total;
     u32 l4off;
     if (eth_proto == bpf_htons(ETH_P_IP)) {
-        u8 ihl = ip[0] & 0x0f;
-        u16 tot = ((u16)ip[2] << 8) | ip[3];
-        if ((ip[0] >> 4) != 4 || ihl < 5 || (ip[6] & 0x1f) || ip[7] || tot < ihl * 4)
-            return -1;  // malformed, a later fragment or a super-packet: the full parser decides
-        set_v4mapped(p->src, ip + 12);
-        set_v4mapped(p->dst, ip + 16);
-        p->ipver = 4;
-        p->proto = ip[9];
-        total = tot;
-        l4off = ihl * 4;
+        u8 vihl = *(u8 *)ip;
+        u32 ihl4 = (u32)(vihl & 0x0f) * 4;
+        u32 tot = bpf_ntohs(*(u16 *)(ip + 2));
+        // malformed, a later fragment or a super-packet (length 0): the full parser decides
+        if ((vihl >> 4) != 4 || ihl4 < 20 || (*(u16 *)(ip + 6) & bpf_htons(0x1fff)) || tot < ihl4)
+            return -1;
+        fp->f.w[0] = 0;
+        fp->f.w[1] = V4MAPPED(*(u32 *)(ip + 12));
+        fp->f.w[2] = 0;
+        fp->f.w[3] = V4MAPPED(*(u32 *)(ip + 16));
+        fp->proto = *(u8 *)(ip + 9);
+        fp->len = tot;
+        l4off = ihl4;
     } else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
-        if ((void *)(ip + 40) > end)
+        if (ip + 40 > end)
             return -1;
-        u16 plen = ((u16)ip[4] << 8) | ip[5];
-        if ((ip[0] >> 4) != 6 || plen == 0)
+        u32 plen = bpf_ntohs(*(u16 *)(ip + 4));
+        if ((*(u8 *)ip >> 4) != 6 || plen == 0)
             return -1;
-        __builtin_memcpy(p->src, ip + 8, 16);
-        __builtin_memcpy(p->dst, ip + 24, 16);
-        p->ipver = 6;
-        p->proto = ip[6];  // an extension header is neither 6 nor 17: full path
-        total = (u64)plen + 40;
+        fp->f.w[0] = *(u64 *)(ip + 8);
+        fp->f.w[1] = *(u64 *)(ip + 16);
+        fp->f.w[2] = *(u64 *)(ip + 24);
+        fp->f.w[3] = *(u64 *)(ip + 32);
+        fp->proto = *(u8 *)(ip + 6);  // an extension header is neither 6 nor 17: full path
+        fp->len = (u64)plen + 40;
         l4off = 40;
     } else {
         return -1;
     }
-    u8 *l4 = ip + l4off;
-    if (p->proto == 17) {
-        if ((void *)(l4 + 8) > end || l4off + 8 > total)
+    void *l4 = ip + l4off;
+    if (fp->proto == 17) {
+        if (l4 + 8 > end || l4off + 8 > fp->len)
             return -1;
-    } else if (p->proto == 6) {
-        if ((void *)(l4 + 20) > end || l4off + 20 > total || (l4[12] >> 4) < 5)
+        fp->flags = 0;
+    } else if (fp->proto == 6) {
+        if (l4 + 20 > end || l4off + 20 > fp->len)
             return -1;
-        p->flags = tcp_flag_bits(l4[13], l4[12]);
+        u8 doff = *(u8 *)(l4 + 12);
+        if ((doff >> 4) < 5)
+            return -1;
+        fp->flags = tcp_flag_bits(*(u8 *)(l4 + 13), doff);
     } else {
         return -1;
     }
-    p->len = total;
-    p->sport = ((u16)l4[0] << 8) | l4[1];
-    p->dport = ((u16)l4[2] << 8) | l4[3];
-    p->ksport = p->sport;
-    p->kdport = p->dport;
+    u64 sport = bpf_ntohs(*(u16 *)l4);
+    u64 dport = bpf_ntohs(*(u16 *)(l4 + 2));
+    fp->f.w[4] = sport | (dport << 16) | ((u64)skb->ifindex << 32);
     return 0;
 }
 
 static __always_inline int handle_fast(struct __sk_buff *skb, u8 obs) {
-    struct pkt p = {};
-    if (parse_fast(skb, &p) == 0 && !(p.flags & ~HOT_FLAGS)) {
-        struct ct_key k __attribute__((aligned(8))) = {};
-        u8 src_is_a = make_key(skb, &p, &k);
-        u32 hidx = hot_index(&k, obs, src_is_a);
+    struct fast_pkt fp;
+    if (parse_fast(skb, &fp) == 0 && !(fp.flags & ~HOT_FLAGS)) {
+        u32 hidx = hot_index(&fp.f, fp.proto, obs);
         struct hot_slot *s = hot.lookup(&hidx);
-        if (s && hot_hit(s, &k, &p, obs, src_is_a, CT_NOW())) {
+        u16 sport = (u16)fp.f.w[4];
+        u16 dport = (u16)(fp.f.w[4] >> 16);
+        if (s && hot_hit(s, &fp.f, fp.proto, obs, sport, dport, fp.flags, fp.len, CT_NOW())) {
             stat_inc(ST_PACKETS);
             stat_inc(ST_HOT_HITS);
             return TC_ACT_UNSPEC;

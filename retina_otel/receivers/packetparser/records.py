@@ -61,7 +61,7 @@ assert CT_KEY_DTYPE.itemsize == 44
 
 HOT_SLOT_DTYPE = np.dtype(
     [
-        ("k", CT_KEY_DTYPE),
+        ("flow", CT_KEY_DTYPE),  # as the packets carry it (a = source), not the normalised key
         ("sport", "<u2"),
         ("dport", "<u2"),
         ("flags_ok", "<u2"),
