@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,9 +137,24 @@ def started(pods: tuple[Pod, Pod]) -> Iterator[tuple[PacketForwardReceiver, Test
         receiver.shutdown()
 
 
+def _wait_quiet(receiver: PacketForwardReceiver, quiet_s: float = 2.5, limit_s: float = 15.0) -> None:
+    """Wait until the interface carries nothing for ``quiet_s``: a new veth's IPv6 start-up (MLD reports,
+    DAD) sends a few packets on its own in the first seconds, which would land in an exact count."""
+    deadline = time.monotonic() + limit_s
+    last, since = receiver.read_totals(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = receiver.read_totals()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+
+
 @pytest.mark.kernel
 def test_exact_counts_per_direction(started: tuple[PacketForwardReceiver, TestHost, Pod, Pod]) -> None:
     receiver, host, a, b = started
+    _wait_quiet(receiver)
     before = _totals(host)
     assert set(before) == {(k, d) for k in ("count", "bytes") for d in ("ingress", "egress")}
     # a -> b crosses a's host-side veth as ingress (the host receives it from the pod);
