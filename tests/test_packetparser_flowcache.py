@@ -338,3 +338,21 @@ def test_fast_path_counts_exactly_what_the_full_program_counts(make_driver: Any)
     assert stats_fast == stats_full
     assert stats_fast["flow_cache_hits"] >= 4 * 8  # repeats of the cacheable frames
     assert stats_fast["truncated_ip"] > 0 and stats_fast["truncated_l4"] > 0 and stats_fast["malformed_ip"] > 0
+
+
+def test_flows_differing_in_one_address_byte_get_their_own_slots(make_driver: Any) -> None:
+    """250 UDP flows that differ only in the last octet of the source address (same ports), three packets
+    each, round robin: most must be counted in the cache, so the slot index depends on every address byte
+    (a hash that ignored it would put them all in one slot, busy, and none would hit)."""
+    driver = make_driver()
+    want = Expected()
+    frames: list[bytes] = []
+    for host in range(1, 251):
+        frame, ip_len = _udp_frame(f"198.18.11.{host}", "198.18.12.1", 5353, 53, 10)
+        frames.append(frame)
+        for _ in range(3):
+            want.add((f"198.18.11.{host}", "198.18.12.1", 5353, 53, 17), ip_len)
+    driver.send([f for _ in range(3) for f in frames], spread=False)
+    driver.receiver.flush()
+    _assert_exact(driver, want)
+    assert driver.receiver.kernel_stats()["flow_cache_hits"] >= 0.7 * 500

@@ -554,11 +554,14 @@ static __always_inline void words_from_pkt(struct flow_words *f, const struct pk
 
 // Slot of (flow as oriented, observation point) in the current half of the flow cache. Source and
 // destination are mixed asymmetrically, so the two directions of a conversation get different slots.
+// Fibonacci hashing: the index is the product's top bits, which every input bit reaches (a product's
+// middle bits ignore the input's high bits, e.g. an IPv4 source's last octet).
+#define HOT_SLOT_BITS __builtin_ctz(HOT_SLOTS)
 static __always_inline u32 hot_index(const struct flow_words *f, u8 proto, u8 obs) {
     u64 d = f->w[2] ^ f->w[3];
     u64 x = f->w[0] ^ f->w[1] ^ ((d << 29) | (d >> 35)) ^ f->w[4] ^ ((u64)proto << 48) ^ ((u64)obs << 56);
     x *= 0x9E3779B97F4A7C15ULL;
-    u32 idx = (u32)(x >> 40) & (HOT_SLOTS - 1);
+    u32 idx = (u32)(x >> (64 - HOT_SLOT_BITS));
     u32 zero = 0;
     u32 *gen = hot_gen.lookup(&zero);
     if (gen && *gen)
