@@ -236,6 +236,15 @@ def _prog_run_stats(fd: int) -> tuple[int, int]:
     return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
 
 
+def _switch_hooks(attacher: Attacher, pods: tuple[Pod, Pod], pair: tuple[int, int] | None) -> None:
+    """Detach whatever the benchmark attached to the pods' host veths, then attach ``(ingress, egress)``."""
+    for pod in pods:
+        attacher.detach(pod.host_ifindex)
+        if pair is not None:
+            attacher.attach(pod.host_ifindex, "ingress", pair[0])
+            attacher.attach(pod.host_ifindex, "egress", pair[1])
+
+
 def _real_path_ns(
     attacher: Attacher, pods: tuple[Pod, Pod], programs: dict[str, tuple[int, int]], cycles: int
 ) -> dict[str, float]:
@@ -248,10 +257,7 @@ def _real_path_ns(
     try:
         for _ in range(cycles):
             for mode, (ingress, egress) in programs.items():
-                for pod in pods:
-                    attacher.detach(pod.host_ifindex)
-                    attacher.attach(pod.host_ifindex, "ingress", ingress)
-                    attacher.attach(pod.host_ifindex, "egress", egress)
+                _switch_hooks(attacher, pods, (ingress, egress))
                 time.sleep(0.1)
                 fds = sorted({ingress, egress})
                 s0 = [_prog_run_stats(fd) for fd in fds]
@@ -261,8 +267,7 @@ def _real_path_ns(
                 per_run[mode].append(sum(b[0] - a[0] for a, b in zip(s0, s1, strict=True)) / max(1, runs))
     finally:
         stats_path.write_text(before)
-        for pod in pods:
-            attacher.detach(pod.host_ifindex)
+        _switch_hooks(attacher, pods, None)
     return {f"{mode}_ns_per_run_real_path": round(float(np.median(v)), 1) for mode, v in per_run.items()}
 
 
@@ -294,13 +299,7 @@ def _udp_toggled(sb: Sandbox, a: Pod, b: Pod, cycles: int, phase: float, stats_c
         for cycle in range(cycles):
             order = TOGGLE_MODES[cycle % 3 :] + TOGGLE_MODES[: cycle % 3]
             for mode in order:
-                for pod in (a, b):
-                    attacher.detach(pod.host_ifindex)
-                if mode != "none":
-                    ingress, egress = programs[mode]
-                    for pod in (a, b):
-                        attacher.attach(pod.host_ifindex, "ingress", ingress)
-                        attacher.attach(pod.host_ifindex, "egress", egress)
+                _switch_hooks(attacher, (a, b), programs.get(mode))
                 time.sleep(0.1)
                 c0, t0 = int(counter.read_text()), time.monotonic()
                 time.sleep(phase)

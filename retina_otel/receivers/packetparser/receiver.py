@@ -86,6 +86,7 @@ def build_cflags(config: PacketParserConfig) -> list[str]:
     return [
         f"-DJIFFY_NS={_jiffy_ns(config)}ULL",
         f"-DAGG_HIGH={1 if config.aggregation == 'high' else 0}",
+        f"-DFAST_PATH={1 if uses_fast_path(config) else 0}",
         f"-DSAMPLING_RATE={config.sampling_rate}",
         f"-DREPORT_INTERVAL_NS={int(config.report_interval * 1e9)}ULL",
         f"-DCT_MAX_ENTRIES={config.conntrack_max_entries}",
