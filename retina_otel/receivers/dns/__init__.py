@@ -1,6 +1,8 @@
-"""dns receiver: DNS over UDP and TCP, IPv4 and IPv6, ports 53 and 5353, from a packet socket.
+"""dns receiver: DNS over UDP and TCP, IPv4 and IPv6, ports 53 and 5353.
 
-A BPF socket filter passes only DNS packets up; user space parses them (a bounds-checked parser, see
+Packets come from packetparser's TC programs through its DNS chain (``source: tc``, the default when the
+agent has packetparser) or from a packet socket with a DNS-only filter (``source: socket``). Only DNS
+reaches user space, which parses it (a bounds-checked parser, see
 ``parser.py``), counts ``networkobservability_dns_request_count`` / ``dns_response_count``, matches
 responses to queries for latency, and emits one flow record per DNS message with ``batch.dns`` side
 entries (query, answers, query_type, return_code). See docs/receivers/dns.md.
@@ -24,5 +26,8 @@ FACTORY: Factory[DnsConfig] = Factory(
     kind="receiver",
     config_model=DnsConfig,
     create=_create,
-    description="DNS requests and responses with query, type, rcode, answers and latency (socket filter)",
+    description=(
+        "DNS requests and responses with query, type, rcode, answers and latency (packetparser's DNS chain "
+        "or a packet socket)"
+    ),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from retina_otel.component import ComponentConfig
@@ -12,11 +14,22 @@ __all__ = ["DnsConfig"]
 class DnsConfig(ComponentConfig):
     """Where to listen, how often to publish, and the bounds of the query-to-response matching."""
 
+    source: Literal["auto", "tc", "socket"] = Field(
+        default="auto",
+        description=(
+            "Where DNS packets are taken. `tc`: from packetparser's TC programs, which hand DNS-port packets "
+            "to the receiver's programs by tail call (the agent needs a packetparser receiver; packets that "
+            "are not DNS cost nothing more). `socket`: a packet socket with a DNS-only filter, which works "
+            "alone but taps every packet of the node. `auto` (default): `tc` when the agent has a "
+            "packetparser receiver, else `socket`."
+        ),
+    )
     interfaces: tuple[str, ...] = Field(
         default=(),
         description=(
-            "Interface names to watch (resolved to indexes at start; the socket filter passes only their "
-            "packets). Default: empty, meaning every interface of the agent's network namespace."
+            "Interface names to watch (resolved to indexes at start; the kernel programs pass only their "
+            "packets). Default: empty, meaning every interface of the agent's network namespace (`socket`) "
+            "or every interface packetparser is attached to (`tc`)."
         ),
     )
     interval: float = Field(
@@ -51,5 +64,8 @@ class DnsConfig(ComponentConfig):
     socket_buffer: int = Field(
         default=8 << 20,
         ge=1 << 16,
-        description="Receive buffer of each packet socket in bytes (default 8 MiB, set with SO_RCVBUFFORCE).",
+        description=(
+            "Receive buffer of the packet socket in bytes (default 8 MiB, set with SO_RCVBUFFORCE; "
+            "`socket` source only)."
+        ),
     )

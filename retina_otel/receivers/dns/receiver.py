@@ -1,4 +1,4 @@
-"""The dns receiver: packet sockets with the DNS-only BPF filter, a reader thread, per-interval publishing."""
+"""The dns receiver: a packet source (TC chain or packet socket), a reader thread, per-interval publishing."""
 
 from __future__ import annotations
 
@@ -6,36 +6,25 @@ import contextlib
 import logging
 import select
 import socket
-import struct
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
+from retina_otel.bpf.chain import ProgramChain
 from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import Family
-from retina_otel.receivers._periodic import Worker, cleanup_bpf
+from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.dns.config import DnsConfig
+from retina_otel.receivers.dns.source import PacketSource
 from retina_otel.receivers.dns.tracker import DnsTracker
 
-__all__ = ["LATENCY_BOUNDS_MS", "DnsReceiver", "local_addresses"]
+__all__ = ["CHAIN_EXTENSION", "LATENCY_BOUNDS_MS", "DnsReceiver", "local_addresses"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("dns.bpf.c")
 LATENCY_BOUNDS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
-
-ETH_P_ALL = 0x0003
-SOL_PACKET = 263
-PACKET_STATISTICS = 6
-PACKET_OUTGOING = 4
-SO_ATTACH_BPF = 50
-SO_RCVBUFFORCE = 33
-SO_TIMESTAMPNS = 35
-_ANC_SIZE = socket.CMSG_SPACE(16)
-_TIMESPEC = struct.Struct("@qq")
-_BATCH = 512  # packets read per socket before looking at the others
+CHAIN_EXTENSION = "dns_chain"
+"""The extension packetparser offers for the TC source (a :class:`~retina_otel.bpf.chain.ProgramChain`)."""
 
 
 def local_addresses() -> set[bytes]:
@@ -52,8 +41,24 @@ def local_addresses() -> set[bytes]:
     return found
 
 
+def choose_chain(config: DnsConfig, host: Host) -> ProgramChain | None:
+    """The DNS chain to plug into (TC source), or None for the socket source; raises when ``source: tc``
+    cannot be honoured."""
+    if config.source == "socket":
+        return None
+    chain = host.get_extension(CHAIN_EXTENSION)
+    if isinstance(chain, ProgramChain):
+        return chain
+    if config.source == "tc":
+        raise RuntimeError(
+            "dns: source tc needs packetparser's DNS chain, and the agent has no packetparser receiver: add "
+            "`packetparser` to the receivers of a pipeline, or set `source: socket` (or auto)"
+        )
+    return None
+
+
 class DnsReceiver:
-    """See the package docstring. ``flush()`` reads what the sockets hold and publishes now."""
+    """See the package docstring. ``flush()`` reads what the source holds and publishes now."""
 
     def __init__(
         self, settings: CreateSettings, config: DnsConfig, next_consumer: FlowConsumer | None
@@ -62,30 +67,29 @@ class DnsReceiver:
         self.config = config
         self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
         self._host: Host | None = None
-        self._bpf: Any = None
-        self._sockets: list[socket.socket] = []
+        self._source: PacketSource | None = None
+        self._chain: ProgramChain | None = None
+        self._chain_warned = False
         self._tracker = DnsTracker(
             query_timeout=config.query_timeout,
             max_pending=config.max_pending,
             max_records=config.max_records,
             receiver=settings.id,
         )
-        self._local: set[bytes] = set()
-        self._ifindex: dict[str, int] = {}
-        self._buffer = bytearray(65536)
-        self._lock = threading.Lock()  # sockets and tracker
+        self._lock = threading.Lock()  # source and tracker
         self._reader = Worker(f"{settings.id}-reader")
         self._requests: Family | None = None
         self._responses: Family | None = None
         self._latency: Family | None = None
         self.packets_read = 0
 
+    @property
+    def source(self) -> str:
+        """``"tc"`` or ``"socket"`` once started, else ``""``."""
+        return self._source.name if self._source is not None else ""
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, host: Host) -> None:
-        from bcc import BPF
-
-        from retina_otel.bpf import load_bpf
-
         self._host = host
         self._requests = host.metrics.counter("networkobservability_dns_request_count", "DNS requests")
         self._responses = host.metrics.counter("networkobservability_dns_response_count", "DNS responses")
@@ -96,60 +100,51 @@ class DnsReceiver:
             LATENCY_BOUNDS_MS,
             unit="ms",
         )
-        self._local = local_addresses()
         indexes = [socket.if_nametoindex(name) for name in self.config.interfaces]
-        self._bpf = load_bpf(SOURCE, ["-DFILTER_IFINDEX"] if indexes else [])
-        if indexes:
-            table = self._bpf["dns_ifindexes"]
-            for index in indexes:
-                table[table.Key(index)] = table.Leaf(1)
-        fd = self._bpf.load_func("dns_filter", BPF.SOCKET_FILTER).fd
-        try:
-            # One socket for all interfaces: a single queue keeps every query ahead of its response.
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-            self._socket(fd, sock)
-            while True:  # discard what arrived between socket() and the filter
-                try:
-                    sock.recv(1, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-        except BaseException:
-            self._close()
-            raise
-        self._reader.start(self._run)
+        chain = choose_chain(self.config, host)
+        source: PacketSource
+        if chain is not None:
+            from retina_otel.receivers.dns.tc_source import TcSource
 
-    def _socket(self, prog_fd: int, sock: socket.socket) -> socket.socket:
-        self._sockets.append(sock)
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd)
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.config.socket_buffer)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setblocking(False)
-        return sock
+            source = TcSource(chain, indexes)
+            self._chain = chain
+            log.info(
+                "dns: source tc (packetparser's DNS chain, %s)",
+                "active" if chain.available() else "applied when packetparser has loaded",
+            )
+        else:
+            from retina_otel.receivers.dns.socket_source import SocketSource
+
+            source = SocketSource(self.config, indexes)
+            why = "configured" if self.config.source == "socket" else "the agent has no packetparser receiver"
+            log.info("dns: source socket (%s)", why)
+        try:
+            source.set_local(local_addresses())
+        except BaseException:
+            source.close()
+            raise
+        self._source = source
+        self._reader.start(self._run)
 
     def shutdown(self) -> None:
         self._reader.stop(timeout=10)
         with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            sock.close()
-        bpf, self._bpf = self._bpf, None
-        cleanup_bpf(bpf, log, "dns")
+            source, self._source = self._source, None
+            if source is not None:
+                source.close()
 
     # -- reading ----------------------------------------------------------------------------------
     def _run(self) -> None:
         next_flush = time.monotonic() + self.config.interval
         while not self._reader.stopping:
-            sockets = list(self._sockets)
-            if not sockets:
+            source = self._source
+            if source is None:
                 return
             try:
-                ready, _, _ = select.select(sockets, [], [], 0.2)
+                ready, _, _ = select.select(source.fds(), [], [], 0.2)
                 if ready:
                     with self._lock:
-                        self._read(ready)
+                        self.packets_read += source.read(self._tracker)
                 if time.monotonic() >= next_flush:
                     next_flush += self.config.interval
                     self.flush()
@@ -159,67 +154,21 @@ class DnsReceiver:
                 log.exception("dns: reader failed")
                 time.sleep(0.5)
 
-    def _read(self, sockets: list[socket.socket]) -> None:
-        """Read what the sockets hold (at most a batch each). Caller holds the lock."""
-        tracker, buf, local = self._tracker, self._buffer, self._local
-        view = memoryview(buf)
-        for sock in sockets:
-            for _ in range(_BATCH):
-                try:
-                    n, anc, _flags, addr = sock.recvmsg_into([buf], _ANC_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                self.packets_read += 1
-                ifname, _proto, pkttype = addr[0], addr[1], addr[2]
-                data = bytes(view[:n])
-                # Every packet crossing an interface here is also received on one (pods' veths) except those
-                # this namespace sends itself: take outgoing copies only for those, and never on loopback,
-                # where each packet is seen going out and coming in.
-                if pkttype == PACKET_OUTGOING and (ifname == "lo" or not self._local_source(data, local)):
-                    continue
-                ts = time.time_ns()
-                for level, kind, payload in anc:
-                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
-                        sec, nsec = _TIMESPEC.unpack_from(payload)
-                        ts = sec * 1_000_000_000 + nsec
-                tracker.packet(data, ts, self._index(ifname))
-
-    @staticmethod
-    def _local_source(data: bytes, local: set[bytes]) -> bool:
-        if not data:
-            return False
-        if data[0] >> 4 == 4:
-            return b"\x00" * 10 + b"\xff\xff" + data[12:16] in local
-        return data[8:24] in local
-
-    def _index(self, ifname: str) -> int:
-        index = self._ifindex.get(ifname)
-        if index is None:
-            try:
-                index = socket.if_nametoindex(ifname)
-            except OSError:
-                index = 0
-            self._ifindex[ifname] = index
-        return index
-
     # -- publishing -------------------------------------------------------------------------------
     def flush(self) -> FlowBatch | None:
-        """Read everything queued on the sockets, then publish counts, latencies, losses and records."""
+        """Read everything queued in the source, then publish counts, latencies, losses and records."""
         with self._lock:
-            if self._host is None or not self._sockets:
+            source = self._source
+            if self._host is None or source is None:
                 return None
-            while True:
-                before = self.packets_read
-                self._read(self._sockets)
-                if self.packets_read == before:
-                    break
+            while n := source.read(self._tracker):
+                self.packets_read += n
             out = self._tracker.take(time.time_ns())
-            socket_drops = 0
-            for sock in self._sockets:
-                _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-                socket_drops += drops  # reading the statistics resets them
+            for reason, count in source.take_lost().items():
+                out.lost[reason] += count
             with contextlib.suppress(Exception):
-                self._local = local_addresses()
+                source.set_local(local_addresses())
+            self._check_chain()
             host = self._host
             assert self._requests is not None and self._responses is not None and self._latency is not None
             if out.requests:
@@ -228,8 +177,6 @@ class DnsReceiver:
                 self._responses.add((), out.responses)
             if out.latencies_ms:
                 self._latency.observe_many((), out.latencies_ms)
-            if socket_drops:
-                out.lost["socket_buffer_overflow"] += socket_drops
             for reason, count in out.lost.items():
                 host.count_lost("dns", reason, count)
             batch = out.batch
@@ -238,3 +185,14 @@ class DnsReceiver:
         if batch is not None:
             self._next.consume_flows(batch)
         return batch
+
+    def _check_chain(self) -> None:
+        """Warn (once per outage) while the TC source's chain is not running: packetparser not started
+        yet, failed to start, or shut down."""
+        if self._chain is None:
+            return
+        if self._chain.available():
+            self._chain_warned = False
+        elif not self._chain_warned:
+            self._chain_warned = True
+            log.warning("dns: packetparser's DNS chain is not running (packetparser not started or failed)")

@@ -2,6 +2,9 @@
 // interface. Parses L2-L4, aggregates per connection in an LRU table and reports through a ring
 // buffer. Never changes a packet's fate: every program returns TC_ACT_UNSPEC.
 //
+// DNS chain: after counting, UDP/TCP packets with port 53 or 5353 are handed by tail call to the program
+// plugged into pp_dns for their observation point (the dns receiver's TC source), if any.
+//
 // Parameters (-D): AGG_HIGH (0/1), FAST_PATH (0/1: receiver.uses_fast_path), SAMPLING_RATE, REPORT_INTERVAL_NS, CT_MAX_ENTRIES,
 // FILTER_MAX_ENTRIES, BYPASS_FILTER (0/1), RINGBUF_PAGES, FLUSH_BATCH, HOT_SLOTS (power of two), JIFFY_NS
 // (0 = unknown tick rate).
@@ -536,6 +539,16 @@ static __always_inline int filter_match(struct pkt *p) {
 #endif
 }
 
+// DNS ports (either side) of the DNS chain; the parser leaves ports 0 on later fragments.
+#define DNS_PORT_A 53
+#define DNS_PORT_B 5353
+BPF_PROG_ARRAY(pp_dns, 4);  // index: observation point - 1; filled from user space (retina_otel.bpf.chain)
+
+static __always_inline int dns_flow(const struct pkt *p) {
+    return (p->proto == 6 || p->proto == 17) && (p->sport == DNS_PORT_A || p->sport == DNS_PORT_B ||
+                                                 p->dport == DNS_PORT_A || p->dport == DNS_PORT_B);
+}
+
 #if AGG_HIGH
 // The flow cache works on the flow as the packet carries it (source first), as five 64-bit words laid
 // out like struct ct_key's first 40 bytes: source address (2 words, IPv4 mapped), destination address
@@ -682,49 +695,48 @@ static __always_inline void hot_install(struct hot_slot *s, const struct flow_wo
 }
 #endif
 
-static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
-    struct pkt p = {};
-    if (parse(skb, &p) < 0)
-        return TC_ACT_UNSPEC;
-    if (!filter_match(&p)) {
+// Everything packetparser does with a parsed packet: filter, sampling, flow cache, connection table,
+// report. Every way out is a plain return, so the caller's DNS chain runs after any of them.
+static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) {
+    if (!filter_match(p)) {
         stat_inc(ST_FILTERED);
-        return TC_ACT_UNSPEC;
+        return;
     }
 #if SAMPLING_RATE > 1
     // Connection control packets are always considered, so the table tracks lifetimes correctly.
-    if (!(p.flags & (F_SYN | F_SYNACK | F_FIN | F_RST)) && (bpf_get_prandom_u32() % SAMPLING_RATE) != 0) {
+    if (!(p->flags & (F_SYN | F_SYNACK | F_FIN | F_RST)) && (bpf_get_prandom_u32() % SAMPLING_RATE) != 0) {
         stat_inc(ST_SAMPLED_OUT);
-        return TC_ACT_UNSPEC;
+        return;
     }
 #endif
     stat_inc(ST_PACKETS);
 
     struct ct_key k __attribute__((aligned(8))) = {};
-    u8 src_is_a = make_key(skb, &p, &k);
+    u8 src_is_a = make_key(skb, p, &k);
 
     u64 now = CT_NOW();
 #if AGG_HIGH
     struct flow_words fw;
-    words_from_pkt(&fw, &p, k.ifindex);
-    u32 hidx = hot_index(&fw, p.proto, obs);
+    words_from_pkt(&fw, p, k.ifindex);
+    u32 hidx = hot_index(&fw, p->proto, obs);
     struct hot_slot *s = hot.lookup(&hidx);
     if (!s)
-        return TC_ACT_UNSPEC;
-    if (hot_hit(s, &fw, p.proto, obs, p.sport, p.dport, p.flags, p.len, now)) {
+        return;
+    if (hot_hit(s, &fw, p->proto, obs, p->sport, p->dport, p->flags, p->len, now)) {
         stat_inc(ST_HOT_HITS);
-        return TC_ACT_UNSPEC;
+        return;
     }
 #endif
     int report = AGG_HIGH ? 0 : 1;
     // The initiator is the sender of the first packet seen, except that a SYN-ACK comes from the responder.
-    u8 init_is_a = (p.flags & F_SYNACK) ? !src_is_a : src_is_a;
+    u8 init_is_a = (p->flags & F_SYNACK) ? !src_is_a : src_is_a;
     int created = 0;
     struct ct_entry *e = conntrack.lookup(&k);
     if (!e) {
-        e = ct_create(&k, init_is_a, p.ipver, now);
+        e = ct_create(&k, init_is_a, p->ipver, now);
         if (!e) {
             stat_inc(ST_CT_FULL);
-            return TC_ACT_UNSPEC;
+            return;
         }
         created = 1;
         report = 1;
@@ -733,7 +745,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
     // The slot's pending counts go into the entry before this packet (and before a reset below). A slot
     // busy with another flow is only taken over once that flow has been quiet for HOT_IDLE_NS.
     int take = 1;
-    if (s->valid && hot_same_flow(s, &fw, p.proto)) {
+    if (s->valid && hot_same_flow(s, &fw, p->proto)) {
         if (s->packets)
             hot_merge(e, s);
     } else if (s->valid && s->packets) {
@@ -743,7 +755,7 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
             hot_merge_lookup(s, now);
     }
 #endif
-    if (!created && (e->eviction_ns < now || (p.flags & F_SYN))) {
+    if (!created && (e->eviction_ns < now || (p->flags & F_SYN))) {
         // Expired (or a fresh SYN reusing the tuple): a new connection. Unreported counters stay and
         // ride on the next report, so totals remain exact.
         e->init_is_a = init_is_a;
@@ -756,10 +768,10 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
     struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
     struct ct_dir *o = dir ? &e->d[0] : &e->d[1];
     __sync_fetch_and_add(&d->packets, 1);
-    __sync_fetch_and_add(&d->bytes, p.len);
+    __sync_fetch_and_add(&d->bytes, p->len);
     __sync_fetch_and_add(&o->rev_packets, 1);
-    __sync_fetch_and_add(&o->rev_bytes, p.len);
-    u16 m = p.flags;
+    __sync_fetch_and_add(&o->rev_bytes, p->len);
+    u16 m = p->flags;
     if (m) {
 #pragma unroll
         for (int i = 0; i < N_FLAGS; i++) {
@@ -770,10 +782,10 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
     if (d->first_ns == 0)
         d->first_ns = now;
     d->last_ns = now;
-    d->sport = p.sport;
-    d->dport = p.dport;
+    d->sport = p->sport;
+    d->dport = p->dport;
     d->obs = obs;
-    if (p.proto == 6) {
+    if (p->proto == 6) {
         if (m & (F_FIN | F_RST))
             e->closing = 1;
         e->eviction_ns = now + (e->closing ? TIME_WAIT_NS : TCP_LIFETIME_NS);
@@ -791,9 +803,23 @@ static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
     if (report)
         emit(e, &k, dir, now, 1);
 #if AGG_HIGH
-    if (take)
-        hot_install(s, &fw, &p, obs, src_is_a, d, now);
+    // A DNS flow never gets a slot, so the fast path never counts a DNS packet in the cache: it always
+    // reaches the full program and its DNS chain, at no cost to the fast path's hit (see handle_fast).
+    if (take && !dns_flow(p))
+        hot_install(s, &fw, p, obs, src_is_a, d, now);
 #endif
+}
+
+// The DNS chain: after packetparser's own work, a UDP or TCP packet with port 53 or 5353 on either side
+// goes on by tail call to the program plugged for its observation point (the dns receiver's TC source,
+// via the "dns_chain" extension). An empty slot makes the tail call fail and the packet simply passes.
+static __always_inline int handle(struct __sk_buff *skb, u8 obs) {
+    struct pkt p = {};
+    if (parse(skb, &p) < 0)
+        return TC_ACT_UNSPEC;
+    count(skb, &p, obs);
+    if (dns_flow(&p))
+        pp_dns.call(skb, obs - 1);
     return TC_ACT_UNSPEC;
 }
 
@@ -884,6 +910,8 @@ static __always_inline int parse_fast(struct __sk_buff *skb, struct fast_pkt *fp
     return 0;
 }
 
+// DNS packets need no test here: the full program never gives a DNS flow a cache slot (see count), so
+// they miss the cache and go on to the full program, whose DNS chain runs after counting them.
 static __always_inline int handle_fast(struct __sk_buff *skb, u8 obs) {
     struct fast_pkt fp;
     if (parse_fast(skb, &fp) == 0 && !(fp.flags & ~HOT_FLAGS)) {

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.bpf import load_bpf
+from retina_otel.bpf.chain import OBSERVATION_POINTS, PendingChain
 from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
 from retina_otel.bpf.doublebuffer import swap
 from retina_otel.bpf.tc import FilterSpec, TcError, make_attacher
@@ -64,7 +65,7 @@ parsed and counted into the connection table, after the IP filter and sampling).
 _ST_PACKETS = STAT_NAMES.index("packets")
 _POLL_SECONDS = 0.02
 
-_POINTS = ("from_endpoint", "to_endpoint", "from_network", "to_network")
+_POINTS = OBSERVATION_POINTS
 """Observation points in the order of their numbers (OBS_* in packetparser.bpf.c, 1-based)."""
 _TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
 
@@ -129,6 +130,7 @@ class PacketParserReceiver:
         self._host_ifindexes: set[int] = set()
         self._metrics: dict[str, Family] = {}
         self._parsed: Family | None = None
+        self._dns_chain = PendingChain()  # offered as the "dns_chain" extension
         self._started = False
         self._shut = False
         self.rows_emitted = 0
@@ -191,6 +193,7 @@ class PacketParserReceiver:
                 "networkobservability_conntrack_total_connections",
                 "Live entries of packetparser's connection table (one per flow per interface)",
             )
+        self._dns_chain.bind(self._write_dns_slot)  # plugged programs are in pp_dns before any attachment
         self.rescan()
         self._watcher = LinkWatcher(self.rescan, self.config.rescan_interval)
         self._watcher.start()
@@ -207,6 +210,7 @@ class PacketParserReceiver:
         self._teardown(final_flush=True)
 
     def _teardown(self, final_flush: bool) -> None:
+        self._dns_chain.unbind()  # programs still plugged stay in pp_dns until it goes with the BPF object
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -276,8 +280,20 @@ class PacketParserReceiver:
 
     # -- filter map (IpFilter) ------------------------------------------------------------------
     def extensions(self) -> dict[str, object]:
-        """The kernel's IP filter map, for k8sattributes to keep in sync (``ip_filter``)."""
-        return {"ip_filter": self}
+        """The kernel's IP filter map, for k8sattributes to keep in sync (``ip_filter``), and the DNS chain
+        (``dns_chain``, a :class:`~retina_otel.bpf.chain.ProgramChain`) for the dns receiver's TC source."""
+        return {"ip_filter": self, "dns_chain": self._dns_chain}
+
+    def _write_dns_slot(self, index: int, fd: int | None) -> None:
+        """One slot of pp_dns (index = observation point - 1): a program fd, or None to empty it."""
+        if self._bpf is None:
+            return
+        table = self._bpf["pp_dns"]
+        if fd is None:
+            with contextlib.suppress(KeyError):
+                del table[ctypes.c_int(index)]
+        else:
+            table[ctypes.c_int(index)] = ctypes.c_int(fd)
 
     def add_ips(self, ips: list[str]) -> None:
         self._filter_ips.update(ips)
