@@ -10,8 +10,9 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from retina_otel.config import ConfigError, default_config_text, load_config
 
@@ -101,7 +102,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retina-otel", description=__doc__)
+    parser = _LazyParser(prog="retina-otel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     agent = sub.add_parser("agent", help="run the agent (default: embedded pipeline for this host)")
@@ -117,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     reference = sub.add_parser("config-reference", help="print every component's settings as Markdown")
     reference.set_defaults(func=_cmd_reference)
 
-    demo = sub.add_parser("demo", help="run the agent here against generated traffic between sandbox pods")
-    _demo_arguments(demo)
-    demo.set_defaults(func=_cmd_demo)
+    sub.add_parser(
+        "demo", help="run the agent here against generated traffic between sandbox pods", populate=_populate_demo
+    )
 
     _add_optional_commands(sub)
     return parser
@@ -132,39 +133,74 @@ def _cmd_reference(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from retina_otel.demo import add_arguments
+def _populate_demo(parser: argparse.ArgumentParser) -> None:
+    from retina_otel.demo import add_arguments, main_from_args
 
     add_arguments(parser)
+    parser.set_defaults(func=main_from_args)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from retina_otel.demo import main_from_args
+class _LazyParser(argparse.ArgumentParser):
+    """A sub-command parser whose arguments are added only when that sub-command is used.
 
-    return main_from_args(args)
+    The operator and capture commands' modules import kopf, kubernetes and cloud SDKs; building their
+    options at parser-construction time put those (~70 MB, ~1 s) into every ``retina-otel agent``.
+    """
+
+    def __init__(
+        self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _ensure_populated(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._ensure_populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ensure_populated()
+        return super().format_help()
 
 
-def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Subcommands whose packages pull in heavier dependencies, imported only when used."""
+def _populate_operator(parser: argparse.ArgumentParser) -> None:
+    from retina_otel.controller import cli as controller_cli
+
+    controller_cli.add_arguments(parser)
+    parser.set_defaults(func=controller_cli.main_from_args)
+
+
+def _populate_capture_run(parser: argparse.ArgumentParser) -> None:
+    from retina_otel.capture import cli as capture_cli
+
+    capture_cli.add_arguments(parser)
+    parser.set_defaults(func=capture_cli.main_from_args)
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[_LazyParser]) -> None:
+    """Subcommands whose packages pull in heavier dependencies, imported only when used.
+
+    ``find_spec`` of a package imports its parent only, so the check itself imports neither package.
+    """
     import importlib.util
 
-    if importlib.util.find_spec("retina_otel.controller.cli") is not None:
-        from retina_otel.controller import cli as controller_cli
-
-        op = sub.add_parser("operator", help="run the kopf operator for the retina.sh CRDs")
-        controller_cli.add_arguments(op)
-        op.set_defaults(func=controller_cli.main_from_args)
+    if importlib.util.find_spec("retina_otel.controller") is not None:
+        sub.add_parser("operator", help="run the kopf operator for the retina.sh CRDs", populate=_populate_operator)
     if importlib.util.find_spec("retina_otel.crds") is not None:
         crds = sub.add_parser("crds", help="print the CRDs as YAML")
         crds.set_defaults(func=_cmd_crds)
-    if importlib.util.find_spec("retina_otel.capture.cli") is not None:
-        from retina_otel.capture import cli as capture_cli
-
+    if importlib.util.find_spec("retina_otel.capture") is not None:
         capture = sub.add_parser("capture", help="packet capture workload")
         capture_sub = capture.add_subparsers(dest="capture_command", required=True)
-        run = capture_sub.add_parser("run", help="run one capture (what a Capture Job executes)")
-        capture_cli.add_arguments(run)
-        run.set_defaults(func=lambda a: capture_cli.main_from_args(a))
+        capture_sub.add_parser(
+            "run", help="run one capture (what a Capture Job executes)", populate=_populate_capture_run
+        )
 
 
 def _cmd_crds(_args: argparse.Namespace) -> int:

@@ -1,17 +1,37 @@
 """Shared bcc plumbing: loading a program with a clear error when the kernel headers are missing.
 
 bcc stays at the edge: only receivers import this package, and only in ``start()``.
+
+Memory: bcc compiles in-process with clang/LLVM. Measured on the default config (seven programs), the
+agent's RSS went from ~50 MB before the first compile to ~250 MB after the last, of which only ~15 MB
+are allocations bcc keeps per loaded program (its LLVM module, needed for map access and clean-up).
+The rest is (a) freed heap that glibc keeps (~55 MB) and (b) pages of libLLVM/libclang-cpp touched
+while compiling (~65 MB, file-backed and clean). :func:`release_compiler_memory` runs after every
+load and gives both back: ``malloc_trim(0)`` returns free heap pages, ``madvise(MADV_PAGEOUT)`` on the
+two libraries' mappings drops their pages (kernel >= 5.4; pages another process also maps are kept,
+so the saving shows when the agent runs alone, as in its pod). A later compile faults the pages back
+from disk. Tried and not kept: a low ``M_MMAP_THRESHOLD`` during compiles (no gain once trimmed),
+compiling in a helper process and passing the fds back (the receivers use bcc's map and program
+objects, which need bcc, hence libLLVM, loaded in the agent anyway: ~60 MB at import, which the page-out
+also reclaims).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BpfUnavailable", "check_environment", "load_bpf"]
+__all__ = ["BpfUnavailable", "check_environment", "load_bpf", "release_compiler_memory"]
+
+log = logging.getLogger(__name__)
+
+_MADV_PAGEOUT = 21
+_COMPILER_LIBRARIES = ("libLLVM", "libclang")
 
 
 class BpfUnavailable(RuntimeError):
@@ -43,6 +63,35 @@ def load_bpf(src_file: Path, cflags: Sequence[str] = ()) -> Any:
     from bcc import BPF
 
     try:
-        return BPF(src_file=str(src_file).encode(), cflags=list(cflags))
+        bpf = BPF(src_file=str(src_file).encode(), cflags=list(cflags))
     except Exception as exc:
         raise BpfUnavailable(f"failed to compile/load {src_file.name}: {exc}") from exc
+    finally:
+        release_compiler_memory()
+    return bpf
+
+
+def release_compiler_memory() -> None:
+    """Give back what a compile left resident: free heap pages, and clang/LLVM library pages."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.readlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or not os.path.basename(fields[5].strip()).startswith(_COMPILER_LIBRARIES):
+            continue
+        start, _, end = fields[0].partition("-")
+        if madvise(int(start, 16), int(end, 16) - int(start, 16), _MADV_PAGEOUT) != 0:
+            log.debug("madvise(MADV_PAGEOUT) on %s: %s", fields[5].strip(), os.strerror(ctypes.get_errno()))
+            return  # an older kernel (EINVAL): nothing else will work either
