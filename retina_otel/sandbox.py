@@ -145,12 +145,14 @@ class Sandbox:
         self._set_sysctl("net.ipv4.ip_forward", "1")
         self._set_sysctl("net.ipv6.conf.all.forwarding", "1")
 
-    def add_pod(self, name: str, *, ipv6: bool = True) -> Pod:
+    def add_pod(self, name: str, *, ipv6: bool = True, veth_prefix: str = "ro") -> Pod:
+        """A pod routed through the host. Its host-side veth is ``<veth_prefix><token>p<n>``: the default
+        ``ro`` matches packetparser's default interface patterns; another prefix keeps the pod out of them."""
         index = len(self.pods) + 1
         if index > 250:
             raise SandboxError("a sandbox holds at most 250 pods")
         netns = f"{NETNS_PREFIX}{self.token}-{name}"
-        host_veth = f"ro{self.token}p{index}"
+        host_veth = f"{veth_prefix}{self.token}p{index}"
         ipv4 = f"198.18.{self._third}.{index}"
         ipv6_addr = f"2001:db8:{self._third:x}::{index:x}" if ipv6 else None
         _run(["ip", "netns", "add", netns])

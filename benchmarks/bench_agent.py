@@ -1,0 +1,547 @@
+"""The whole agent's cost: what a node pays with the embedded default agent (every receiver) running.
+
+Method (toggled inside one long stream): a workload runs without a break between two sandbox pods,
+client and server pinned to different CPUs. The agent process (``retina-otel agent``, the embedded
+default, started and stopped as a user would) is switched on and off several times inside that one
+stream. Throughput is sampled in 1-s intervals from the interface counters: off phases before and
+after every on phase, on phases from ``SETTLE_S`` after the agent is ready. Each on-interval is divided
+by the median of its neighbouring off phases; the result is the median of those ratios with a 95%
+bootstrap interval. Neighbouring phases see the same machine, so the VM's drift between runs (20-30%)
+does not enter the ratio.
+
+Workloads:
+
+* ``udp64_in_path``: iperf3 64-byte UDP frames pod a -> pod b; both host veths match packetparser's
+  default patterns, so packetparser (and DNS, drops, ...) sit in the path. A no-op TC program on the same
+  hooks is toggled in the same stream: what the kernel itself charges for a hook.
+* ``udp64_not_in_path``: the same between pods whose veths match no pattern.
+* ``tcp_bulk``: iperf3 TCP (default), bytes/s.
+* ``short_tcp``: one TCP connection after another (request, response, close), connections/s.
+* ``dns_flood``: DNS queries at a fixed rate against dnsmasq; responses/s and the agent's CPU per query.
+* ``alone/<receiver>``: ``udp64_in_path`` with an agent that runs only that receiver.
+
+Also: idle RSS, threads and CPU after ready (no traffic), ready time of every start, and the peak RSS
+through 150,000 new UDP flows with the OTLP endpoint down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from retina_otel.config import default_config_text
+from retina_otel.sandbox import Pod, Sandbox
+
+AGENT = Path(sys.executable).with_name("retina-otel")
+READY_URL = "http://127.0.0.1:18081/readyz"
+METRICS_URL = "http://127.0.0.1:10093/metrics"
+PORT = 5201
+SETTLE_S = 3.0  # after ready: the first interval's start-up work (first flush, first scrape) is not steady state
+RECEIVERS = ("packetforward", "linuxutil", "packetparser", "dropreason", "tcpretrans", "dns", "tcplatency")
+NOOP_SOURCE = b"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+int noop(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
+"""
+CHURN_FLOWS = 150_000
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+def _ci95(values: list[float], resamples: int = 4000) -> list[float]:
+    """95% bootstrap interval of the median (fixed seed: the same data give the same interval)."""
+    if not values:
+        return []
+    rng = np.random.default_rng(12345)
+    data = np.asarray(values)
+    medians = np.median(rng.choice(data, size=(resamples, len(data)), replace=True), axis=1)
+    return [round(float(q), 3) for q in np.percentile(medians, [2.5, 97.5])]
+
+
+def _summary(ratios: list[float]) -> dict[str, Any]:
+    return {
+        "ratio": round(float(np.median(ratios)), 3) if ratios else None,
+        "ratio_ci95": _ci95(ratios),
+        "intervals": len(ratios),
+    }
+
+
+# -- the agent process ----------------------------------------------------------------------------------
+def _pid_stat(pid: int) -> tuple[float, int]:
+    """(user+system CPU seconds, threads) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[17])
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _ready() -> bool:
+    try:
+        with urllib.request.urlopen(READY_URL, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+class AgentProcess:
+    """``retina-otel agent`` as a user runs it; ``start`` returns when /readyz answers 200."""
+
+    def __init__(self, workdir: Path, config: Path | None, env: dict[str, str]) -> None:
+        self._args = [str(AGENT), "agent", *(["--config", str(config)] if config else [])]
+        self._env = {**os.environ, **env}
+        self._log = workdir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_s = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 90.0) -> float:
+        if _ready():
+            raise RuntimeError("something already answers on :18081; stop other agents before benchmarking")
+        t0 = time.monotonic()
+        with self._log.open("ab") as log:
+            self.proc = subprocess.Popen(self._args, stdout=log, stderr=log, env=self._env)
+        while not _ready():
+            if self.proc.poll() is not None or time.monotonic() - t0 > timeout:
+                self.stop()
+                tail = self._log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"agent did not become ready:\n{tail}")
+            time.sleep(0.05)
+        self.ready_s = time.monotonic() - t0
+        return self.ready_s
+
+    def cpu(self) -> float:
+        return _pid_stat(self.pid)[0]
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _config_with(receivers: tuple[str, ...], workdir: Path) -> Path:
+    """The embedded default restricted to ``receivers`` (pipelines left without one are dropped)."""
+    raw = yaml.safe_load(default_config_text(env={}))
+    raw["receivers"] = {k: v for k, v in raw["receivers"].items() if k in receivers}
+    pipelines = {}
+    for name, p in raw["service"]["pipelines"].items():
+        p["receivers"] = [r for r in p["receivers"] if r in receivers]
+        if p["receivers"]:
+            pipelines[name] = p
+    raw["service"]["pipelines"] = pipelines
+    used = {proc for p in pipelines.values() for proc in p.get("processors", [])}
+    raw["processors"] = {k: v for k, v in raw["processors"].items() if k in used}
+    path = workdir / f"alone-{'-'.join(receivers)}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# -- workloads: something that runs for the whole stream and a cumulative counter ------------------------
+def _pinned(cpu: int, args: list[str]) -> list[str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return ["taskset", "-c", str(cpus[cpu % len(cpus)]), *args] if len(cpus) > 1 else args
+
+
+def _counter(ifname: str, what: str) -> Callable[[], float]:
+    path = Path(f"/sys/class/net/{ifname}/statistics/{what}")
+    return lambda: float(path.read_text())
+
+
+@contextlib.contextmanager
+def _iperf(client: Pod, server: Pod, udp: bool) -> Iterator[None]:
+    srv = server.popen(_pinned(1, ["iperf3", "-s", "-1", "-B", server.ipv4, "-p", str(PORT)]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    extra = ["-u", "-b", "0", "-l", "18"] if udp else []
+    cli = client.popen(_pinned(0, ["iperf3", "-c", server.ipv4, "-p", str(PORT), *extra, "-t", "3600"]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(3.0)  # a stream's first seconds run slower
+        yield
+    finally:
+        for p in (cli, srv):
+            p.kill()
+            p.wait(timeout=10)
+
+
+_SHORT_TCP_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 18082)); s.listen(1024)
+count, n = open(sys.argv[2], "w"), 0
+while True:
+    c, _ = s.accept()
+    c.recv(256); c.sendall(b"r" * 64); c.close(); n += 1
+    if n % 20 == 0:
+        count.seek(0); count.write("%12d" % n); count.flush()
+"""
+_SHORT_TCP_CLIENT = """
+import socket, sys
+n = 0
+while True:
+    c = socket.socket(); c.connect((sys.argv[1], 18082)); c.sendall(b"q" * 32)
+    while c.recv(256):
+        pass
+    c.close(); n += 1
+"""
+
+
+@contextlib.contextmanager
+def _short_tcp(client: Pod, server: Pod, count_file: Path) -> Iterator[Callable[[], float]]:
+    """Connections one after another (the server closes first, so the client's ports never sit in
+    TIME_WAIT); yields the server's count of completed connections."""
+    count_file.write_text("0")
+    srv = server.popen(_pinned(1, [sys.executable, "-c", _SHORT_TCP_SERVER, server.ipv4, str(count_file)]),
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    cli = client.popen(_pinned(0, [sys.executable, "-c", _SHORT_TCP_CLIENT, server.ipv4]), stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)
+        yield lambda: float(count_file.read_text() or 0)
+    finally:
+        for p in (cli, srv):
+            p.kill()
+            p.wait(timeout=10)
+
+
+def _dnsmasq(pod: Pod) -> subprocess.Popen[bytes]:
+    return pod.popen(
+        ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--pid-file=",
+         "--port=53", f"--listen-address={pod.ipv4}", "--bind-interfaces", "--user=root",
+         "--address=/bench.test/198.18.200.10", "--cache-size=1000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+_DNS_CLIENT = """
+import socket, struct, sys, time
+server, rate = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((server, 53)); s.setblocking(False)
+q = b"\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x05bench\\x04test\\x00\\x00\\x01\\x00\\x01"
+period, i, t0 = 1.0 / rate, 0, time.monotonic()
+while True:
+    i += 1
+    s.send(struct.pack("!H", i & 0xFFFF) + q)
+    try:
+        while True:
+            s.recv(512)
+    except BlockingIOError:
+        pass
+    delay = t0 + i * period - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+"""
+
+
+@contextlib.contextmanager
+def _dns_flood(client: Pod, server: Pod, rate: int) -> Iterator[None]:
+    srv = _dnsmasq(server)
+    time.sleep(0.5)
+    cli = client.popen(
+        _pinned(0, [sys.executable, "-c", _DNS_CLIENT, server.ipv4, str(rate)]), stdout=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(2.0)
+        yield
+    finally:
+        for p in (cli, srv):
+            p.kill()
+            p.wait(timeout=10)
+
+
+# -- the toggle ---------------------------------------------------------------------------------------
+def _sample(counter: Callable[[], float], seconds: int) -> list[float]:
+    out: list[float] = []
+    c0, t0 = counter(), time.monotonic()
+    for _ in range(seconds):
+        time.sleep(1.0)
+        c1, t1 = counter(), time.monotonic()
+        out.append((c1 - c0) / (t1 - t0))
+        c0, t0 = c1, t1
+    return out
+
+
+class Hook:
+    """A no-op TC program switched onto the pods' host veths exactly as packetparser attaches."""
+
+    def __init__(self, pods: tuple[Pod, Pod]) -> None:
+        from bcc import BPF
+
+        from retina_otel.bpf.tc import FilterSpec, make_attacher
+        from retina_otel.receivers.packetparser.receiver import FILTER_SPEC
+
+        self._bpf = BPF(text=NOOP_SOURCE)
+        self._fd = int(self._bpf.load_func(b"noop", BPF.SCHED_CLS).fd)
+        spec = FilterSpec(name="retina_otel_bench_noop", prio=FILTER_SPEC.prio, handle=FILTER_SPEC.handle)
+        self._attacher = make_attacher(spec, "auto")
+        self._pods = pods
+
+    def on(self) -> None:
+        for pod in self._pods:
+            self._attacher.attach(pod.host_ifindex, "ingress", self._fd)
+            self._attacher.attach(pod.host_ifindex, "egress", self._fd)
+
+    def off(self) -> None:
+        for pod in self._pods:
+            self._attacher.detach(pod.host_ifindex)
+
+    def close(self) -> None:
+        self._attacher.close()
+        self._bpf.cleanup()
+
+
+def _toggled(
+    name: str,
+    counter: Callable[[], float],
+    agent: AgentProcess,
+    cycles: int,
+    phase_s: int,
+    *,
+    hook: Hook | None = None,
+    unit: str = "pps",
+    cpu_per: tuple[str, float] = ("mpkt", 1e6),
+) -> dict[str, Any]:
+    """Cycles of off | (no-op hook) | agent on, then a last off phase, inside the running workload."""
+    off: list[list[float]] = []
+    on: list[list[float]] = []
+    noop: list[list[float]] = []
+    cpu = work = 0.0
+    ready: list[float] = []
+    for _cycle in range(cycles):
+        time.sleep(1.0)
+        off.append(_sample(counter, phase_s))
+        if hook is not None:
+            hook.on()
+            time.sleep(0.3)
+            noop.append(_sample(counter, phase_s))
+            hook.off()
+            time.sleep(0.3)
+        ready.append(agent.start())
+        time.sleep(SETTLE_S)
+        cpu0, w0 = agent.cpu(), counter()
+        on.append(_sample(counter, phase_s))
+        cpu += agent.cpu() - cpu0
+        work += counter() - w0
+        agent.stop()
+    time.sleep(1.0)
+    off.append(_sample(counter, phase_s))
+
+    def ratios(phases: list[list[float]]) -> list[float]:
+        out = []
+        for i, values in enumerate(phases):
+            base = float(np.median(off[i] + off[i + 1]))
+            out.extend(v / base for v in values)
+        return out
+
+    row: dict[str, Any] = {"test": name, **_summary(ratios(on))}
+    if hook is not None:
+        row.update({f"noop_{k}": v for k, v in _summary(ratios(noop)).items() if k != "intervals"})
+    row[f"{unit}_off_median"] = round(float(np.median([v for p in off for v in p])))
+    row[f"{unit}_on_median"] = round(float(np.median([v for p in on for v in p])))
+    row["agent_cpu_share"] = round(cpu / (cycles * phase_s), 4)
+    row[f"agent_cpu_s_per_{cpu_per[0]}"] = round(cpu / max(work, 1.0) * cpu_per[1], 4)
+    row["ready_s"] = round(float(np.median(ready)), 2)
+    return row
+
+
+# -- idle and churn ---------------------------------------------------------------------------------------
+def _idle(agent: AgentProcess, seconds: int) -> dict[str, Any]:
+    ready_s = agent.start()
+    try:
+        time.sleep(10.0)  # past the first report intervals
+        cpu0, t0 = agent.cpu(), time.monotonic()
+        time.sleep(seconds)
+        cpu_share = (agent.cpu() - cpu0) / (time.monotonic() - t0)
+        _cpu, threads = _pid_stat(agent.pid)
+        return {
+            "test": "idle",
+            "ready_s": round(ready_s, 2),
+            "rss_mb": round(_status_kb(agent.pid, "VmRSS") / 1024, 1),
+            "threads": threads,
+            "cpu_share": round(cpu_share, 4),
+        }
+    finally:
+        agent.stop()
+
+
+_CHURN_SENDER = """
+import socket, sys
+server, flows = sys.argv[1], int(sys.argv[2])
+socks = []
+for i in range(flows // 50000 + 1):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 40000 + i)); socks.append(s)
+for n in range(flows):
+    socks[n // 50000].sendto(b"x", (server, 1 + n % 50000))
+"""
+
+
+def _lost_events() -> dict[str, float]:
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError), urllib.request.urlopen(METRICS_URL, timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("controlplane_networkobservability_lost_events_counter{"):
+                labels, value = line.rsplit(" ", 1)
+                out[labels.split("{", 1)[1].rstrip("}")] = float(value)
+    return out
+
+
+def _churn(workdir: Path, a: Pod, b: Pod, flows: int, env: dict[str, str]) -> dict[str, Any]:
+    """150,000 new UDP flows a -> b (distinct ports) with the OTLP endpoint down; the agent's peak RSS
+    while they are counted, reported, enriched and queued for export."""
+    agent = AgentProcess(workdir, None, {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    agent.start()
+    try:
+        time.sleep(3.0)
+        rss0 = _status_kb(agent.pid, "VmRSS")
+        started = time.monotonic()
+        sender = a.popen([sys.executable, "-c", _CHURN_SENDER, b.ipv4, str(flows)], stdout=subprocess.DEVNULL)
+        peak = rss0
+        deadline = time.monotonic() + 45.0  # sending, then two report and export intervals
+        while time.monotonic() < deadline:
+            peak = max(peak, _status_kb(agent.pid, "VmRSS"))
+            time.sleep(0.25)
+        sender.wait(timeout=60)
+        send_s = time.monotonic() - started
+        lost = _lost_events()
+        hwm = _status_kb(agent.pid, "VmHWM")
+        return {
+            "test": "churn",
+            "new_flows": flows,
+            "otlp": "down",
+            "rss_before_mb": round(rss0 / 1024, 1),
+            "rss_peak_mb": round(max(peak, hwm) / 1024, 1),
+            "rss_after_mb": round(_status_kb(agent.pid, "VmRSS") / 1024, 1),
+            "seconds": round(send_s, 1),
+            "lost_events": lost,
+        }
+    finally:
+        agent.stop()
+
+
+def _endpoints_file(pods: list[Pod], workdir: Path) -> Path:
+    """The pods named for the default config's file-backed k8sattributes (pod-level metrics: real work)."""
+    entries = [
+        {"name": f"{p.name}-bench", "namespace": "bench", "ips": [ip for ip in (p.ipv4, p.ipv6) if ip],
+         "labels": {"app": p.name}, "workload": {"kind": "Deployment", "name": p.name}}
+        for p in pods
+    ]  # fmt: skip
+    path = workdir / "endpoints.yaml"
+    path.write_text(yaml.safe_dump({"endpoints": entries}))
+    return path
+
+
+def _rows_wanted() -> Callable[[str], bool]:
+    """``BENCH_AGENT_ROWS=udp64_in_path,alone_tcp/`` runs only the rows whose name starts with one of
+    the given prefixes (for working on one cost); unset runs all."""
+    wanted = [w for w in os.environ.get("BENCH_AGENT_ROWS", "").split(",") if w]
+    return lambda name: not wanted or any(name.startswith(w) for w in wanted)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    cycles = 1 if quick else 3
+    phase = 5 if quick else 10
+    alone_cycles, alone_phase = (1, 5) if quick else (2, 8)
+    want = _rows_wanted()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="rotel-bench-agent-") as tmp, Sandbox() as sb:
+        workdir = Path(tmp)
+        a, b = sb.add_pod("a"), sb.add_pod("b")
+        c, d = sb.add_pod("c", veth_prefix="nb"), sb.add_pod("d", veth_prefix="nb")
+        for pod in (a, b, c, d):
+            pod.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=45000 60999"])
+        for src, dst in ((a, b), (c, d)):
+            src.run(["ping", "-c", "1", "-W", "2", dst.ipv4])
+        env = {"RETINA_OTEL_ENDPOINTS_FILE": str(_endpoints_file([a, b, c, d], workdir))}
+        default = AgentProcess(workdir, None, env)
+        udp_pps, tcp_bytes = _counter(b.host_veth, "tx_packets"), _counter(b.host_veth, "tx_bytes")
+        bulk: dict[str, Any] = {"unit": "bytes_per_s", "cpu_per": ("gbyte", 1e9)}
+
+        if want("idle"):
+            rows.append(_idle(default, 10 if quick else 20))
+        if want("udp64_in_path"):
+            hook = Hook((a, b))
+            try:
+                with _iperf(a, b, udp=True):
+                    rows.append(_toggled("udp64_in_path", udp_pps, default, cycles, phase, hook=hook))
+            finally:
+                hook.close()
+        if want("udp64_not_in_path"):
+            with _iperf(c, d, udp=True):
+                rows.append(_toggled("udp64_not_in_path", _counter(d.host_veth, "tx_packets"), default, cycles, phase))
+        if want("tcp_bulk"):
+            with _iperf(a, b, udp=False):
+                rows.append(_toggled("tcp_bulk", tcp_bytes, default, cycles, phase, **bulk))
+        if want("short_tcp"):
+            with _short_tcp(a, b, workdir / "connections") as connections:
+                rows.append(_toggled("short_tcp", connections, default, cycles, phase, unit="conn_per_s",
+                                     cpu_per=("kconn", 1e3)))  # fmt: skip
+        if want("dns_flood"):
+            with _dns_flood(a, b, rate=2000 if quick else 5000):
+                rows.append(_toggled("dns_flood", _counter(a.host_veth, "tx_packets"), default, cycles, phase,
+                                     unit="responses_per_s", cpu_per=("kquery", 1e3)))  # fmt: skip
+        for receiver in RECEIVERS:
+            alone = AgentProcess(workdir, _config_with((receiver,), workdir), env)
+            if want(f"alone/{receiver}"):
+                with _iperf(a, b, udp=True):
+                    rows.append(_toggled(f"alone/{receiver}", udp_pps, alone, alone_cycles, alone_phase))
+            if want(f"alone_tcp/{receiver}"):
+                with _iperf(a, b, udp=False):
+                    rows.append(_toggled(f"alone_tcp/{receiver}", tcp_bytes, alone, alone_cycles, alone_phase, **bulk))
+        if want("churn"):
+            rows.append(_churn(workdir, a, b, 20_000 if quick else CHURN_FLOWS, env))
+
+    by = {r["test"]: r for r in rows}
+
+    def ratio(test: str) -> float | None:
+        return by[test].get("ratio") if test in by else None
+
+    def at_least(value: float | None, bound: float) -> bool | None:
+        return None if value is None else value >= bound
+
+    def at_most(test: str, key: str, bound: float) -> bool | None:
+        return by[test][key] <= bound if test in by else None
+
+    alone = [ratio(f"alone{w}/{r}") for w in ("", "_tcp") for r in RECEIVERS]
+    targets = {
+        "whole_udp64_in_path_ge_0.97": at_least(ratio("udp64_in_path"), 0.97),
+        "whole_udp64_not_in_path_ge_0.98": at_least(ratio("udp64_not_in_path"), 0.98),
+        "tcp_bulk_ge_0.98": at_least(ratio("tcp_bulk"), 0.98),
+        "short_tcp_ge_0.95": at_least(ratio("short_tcp"), 0.95),
+        "each_receiver_alone_ge_0.98": None if None in alone else all(v >= 0.98 for v in alone if v is not None),
+        "idle_rss_le_150mb": at_most("idle", "rss_mb", 150),
+        "churn_peak_rss_le_250mb": at_most("churn", "rss_peak_mb", 250),
+        "ready_le_5s": at_most("idle", "ready_s", 5.0),
+        "idle_cpu_le_0.5pct": at_most("idle", "cpu_share", 0.005),
+    }
+    notes = (
+        "ratio = median over on-intervals of (interval / median of the neighbouring off phases), 95% bootstrap "
+        "interval; noop_ratio: a no-op TC program on the same hooks (the kernel's own price for a hook). "
+        "Targets are null for rows not run."
+    )
+    return {"rows": rows, "targets": targets, "notes": notes}
