@@ -7,10 +7,12 @@ fast path never counts a DNS packet in its flow cache (so the chain always runs)
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import dns.message
+import dns.query
 import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -249,5 +251,48 @@ def test_dnsmasq_through_packetparser(
         cli = {ip_to_bytes(client.ipv4), ip_to_bytes(client.ipv6 or "::")}
         dns_rec = node.dns_consumer.records()
         assert sum(r["src_ip"].tobytes() in cli for r in dns_rec) == n  # each query once
+    finally:
+        stop(proc)
+
+
+@pytest.mark.kernel
+def test_node_querying_a_pod_is_taken_where_it_leaves_the_node(
+    make_node: Any, sandbox: Sandbox, pods: tuple[Pod, Pod]
+) -> None:
+    """The node itself asks a pod's server: its queries are seen only entering the server's veth
+    (TO_ENDPOINT), taken because their source is one of the node's addresses (the kernel's dns_local map);
+    the responses leave the pod (FROM_ENDPOINT). Each message once, latencies within the client's bound."""
+    _client, server = pods
+    assert server.ipv6
+    proc = start_dnsmasq(server, 53)
+    try:
+        node = make_node(
+            PacketParserConfig(interfaces=(f"ro{sandbox.token}*",), host_interface="none", aggregation="high"),
+            DnsConfig(interval=3600),
+        )
+        node.pp.start(node.host)
+        node.dns.start(node.host)
+        assert node.dns.source == "tc"
+        assert wait_for(lambda: server.host_ifindex in node.pp.attached_interfaces(), timeout=5)
+        bounds: list[int] = []
+        for address in (server.ipv4, server.ipv6):
+            for send in (dns.query.udp, dns.query.tcp):
+                q = dns.message.make_query("www.example.test", "A")
+                t0 = time.time_ns()
+                send(q, address, port=53, timeout=3)
+                bounds.append(time.time_ns() - t0)
+        n = len(bounds)
+
+        def complete() -> bool:
+            node.dns.flush()
+            return _counter(node.host, RESPONSES) >= n
+
+        assert wait_for(complete, timeout=10)
+        node.dns.flush()
+        assert _counter(node.host, REQUESTS) == n and _counter(node.host, RESPONSES) == n
+        rec = node.dns_consumer.records()
+        assert set(rec["ifindex"].tolist()) == {server.host_ifindex}
+        latencies = sorted(int(r["dns_latency_us"]) * 1000 for r in rec if r["dns_is_response"])
+        assert len(latencies) == n and 0 < latencies[-1] <= max(bounds)
     finally:
         stop(proc)
