@@ -156,6 +156,8 @@ def test_fast_path_hands_every_dns_packet_to_the_chain(make_node: Any) -> None:
             prog_test_run(entry, frame)
     for _ in range(5):
         prog_test_run(entry, other)
+    # the reader thread wakes on the ring buffer's fd
+    assert wait_for(lambda: node.dns.packets_read == 5 * len(frames), timeout=5), node.dns.packets_read
     node.dns.flush()
     assert _counter(node.host, REQUESTS) == 5 * len(frames)
     node.pp.flush()
