@@ -8,7 +8,7 @@ whose flow the receiver has not seen keep 0 (unknown). Without the receiver it p
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class _Table(Protocol):
-    def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None: ...
+    def __len__(self) -> int: ...
+
+    def lookup_packed(self, forward: bytes, reverse: bytes) -> tuple[int, int] | None: ...
 
 
 class _Source(Protocol):
@@ -53,25 +55,53 @@ class TcpLatencyProcessor:
         self._next.consume_flows(batch)
 
 
+# A row's flow as the table keys it: source, destination, source port, destination port (36 bytes, packed).
+_KEY_DTYPE = np.dtype([("s", "V16"), ("d", "V16"), ("sp", "<u2"), ("dp", "<u2")])
+
+
 def annotate(batch: FlowBatch, table: _Table) -> int:
-    """Fill srtt_us/handshake_us of TCP rows from ``table``; returns how many rows were annotated."""
+    """Fill srtt_us/handshake_us of TCP rows from ``table``; returns how many rows were annotated.
+
+    Keys are packed for all rows at once in numpy; the look-ups are dict hits on 36-byte slices, each
+    distinct flow once per batch (a structured ``np.unique`` sorted the keys by comparing records and
+    cost ~20x more under many short connections)."""
     records = batch.records
     tcp = np.flatnonzero(records["proto"] == 6)
-    if not len(tcp):
+    if not len(tcp) or not len(table):
         return 0
     sub = records[tcp]
-    keys = np.empty(len(sub), dtype=[("s", "V16"), ("d", "V16"), ("sp", "<u2"), ("dp", "<u2")])
-    keys["s"], keys["d"], keys["sp"], keys["dp"] = sub["src_ip"], sub["dst_ip"], sub["src_port"], sub["dst_port"]
-    unique, inverse = np.unique(keys, return_inverse=True)
-    srtt = np.zeros(len(unique), dtype=np.uint32)
-    handshake = np.zeros(len(unique), dtype=np.uint32)
-    for i, key in enumerate(unique.tolist()):
-        found: Any = table.lookup(bytes(key[0]), bytes(key[1]), int(key[2]), int(key[3]))
+    n = len(sub)
+    forward = np.empty(n, dtype=_KEY_DTYPE)
+    reverse = np.empty(n, dtype=_KEY_DTYPE)
+    forward["s"], forward["d"], forward["sp"], forward["dp"] = (
+        sub["src_ip"],
+        sub["dst_ip"],
+        sub["src_port"],
+        sub["dst_port"],
+    )
+    reverse["s"], reverse["d"], reverse["sp"], reverse["dp"] = (
+        sub["dst_ip"],
+        sub["src_ip"],
+        sub["dst_port"],
+        sub["src_port"],
+    )
+    fwd, rev = forward.tobytes(), reverse.tobytes()
+    size = _KEY_DTYPE.itemsize
+    srtt = np.zeros(n, dtype=np.uint32)
+    handshake = np.zeros(n, dtype=np.uint32)
+    seen: dict[bytes, tuple[int, int] | None] = {}
+    lookup = table.lookup_packed
+    for i in range(n):
+        key = fwd[i * size : (i + 1) * size]
+        if key in seen:
+            found = seen[key]
+        else:
+            found = seen[key] = lookup(key, rev[i * size : (i + 1) * size])
         if found is not None:
             srtt[i], handshake[i] = found
-    records["srtt_us"][tcp] = srtt[inverse]
-    records["handshake_us"][tcp] = handshake[inverse]
-    return int(np.count_nonzero(srtt[inverse] | handshake[inverse]))
+    records["srtt_us"][tcp] = srtt
+    records["handshake_us"][tcp] = handshake
+    return int(np.count_nonzero(srtt | handshake))
 
 
 def _create(

@@ -84,8 +84,12 @@ class LatencyTable:
     def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None:
         """RTT of the socket in this orientation (else the other); the handshake of whichever end
         opened the connection (both ends are here when both are pods of this node)."""
-        forward = self._index.get(self.key(src, dst, sport, dport))
-        reverse = self._index.get(self.key(dst, src, dport, sport))
+        return self.lookup_packed(self.key(src, dst, sport, dport), self.key(dst, src, dport, sport))
+
+    def lookup_packed(self, forward_key: bytes, reverse_key: bytes) -> tuple[int, int] | None:
+        """:meth:`lookup` with both orientations already packed as :meth:`key` makes them."""
+        forward = self._index.get(forward_key)
+        reverse = self._index.get(reverse_key)
         if forward is None:
             return reverse
         if reverse is None:
