@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args, tracepoint_args
 from retina_otel.component import CreateSettings
 from retina_otel.flows import STRINGS, Direction, Event, Verdict, ip_to_bytes
 from retina_otel.receivers.dropreason import FACTORY, DropReasonConfig, DropReasonReceiver
 from retina_otel.receivers.dropreason.reasons import parse_print_symbolic, resolve_reasons
+from retina_otel.receivers.dropreason.receiver import KFREE_SKB_ARGS
 from retina_otel.registry import get_factory
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import CollectingConsumer, TestHost, wait_for
@@ -237,3 +239,19 @@ def test_shutdown_publishes_what_the_kernel_counted_since_the_last_drain(
     rows = _rows(consumer, a.ipv4, b.ipv4, 7009)
     assert int(rows["packets"].sum()) == n
     assert _metric(host, "networkobservability_drop_count", ("NETFILTER_DROP", "ingress")) >= n
+
+
+@pytest.mark.kernel
+def test_hooks_the_kfree_skb_raw_tracepoint_checked_against_btf(
+    receiver: tuple[DropReasonReceiver, TestHost, CollectingConsumer],
+) -> None:
+    rcv, _, _ = receiver
+    bpf = rcv._bpf
+    assert set(bpf.raw_tracepoint_fds) == {b"kfree_skb"} and not bpf.tracepoint_fds  # no trace record built
+    btf = kernel_btf()
+    assert tracepoint_args(btf, "kfree_skb")[:3] == KFREE_SKB_ARGS  # (skb, location, reason[, rx_sk])
+    require_tracepoint_args(btf, "kfree_skb", KFREE_SKB_ARGS)
+    with pytest.raises(BtfError, match="kfree_skb has arguments"):
+        require_tracepoint_args(btf, "kfree_skb", ["struct sk_buff *", "enum skb_drop_reason"])
+    with pytest.raises(BtfError, match="no_such_tracepoint"):
+        tracepoint_args(btf, "no_such_tracepoint")

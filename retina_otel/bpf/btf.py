@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Btf", "BtfError", "MemberInfo", "kernel_btf"]
+__all__ = ["Btf", "BtfError", "MemberInfo", "kernel_btf", "require_tracepoint_args", "tracepoint_args"]
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
@@ -215,3 +215,63 @@ def kernel_btf(path: Path = VMLINUX) -> Btf:
     except OSError as exc:
         raise BtfError(f"cannot read {path}: {exc} (kernel built without CONFIG_DEBUG_INFO_BTF?)") from exc
     return Btf(blob)
+
+
+# -- additions: type names and raw-tracepoint argument lists ------------------------------------------
+_KIND_PREFIX = {_STRUCT: "struct ", _UNION: "union ", _ENUM: "enum ", _ENUM64: "enum ", _FWD: "struct "}
+
+
+def _type_name(btf: Btf, type_id: int) -> str:
+    """A C spelling of a type (``struct sk_buff *``, ``enum skb_drop_reason``, ``int``); qualifiers
+    and typedefs are kept by name (``const struct sock *``, ``u32``); ``void`` for type id 0."""
+    t = btf._type(type_id)
+    if t is None:
+        return "void"
+    if t.kind == _PTR:
+        return _type_name(btf, t.size_or_type) + " *"
+    if t.kind == _CONST:
+        return "const " + _type_name(btf, t.size_or_type)
+    if t.kind == _VOLATILE:
+        return "volatile " + _type_name(btf, t.size_or_type)
+    if t.kind in (_RESTRICT, _TYPE_TAG):
+        return _type_name(btf, t.size_or_type)
+    if t.kind == _FUNC_PROTO:
+        return "function"
+    return _KIND_PREFIX.get(t.kind, "") + (t.name or "(anon)")
+
+
+def tracepoint_args(btf: Btf, name: str) -> list[str]:
+    """The arguments a RAW tracepoint program gets for tracepoint ``name`` (``ctx->args[i]``), as C type
+    spellings, read from the ``btf_trace_<name>`` typedef (a pointer to the probe's function prototype,
+    whose first parameter is the tracepoint's private ``void *`` data, not passed to the program)."""
+    typedef = btf._find((_TYPEDEF,), f"btf_trace_{name}")
+    ptr = btf._resolve(typedef.size_or_type)
+    if ptr is None or ptr.kind != _PTR:
+        raise BtfError(f"btf_trace_{name} is not a function pointer")
+    proto_id = ptr.size_or_type
+    proto = btf._type(proto_id)
+    if proto is None or proto.kind != _FUNC_PROTO:
+        raise BtfError(f"btf_trace_{name} does not point to a function prototype")
+    pos = btf._offsets[proto_id]
+    vlen = struct.unpack_from("<I", btf._data, pos + 4)[0] & 0xFFFF
+    params = [struct.unpack_from("<II", btf._data, pos + 12 + 8 * i)[1] for i in range(vlen)]
+    return [_type_name(btf, p) for p in params[1:]]
+
+
+def require_tracepoint_args(btf: Btf, name: str, expected: list[str]) -> None:
+    """Raise :class:`BtfError` unless raw tracepoint ``name`` starts with the ``expected`` arguments
+    (compared without ``const``/``volatile``), so a program reading ``ctx->args[i]`` never misreads a
+    kernel whose tracepoint changed."""
+    try:
+        actual = tracepoint_args(btf, name)
+    except BtfError as exc:
+        raise BtfError(f"raw tracepoint {name}: {exc}") from exc
+
+    def bare(spelling: str) -> str:
+        return " ".join(w for w in spelling.split() if w not in ("const", "volatile"))
+
+    if [bare(a) for a in actual[: len(expected)]] != [bare(e) for e in expected]:
+        raise BtfError(
+            f"raw tracepoint {name} has arguments ({', '.join(actual)}) in this kernel; the program "
+            f"expects ({', '.join(expected)}, ...)"
+        )

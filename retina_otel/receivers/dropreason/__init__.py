@@ -1,4 +1,4 @@
-"""dropreason receiver: packet drops from the ``skb:kfree_skb`` tracepoint, with the kernel's own reasons.
+"""dropreason receiver: packet drops from the ``kfree_skb`` raw tracepoint, with the kernel's own reasons.
 
 Counted in the kernel by (reason, direction, flow) and by (reason, direction); drained every interval
 into ``networkobservability_drop_count`` / ``networkobservability_drop_bytes`` {reason, direction} and

@@ -1,9 +1,13 @@
-// dropreason: count real packet drops from the skb:kfree_skb tracepoint, by reason, direction and flow.
+// dropreason: count real packet drops from the kfree_skb RAW tracepoint, by reason, direction and flow.
 //
-// bcc reads the tracepoint's argument struct from tracefs, so `args` matches the running kernel. The
-// sk_buff is NOT read through the (older) kernel headers: the receiver passes the running kernel's
-// member offsets, read from BTF, as -D flags:
-//   OFF_HEAD, OFF_NETWORK_HEADER, OFF_LEN, OFF_DEV, OFF_SKB_IIF (sk_buff), OFF_DEV_IFINDEX (net_device)
+// A raw tracepoint gets the tracepoint's own arguments (skb, location, reason[, rx_sk]) and skips the
+// trace record a classic (perf) tracepoint builds before running the program. The receiver checks the
+// argument list against the running kernel's BTF (btf_trace_kfree_skb) before loading. The sk_buff is
+// NOT read through the (older) kernel headers: the receiver passes the running kernel's member offsets,
+// read from BTF, as -D flags:
+//   OFF_HEAD, OFF_NETWORK_HEADER, OFF_LEN, OFF_DEV, OFF_SKB_IIF, OFF_PROTOCOL (sk_buff),
+//   OFF_DEV_IFINDEX (net_device); SKB_BASE/SKB_SPAN: the byte range of sk_buff holding them all,
+//   read with one bpf_probe_read_kernel when it is small enough
 //   IS_NOT_A_DROP(r): reasons that are normal frees (SKB_NOT_DROPPED_YET, SKB_CONSUMED) or excluded
 //   MAX_FLOWS: entries of the per-flow map
 #include <uapi/linux/ptrace.h>
@@ -81,22 +85,35 @@ static __always_inline void count_lost(u32 slot) {
         *lost += 1;
 }
 
-TRACEPOINT_PROBE(skb, kfree_skb) {
-    u32 reason = (u32)args->reason;
+#if SKB_SPAN <= 256
+#define SKB_FIELD(dst, off) __builtin_memcpy(&(dst), skb_bytes + ((off) - SKB_BASE), sizeof(dst))
+#else
+#define SKB_FIELD(dst, off) bpf_probe_read_kernel(&(dst), sizeof(dst), skb + (off))
+#endif
+
+RAW_TRACEPOINT_PROBE(kfree_skb) {
+    // args: struct sk_buff *skb, void *location, enum skb_drop_reason reason[, struct sock *rx_sk]
+    u32 reason = (u32)ctx->args[2];
     if (IS_NOT_A_DROP(reason))
         return 0;
 
-    void *skb = args->skbaddr;
+    void *skb = (void *)ctx->args[0];
+#if SKB_SPAN <= 256
+    u8 skb_bytes[SKB_SPAN];
+    bpf_probe_read_kernel(skb_bytes, sizeof(skb_bytes), skb + SKB_BASE);  // zeroed if it fails
+#endif
     unsigned char *head = 0;
     u16 nh = 0xffff;
     u32 skb_len = 0;
     int iif = 0;
     void *dev = 0;
-    bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_HEAD);
-    bpf_probe_read_kernel(&nh, sizeof(nh), skb + OFF_NETWORK_HEADER);
-    bpf_probe_read_kernel(&skb_len, sizeof(skb_len), skb + OFF_LEN);
-    bpf_probe_read_kernel(&iif, sizeof(iif), skb + OFF_SKB_IIF);
-    bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_DEV);
+    u16 proto_be = 0;
+    SKB_FIELD(head, OFF_HEAD);
+    SKB_FIELD(nh, OFF_NETWORK_HEADER);
+    SKB_FIELD(skb_len, OFF_LEN);
+    SKB_FIELD(iif, OFF_SKB_IIF);
+    SKB_FIELD(dev, OFF_DEV);
+    SKB_FIELD(proto_be, OFF_PROTOCOL);
 
     struct drop_key key = {};
     key.reason = reason;
@@ -108,7 +125,7 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
         bpf_probe_read_kernel(&key.ifindex, sizeof(key.ifindex), dev + OFF_DEV_IFINDEX);
     u64 bytes = skb_len;
 
-    u16 proto = args->protocol;
+    u16 proto = bpf_ntohs(proto_be);  // the classic tracepoint's `protocol` field
     if (head && nh != 0xffff && (proto == ETH_P_IP_H || proto == ETH_P_IPV6_H || proto == 0)) {
         unsigned char *l3 = head + nh;
         u8 first = 0;

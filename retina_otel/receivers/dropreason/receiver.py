@@ -1,4 +1,4 @@
-"""The dropreason receiver: loads the tracepoint program, drains its maps every interval, publishes."""
+"""The dropreason receiver: loads the kfree_skb raw-tracepoint program, drains its maps, publishes."""
 
 from __future__ import annotations
 
@@ -46,25 +46,40 @@ _DIRECTION_LABEL = {int(Direction.INGRESS): "ingress", int(Direction.EGRESS): "e
 _LOST_REASONS = ("flow_map_full", "totals_map_full")
 
 
+# The raw tracepoint's arguments the program reads (ctx->args[0..2]); a 4th (rx_sk) may follow.
+KFREE_SKB_ARGS = ["struct sk_buff *", "void *", "enum skb_drop_reason"]
+
+
 def _btf_cflags() -> list[str]:
-    """The running kernel's sk_buff/net_device member offsets, as -D flags for the BPF program."""
-    from retina_otel.bpf.btf import kernel_btf
+    """The running kernel's sk_buff/net_device member offsets, as -D flags for the BPF program.
+
+    Also checks, from BTF, that the ``kfree_skb`` raw tracepoint passes the arguments the program reads.
+    """
+    from retina_otel.bpf.btf import kernel_btf, require_tracepoint_args
 
     btf = kernel_btf()
-    wanted = {
-        "OFF_HEAD": ("sk_buff", "head", 8),
-        "OFF_NETWORK_HEADER": ("sk_buff", "network_header", 2),
-        "OFF_LEN": ("sk_buff", "len", 4),
-        "OFF_DEV": ("sk_buff", "dev", 8),
-        "OFF_SKB_IIF": ("sk_buff", "skb_iif", 4),
-        "OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
+    require_tracepoint_args(btf, "kfree_skb", KFREE_SKB_ARGS)
+    skb_fields = {
+        "OFF_HEAD": ("head", 8),
+        "OFF_NETWORK_HEADER": ("network_header", 2),
+        "OFF_LEN": ("len", 4),
+        "OFF_DEV": ("dev", 8),
+        "OFF_SKB_IIF": ("skb_iif", 4),
+        "OFF_PROTOCOL": ("protocol", 2),
     }
+    wanted = {macro: ("sk_buff", member, size) for macro, (member, size) in skb_fields.items()}
+    wanted["OFF_DEV_IFINDEX"] = ("net_device", "ifindex", 4)
     flags = []
+    span: list[int] = []
     for macro, (struct_name, member, size) in wanted.items():
         info = btf.member(struct_name, member)
         if info.size != size or info.bitfield_size:
             raise RuntimeError(f"unexpected layout of {struct_name}.{member}: {info}")
         flags.append(f"-D{macro}={info.offset}")
+        if struct_name == "sk_buff":
+            span += [info.offset, info.offset + size]
+    # The sk_buff bytes holding all six members: one probe read instead of six (when <= 256 bytes).
+    flags += [f"-DSKB_BASE={min(span)}", f"-DSKB_SPAN={max(span) - min(span)}"]
     return flags
 
 
@@ -105,7 +120,7 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         self._bytes = host.metrics.counter(
             "networkobservability_drop_bytes", "Total dropped bytes", ("reason", "direction"), unit="By"
         )
-        self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the TRACEPOINT_PROBE on load
+        self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the RAW_TRACEPOINT_PROBE on load
 
     # -- draining ---------------------------------------------------------------------------------
     def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
