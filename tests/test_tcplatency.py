@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args, tracepoint_args
 from retina_otel.component import CreateSettings
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import HistogramValue
 from retina_otel.processors.tcplatency import annotate
 from retina_otel.receivers.tcplatency import FACTORY, TcpLatencyReceiver
+from retina_otel.receivers.tcplatency.receiver import TRACEPOINT_ARGS
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import TestHost
 
@@ -138,3 +140,65 @@ def test_other_destinations_do_not_count_as_apiserver(
     handshake = host.metrics.get("networkobservability_adv_node_apiserver_tcp_handshake_latency")
     assert handshake is not None and handshake.value(()) is None
     assert len(r.table()) >= 3
+
+
+def test_hooks_raw_tracepoints_checked_against_btf(receiver: tuple[TcpLatencyReceiver, TestHost]) -> None:
+    r, _ = receiver
+    bpf = r._bpf
+    assert set(bpf.raw_tracepoint_fds) == {b"inet_sock_set_state", b"tcp_probe"}
+    assert not bpf.tracepoint_fds  # no perf trace record is built per segment
+    btf = kernel_btf()
+    for name, args in TRACEPOINT_ARGS.items():
+        require_tracepoint_args(btf, name, args)
+    assert tracepoint_args(btf, "tcp_probe") == ["struct sock *", "const struct sk_buff *"]
+    with pytest.raises(BtfError, match="tcp_probe has arguments"):
+        require_tracepoint_args(btf, "tcp_probe", ["struct sk_buff *"])
+
+
+def test_ipv6_flow_and_apiserver_change_on_a_live_connection(
+    sandbox: Sandbox, receiver: tuple[TcpLatencyReceiver, TestHost]
+) -> None:
+    """IPv6 keys from the socket; a flow re-decides its API-server flag when the addresses change."""
+    r, host = receiver
+    client, server = sandbox.add_pod("client"), sandbox.add_pod("server")
+    assert client.ipv6 and server.ipv6
+    r.set_apiserver_ips(["2001:db8:ffff::1"])
+    with server.entered():
+        listener = socket.socket(socket.AF_INET6)
+    listener.bind((server.ipv6, 8443))
+    listener.listen(1)
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    with client.entered():
+        conn = socket.create_connection((server.ipv6, 8443), timeout=5)
+    thread.join(timeout=5)
+    peer = accepted[0]
+
+    def ping_pong(rounds: int) -> None:
+        for _ in range(rounds):
+            conn.sendall(b"ping")
+            peer.recv(10)
+            peer.sendall(b"pong")
+            conn.recv(10)
+
+    try:
+        ping_pong(5)
+        r.poll()
+        latency = host.metrics.get("networkobservability_adv_node_apiserver_latency")
+        assert latency is not None and latency.value(()) is None  # not an API server yet
+        src, dst = ip_to_bytes(client.ipv6), ip_to_bytes(server.ipv6)
+        port = conn.getsockname()[1]
+        found = r.table().lookup(src, dst, port, 8443)
+        assert found is not None and found[0] > 0 and found[1] > 0  # srtt and handshake, IPv6
+        r.set_apiserver_ips([server.ipv6])  # the same connection now goes to the API server
+        ping_pong(5)
+        r.poll()
+        value = latency.value(())
+        assert isinstance(value, HistogramValue) and value.count >= 5  # the client's received segments
+        handshake = host.metrics.get("networkobservability_adv_node_apiserver_tcp_handshake_latency")
+        assert handshake is not None and handshake.value(()) is None  # its handshake was before
+    finally:
+        conn.close()
+        peer.close()
+        listener.close()

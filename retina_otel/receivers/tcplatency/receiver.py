@@ -49,13 +49,65 @@ FLOW_KEY_DTYPE = np.dtype([("saddr", "V16"), ("daddr", "V16"), ("sport", "<u2"),
 FLOW_VALUE_DTYPE = np.dtype(
     [
         ("first_ns", "<u8"),
-        ("last_ns", "<u8"),
+        ("last_jiffies", "<u8"),
         ("srtt_us", "<u4"),
         ("min_srtt_us", "<u4"),
         ("samples", "<u4"),
         ("handshake_us", "<u4"),
+        ("api_gen", "<u4"),
+        ("apiserver", "u1"),
+        ("pad", "V3"),
     ]
 )
+
+# The raw tracepoints' arguments the programs read (ctx->args[i]), checked against BTF at start.
+TRACEPOINT_ARGS = {
+    "inet_sock_set_state": ["struct sock *", "int", "int"],
+    "tcp_probe": ["struct sock *", "struct sk_buff *"],
+}
+
+
+def _btf_cflags() -> list[str]:
+    """The running kernel's sock/tcp_sock member offsets as -D flags, after checking from BTF that the
+    raw tracepoints pass the arguments the programs read (a clear error at start otherwise)."""
+    from retina_otel.bpf.btf import kernel_btf, require_tracepoint_args
+
+    btf = kernel_btf()
+    for name, args in TRACEPOINT_ARGS.items():
+        require_tracepoint_args(btf, name, args)
+    common = btf.member("sock", "__sk_common").offset
+    skc = {
+        "OFF_SKC_DADDR": ("skc_daddr", 4),
+        "OFF_SKC_RCV_SADDR": ("skc_rcv_saddr", 4),
+        "OFF_SKC_DPORT": ("skc_dport", 2),
+        "OFF_SKC_NUM": ("skc_num", 2),
+        "OFF_SKC_FAMILY": ("skc_family", 2),
+        "OFF_SKC_V6_DADDR": ("skc_v6_daddr", 16),
+        "OFF_SKC_V6_RCV_SADDR": ("skc_v6_rcv_saddr", 16),
+    }
+    offsets: dict[str, int] = {}
+    for macro, (member, size) in skc.items():
+        info = btf.member("sock_common", member)
+        if info.size != size or info.bitfield_size or info.offset % min(size, 8):
+            raise RuntimeError(f"unexpected layout of sock_common.{member}: {info}")
+        offsets[macro] = common + info.offset
+    for macro, struct_name, member in (
+        ("OFF_SK_PROTOCOL", "sock", "sk_protocol"),
+        ("OFF_SRTT_US", "tcp_sock", "srtt_us"),
+    ):
+        info = btf.member(struct_name, member)
+        expected = 2 if member == "sk_protocol" else 4
+        if info.size != expected or info.bitfield_size:
+            raise RuntimeError(f"unexpected layout of {struct_name}.{member}: {info}")
+        offsets[macro] = info.offset
+    # One read covers the sock_common members: [base, base + span), 8-byte aligned (natural alignment
+    # of the members in the program's stack copy).
+    ends = [offsets[m] + size for m, (_, size) in skc.items()]
+    base = min(offsets[m] for m in skc) // 8 * 8
+    span = (max(ends) - base + 7) // 8 * 8
+    if span > 256:
+        raise RuntimeError(f"sock_common members spread over {span} bytes; the program reads at most 256")
+    return [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DSKC_BASE={base}", f"-DSKC_SPAN={span}"]
 
 
 class LatencyTable:
@@ -143,13 +195,18 @@ class TcpLatencyReceiver:
             key = table.Key()
             ct.memmove(ct.byref(key), ip_to_bytes(ip), 16)
             table[key] = one
+        # Flows decided their API-server flag once; a new generation makes each re-decide on its next
+        # segment (after the table above is complete).
+        gen = self._bpf["apiserver_gen"]
+        gen[ct.c_int(0)] = ct.c_uint32((gen[ct.c_int(0)].value + 1) & 0xFFFFFFFF)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, host: Host) -> None:
         if self._bpf is not None:
             return
         self._host = host
-        self._bpf = load_bpf(SOURCE, [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}"])
+        cflags = [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}", *_btf_cflags()]
+        self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches both RAW_TRACEPOINT_PROBEs on load
         self.set_apiserver_ips(self.apiserver_ips())
         if self.config.apiserver_metrics:
             store = host.metrics

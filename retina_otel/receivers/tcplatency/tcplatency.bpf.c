@@ -1,8 +1,19 @@
-// tcplatency: TCP handshake latency and smoothed RTT per flow, from tracepoints only
-// (sock:inet_sock_set_state and tcp:tcp_probe), plus Retina's API-server latency histograms.
+// tcplatency: TCP handshake latency and smoothed RTT per flow, from RAW tracepoints only
+// (inet_sock_set_state and tcp_probe), plus Retina's API-server latency histograms.
 //
-// Parameters (-D): MAX_FLOWS (per-flow LRU table size), HIST_SLOTS (whole-millisecond slots of the
-// API-server histograms; the last slot holds everything at or above it).
+// Raw tracepoints get the tracepoint's own arguments (inet_sock_set_state: sk, oldstate, newstate;
+// tcp_probe: sk, skb) and skip the trace record a classic (perf) tracepoint builds before running the
+// program (for tcp_probe: both sockaddrs, a dozen tcp_sock fields and the socket cookie, on every
+// received segment). The receiver checks both argument lists against the running kernel's BTF before
+// loading. The socket is NOT read through the (older) kernel headers: the receiver passes the running
+// kernel's member offsets, read from BTF, as -D flags:
+//   SKC_BASE, SKC_SPAN: the bytes of struct sock holding the sock_common members below (one read;
+//   multiples of 8, so the members keep their natural alignment in the stack copy)
+//   OFF_SKC_DADDR, OFF_SKC_RCV_SADDR, OFF_SKC_DPORT, OFF_SKC_NUM, OFF_SKC_FAMILY, OFF_SKC_V6_DADDR,
+//   OFF_SKC_V6_RCV_SADDR (offsets in struct sock), OFF_SK_PROTOCOL (sock.sk_protocol, u16),
+//   OFF_SRTT_US (tcp_sock.srtt_us)
+// Other parameters (-D): MAX_FLOWS (per-flow LRU table size), HIST_SLOTS (whole-millisecond slots of
+// the API-server histograms; the last slot holds everything at or above it).
 #include <uapi/linux/bpf.h>
 #include <linux/socket.h>
 
@@ -28,12 +39,15 @@ struct flow_key {
 };
 
 struct flow_val {
-    u64 first_ns;      // first observation (SYN sent or first probe)
-    u64 last_ns;       // last observation
+    u64 first_ns;      // first observation (SYN sent or first probe), CLOCK_MONOTONIC ns
+    u64 last_jiffies;  // last observation, in jiffies (bpf_jiffies64: a tick's resolution, ~free)
     u32 srtt_us;       // latest smoothed RTT
     u32 min_srtt_us;   // smallest smoothed RTT seen
     u32 samples;       // tcp_probe samples
     u32 handshake_us;  // SYN sent -> ESTABLISHED, 0 when not seen (passive side or started earlier)
+    u32 api_gen;       // apiserver_gen[0] when `apiserver` was decided (re-decided when it changes)
+    u8 apiserver;      // daddr is an API-server address
+    u8 pad[3];
 };
 
 struct addr_key {
@@ -42,16 +56,22 @@ struct addr_key {
 
 struct syn_val {
     u64 ts;
+    u32 api_gen;
     u8 apiserver;
 };
 
 BPF_TABLE("lru_hash", struct flow_key, struct flow_val, flows, MAX_FLOWS);
 BPF_HASH(syn_start, u64, struct syn_val, 16384);
 BPF_HASH(apiserver_ips, struct addr_key, u8, 256);
+// Bumped by user space after every change of apiserver_ips: flows re-decide their flag once.
+BPF_ARRAY(apiserver_gen, u32, 1);
 BPF_ARRAY(api_latency_hist, u64, HIST_SLOTS);
 BPF_ARRAY(api_handshake_hist, u64, HIST_SLOTS);
 // 0: API-server connection attempts without a SYN/ACK, 1: flows table updates that failed
 BPF_ARRAY(counters, u64, 2);
+
+// sock_common fields, copied from the socket with one read (zeroed if the read fails).
+#define SKC(ptr, off) ((ptr) + ((off) - SKC_BASE))
 
 static __always_inline void map_v4(u8 *dst, const u8 *src) {
     __builtin_memset(dst, 0, 10);
@@ -70,47 +90,75 @@ static __always_inline void count(int index) {
     if (v) __sync_fetch_and_add(v, 1);
 }
 
-TRACEPOINT_PROBE(sock, inet_sock_set_state) {
-    if (args->protocol != IPPROTO_TCP_NUM)
+static __always_inline u32 current_gen(void) {
+    int zero = 0;
+    u32 *gen = apiserver_gen.lookup(&zero);
+    return gen ? *gen : 0;
+}
+
+static __always_inline u8 is_apiserver(const u8 *daddr) {
+    struct addr_key dst = {};
+    __builtin_memcpy(dst.addr, daddr, 16);
+    return apiserver_ips.lookup(&dst) ? 1 : 0;
+}
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state) {
+    // args: const struct sock *sk, const int oldstate, const int newstate
+    int oldstate = (int)ctx->args[1];
+    int newstate = (int)ctx->args[2];
+    if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT)
+        return 0;  // the common case, decided before touching the socket
+    void *sk = (void *)ctx->args[0];
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
+    if (protocol != IPPROTO_TCP_NUM)
         return 0;
-    u64 sk = (u64)args->skaddr;
-    if (args->newstate == TCP_SYN_SENT) {
+    u64 skaddr = (u64)sk;
+    u64 skc_words[SKC_SPAN / 8];
+    u8 *skc = (u8 *)skc_words;
+    if (newstate == TCP_SYN_SENT) {
+        bpf_probe_read_kernel(skc, SKC_SPAN, sk + SKC_BASE);
+        u16 family = *(u16 *)SKC(skc, OFF_SKC_FAMILY);
         struct syn_val v = {};
         v.ts = bpf_ktime_get_ns();
-        struct addr_key dst = {};
-        if (args->family == AF_INET)
-            map_v4(dst.addr, args->daddr);
+        v.api_gen = current_gen();
+        u8 daddr[16];
+        if (family == AF_INET)
+            map_v4(daddr, SKC(skc, OFF_SKC_DADDR));
         else
-            __builtin_memcpy(dst.addr, args->daddr_v6, 16);
-        v.apiserver = apiserver_ips.lookup(&dst) ? 1 : 0;
-        syn_start.update(&sk, &v);
+            __builtin_memcpy(daddr, SKC(skc, OFF_SKC_V6_DADDR), 16);
+        v.apiserver = is_apiserver(daddr);
+        syn_start.update(&skaddr, &v);
         return 0;
     }
-    if (args->oldstate != TCP_SYN_SENT)
-        return 0;
-    struct syn_val *start = syn_start.lookup(&sk);
+    struct syn_val *start = syn_start.lookup(&skaddr);
     if (!start)
         return 0;
     u64 now = bpf_ktime_get_ns();
     u64 us = (now - start->ts) / 1000;
     u8 apiserver = start->apiserver;
+    u32 api_gen = start->api_gen;
     u64 began = start->ts;
-    syn_start.delete(&sk);
-    if (args->newstate == TCP_ESTABLISHED) {
+    syn_start.delete(&skaddr);
+    if (newstate == TCP_ESTABLISHED) {
+        bpf_probe_read_kernel(skc, SKC_SPAN, sk + SKC_BASE);
+        u16 family = *(u16 *)SKC(skc, OFF_SKC_FAMILY);
         struct flow_key key = {};
-        if (args->family == AF_INET) {
-            map_v4(key.saddr, args->saddr);
-            map_v4(key.daddr, args->daddr);
+        if (family == AF_INET) {
+            map_v4(key.saddr, SKC(skc, OFF_SKC_RCV_SADDR));
+            map_v4(key.daddr, SKC(skc, OFF_SKC_DADDR));
         } else {
-            __builtin_memcpy(key.saddr, args->saddr_v6, 16);
-            __builtin_memcpy(key.daddr, args->daddr_v6, 16);
+            __builtin_memcpy(key.saddr, SKC(skc, OFF_SKC_V6_RCV_SADDR), 16);
+            __builtin_memcpy(key.daddr, SKC(skc, OFF_SKC_V6_DADDR), 16);
         }
-        key.sport = args->sport;
-        key.dport = args->dport;
+        key.sport = *(u16 *)SKC(skc, OFF_SKC_NUM);                  // host order
+        key.dport = bpf_ntohs(*(u16 *)SKC(skc, OFF_SKC_DPORT));     // network order in the socket
         struct flow_val val = {};
         val.first_ns = began;
-        val.last_ns = now;
+        val.last_jiffies = bpf_jiffies64();
         val.handshake_us = us > 0xffffffff ? 0xffffffff : (u32)us;
+        val.api_gen = api_gen;
+        val.apiserver = apiserver;
         if (flows.update(&key, &val) != 0)
             count(1);
         if (apiserver) {
@@ -118,48 +166,66 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             u64 *c = api_handshake_hist.lookup(&slot);
             if (c) __sync_fetch_and_add(c, 1);
         }
-    } else if (args->newstate == TCP_CLOSE && apiserver) {
+    } else if (newstate == TCP_CLOSE && apiserver) {
         count(0);  // the SYN never got a SYN/ACK (timeout, RST or unreachable)
     }
     return 0;
 }
 
-TRACEPOINT_PROBE(tcp, tcp_probe) {
+RAW_TRACEPOINT_PROBE(tcp_probe) {
+    // args: struct sock *sk, const struct sk_buff *skb. Runs on every received segment of an
+    // established socket, under the socket's lock.
+    void *sk = (void *)ctx->args[0];
+    u64 skc_words[SKC_SPAN / 8];
+    u8 *skc = (u8 *)skc_words;
+    bpf_probe_read_kernel(skc, SKC_SPAN, sk + SKC_BASE);
+    u16 family = *(u16 *)SKC(skc, OFF_SKC_FAMILY);
     struct flow_key key = {};
-    // saddr/daddr are struct sockaddr_in / sockaddr_in6 in a 28-byte buffer.
-    if (args->family == AF_INET) {
-        map_v4(key.saddr, args->saddr + 4);
-        map_v4(key.daddr, args->daddr + 4);
-    } else if (args->family == AF_INET6) {
-        __builtin_memcpy(key.saddr, args->saddr + 8, 16);
-        __builtin_memcpy(key.daddr, args->daddr + 8, 16);
+    if (family == AF_INET) {
+        map_v4(key.saddr, SKC(skc, OFF_SKC_RCV_SADDR));
+        map_v4(key.daddr, SKC(skc, OFF_SKC_DADDR));
+    } else if (family == AF_INET6) {
+        __builtin_memcpy(key.saddr, SKC(skc, OFF_SKC_V6_RCV_SADDR), 16);
+        __builtin_memcpy(key.daddr, SKC(skc, OFF_SKC_V6_DADDR), 16);
     } else {
         return 0;
     }
-    key.sport = args->sport;
-    key.dport = args->dport;
-    u32 srtt = args->srtt;
-    u64 now = bpf_ktime_get_ns();
+    key.sport = *(u16 *)SKC(skc, OFF_SKC_NUM);
+    key.dport = bpf_ntohs(*(u16 *)SKC(skc, OFF_SKC_DPORT));
+    u32 srtt8 = 0;
+    bpf_probe_read_kernel(&srtt8, sizeof(srtt8), sk + OFF_SRTT_US);
+    u32 srtt = srtt8 >> 3;  // what the classic tracepoint reports (srtt_us is kept << 3)
+    // Last-seen only: jiffies are enough and cost a memory read (ktime_get_ns: ~100 ns in a VM;
+    // bpf_ktime_get_coarse_ns is not allowed in tracing programs).
+    u64 now = bpf_jiffies64();
+    u32 gen = current_gen();
+    u8 apiserver;
     struct flow_val *val = flows.lookup(&key);
     if (val) {
-        val->last_ns = now;
+        val->last_jiffies = now;
         val->srtt_us = srtt;
         if (srtt && (val->min_srtt_us == 0 || srtt < val->min_srtt_us))
             val->min_srtt_us = srtt;
         __sync_fetch_and_add(&val->samples, 1);
+        if (val->api_gen != gen) {
+            val->apiserver = is_apiserver(key.daddr);
+            val->api_gen = gen;
+        }
+        apiserver = val->apiserver;
     } else {
         struct flow_val fresh = {};
-        fresh.first_ns = now;
-        fresh.last_ns = now;
+        fresh.first_ns = bpf_ktime_get_ns();  // once per flow
+        fresh.last_jiffies = now;
         fresh.srtt_us = srtt;
         fresh.min_srtt_us = srtt;
         fresh.samples = 1;
+        fresh.api_gen = gen;
+        fresh.apiserver = is_apiserver(key.daddr);
+        apiserver = fresh.apiserver;
         if (flows.update(&key, &fresh) != 0)
             count(1);
     }
-    struct addr_key dst = {};
-    __builtin_memcpy(dst.addr, key.daddr, 16);
-    if (srtt && apiserver_ips.lookup(&dst)) {
+    if (srtt && apiserver) {
         int slot = slot_of(srtt);
         u64 *c = api_latency_hist.lookup(&slot);
         if (c) __sync_fetch_and_add(c, 1);
