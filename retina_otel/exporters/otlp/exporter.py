@@ -1,8 +1,9 @@
 """OTLP export of the metric store and of flow logs, never blocking the pipeline.
 
 Flow batches go into a bounded queue (counted in records); a worker thread turns them into log records
-and exports them with the SDK's OTLP log exporter. When the queue is full, new batches are dropped and
-counted in ``controlplane_networkobservability_lost_events_counter{type="otlp_logs",reason="queue_full"}``;
+and exports them with the SDK's OTLP log exporter, ``batch_size`` records at a time (so at most that
+many exist as SDK objects). When the queue is full, new batches are dropped and counted in
+``controlplane_networkobservability_lost_events_counter{type="otlp_logs",reason="queue_full"}``;
 failed exports are counted with ``reason="export_failed"``. Metrics are exported every ``interval`` from
 a store snapshot (cumulative temporality, the same values Prometheus shows). The SDK exporters retry
 transient errors with backoff within ``timeout``; a dead endpoint costs one worker thread's time, never
@@ -17,7 +18,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from typing import Any, Literal
 
 from opentelemetry.sdk.resources import Resource
@@ -241,40 +241,71 @@ class OtlpExporter:
     def queued_records(self) -> int:
         return self._queued_records
 
-    def _take(self) -> list[FlowBatch]:
-        with self._wake:
-            taken = list(self._queue)
-            self._queue.clear()
-            self._queued_records = 0
-            return taken
+    def _take(self) -> FlowBatch | None:
+        """At most ``batch_size`` queued records (the head batch is split when larger), or None.
 
-    def _logs_loop(self) -> None:
+        Only that many records exist as SDK log records at a time (a Python object per record, some
+        kilobytes each): converting whole queued batches at once cost ~100 MB of peak RSS in a churn
+        of 150,000 flows with the endpoint down. The taken records leave ``queued_records`` when they
+        are exported (or counted as lost), so the queue bound covers them as well.
+        """
+        with self._wake:
+            if not self._queue:
+                return None
+            head = self._queue[0]
+            room = self.config.batch_size
+            if len(head) <= room:
+                return self._queue.popleft()
+            part = FlowBatch(
+                records=head.records[:room],
+                receiver=head.receiver,
+                dns=head.dns[:room] if head.dns is not None else None,
+                endpoints=head.endpoints,
+                attributes=head.attributes,
+            )
+            head.records = head.records[room:]
+            if head.dns is not None:
+                head.dns = head.dns[room:]
+            return part
+
+    def _export_logs(self, batch: FlowBatch) -> bool:
         from opentelemetry.sdk._logs.export import LogRecordExportResult
 
         assert self._host is not None
+        try:
+            result = self._log_exporter.export(flows_to_log_records(batch, self._resource))
+        except Exception as exc:
+            log.warning("%s: log export failed: %s", self.id, exc)
+            result = LogRecordExportResult.FAILURE
+        with self._wake:
+            self._queued_records -= len(batch)
+        if result is LogRecordExportResult.SUCCESS:
+            self.exported_records += len(batch)
+            return True
+        self._host.count_lost("otlp_logs", "export_failed", len(batch))
+        return False
+
+    def _drop_queue(self, reason: str) -> None:
+        with self._wake:
+            dropped, self._queued_records = self._queued_records, 0
+            self._queue.clear()
+        if dropped and self._host is not None:
+            self._host.count_lost("otlp_logs", reason, dropped)
+
+    def _logs_loop(self) -> None:
         while True:
             with self._wake:
                 if not self._stop.is_set() and self._queued_records < self.config.batch_size:
                     self._wake.wait(self.config.flush_interval)
-            batches = self._take()
             stopping = self._stop.is_set()
-            for batch in batches:
-                records = flows_to_log_records(batch, self._resource)
-                for start in range(0, len(records), self.config.batch_size):
-                    chunk = records[start : start + self.config.batch_size]
-                    try:
-                        result = self._log_exporter.export(chunk)
-                    except Exception as exc:
-                        log.warning("%s: log export failed: %s", self.id, exc)
-                        result = LogRecordExportResult.FAILURE
-                    if result is LogRecordExportResult.SUCCESS:
-                        self.exported_records += len(chunk)
-                    else:
-                        self._host.count_lost("otlp_logs", "export_failed", len(chunk))
+            while (batch := self._take()) is not None:
+                if not self._export_logs(batch) and stopping:
+                    # Shutting down with the endpoint failing: one timeout, not one per queued batch.
+                    self._drop_queue("export_failed")
+                if self._stop.is_set() and not stopping:
+                    break  # flush what is left in the final round, with the rule above
             if stopping:
                 return
-            if not batches:
-                time.sleep(0)  # nothing queued: loop back to the wait
 
 
 def _create_grpc(settings: CreateSettings, config: OtlpConfig, _next: FlowConsumer | None) -> OtlpExporter:
