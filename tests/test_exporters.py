@@ -158,3 +158,22 @@ def test_otlp_http_protocol_builds_urls() -> None:
         CreateSettings("otlphttp", "exporter"), OtlpConfig(endpoint="http://c:4318/"), "http/protobuf"
     )
     assert exporter._endpoint("/v1/logs") == "http://c:4318/v1/logs"
+
+
+def test_otlp_exports_a_large_batch_in_batch_size_requests(sink: OtlpSink) -> None:
+    """A 1,000-row batch with batch_size 100: every record arrives, no request holds more than 100
+    (only that many exist as SDK log records at a time)."""
+    raw = agent_config(f"127.0.0.1:{sink.port}", batch_size=100, flush_interval=0.1)
+    raw["receivers"]["synthetic"] = {"interval": 0.01, "records_per_batch": 1000, "max_batches": 1}
+    agent = Agent(parse_config(raw, env={}))
+    agent.start()
+    try:
+        assert wait_for(lambda: len(sink.log_records()) >= 1000, timeout=15), len(sink.log_records())
+        time.sleep(0.3)
+        sizes = [sum(len(sl.log_records) for rl in r.resource_logs for sl in rl.scope_logs) for r in sink.log_requests]
+        assert sum(sizes) == 1000
+        assert max(sizes) <= 100
+        exporter = next(s.component for s in agent.states() if s.id == "otlp")
+        assert exporter.queued_records == 0  # type: ignore[attr-defined]
+    finally:
+        agent.shutdown()
