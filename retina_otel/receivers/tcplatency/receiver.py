@@ -1,7 +1,7 @@
-"""The tcplatency receiver: handshake latency and smoothed RTT of every TCP flow, from tracepoints.
+"""The tcplatency receiver: handshake latency and smoothed RTT of every TCP flow, from raw tracepoints.
 
-``sock:inet_sock_set_state`` times each active open (SYN sent -> ESTABLISHED) and sees attempts that
-never got a SYN/ACK (SYN sent -> CLOSE); ``tcp:tcp_probe`` gives the kernel's smoothed RTT on every
+``inet_sock_set_state`` times each active open (SYN sent -> ESTABLISHED) and sees attempts that
+never got a SYN/ACK (SYN sent -> CLOSE); ``tcp_probe`` gives the kernel's smoothed RTT on every
 received segment. The kernel keeps one LRU entry per flow (local address first) and, for the API
 server's addresses, whole-millisecond histograms, which become Retina's
 ``adv_node_apiserver_latency`` / ``adv_node_apiserver_tcp_handshake_latency`` (buckets 0 to 4.5 ms by
