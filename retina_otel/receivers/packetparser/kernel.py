@@ -16,13 +16,14 @@ import errno
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from retina_otel.bpf.syscall import bpf
 
-__all__ = ["RingBufReader", "TestRunResult", "lookup_batch", "prog_test_run", "update_batch"]
+__all__ = ["RingBufReader", "TestRunResult", "iter_batches", "lookup_batch", "prog_test_run", "update_batch"]
 
 _BPF_PROG_TEST_RUN = 10
 
@@ -83,35 +84,55 @@ def _libbcc() -> ctypes.CDLL:
     return lib  # type: ignore[no-any-return]
 
 
+def iter_batches(
+    map_fd: int, key_dtype: np.dtype, value_dtype: np.dtype, chunk: int
+) -> Iterator[tuple[npt.NDArray[np.void], npt.NDArray[np.void]]]:
+    """The entries of a hash map, ``chunk`` at a time, as numpy arrays (a consistent snapshot per
+    bucket). The arrays are reused between chunks: copy what must outlive the next one. Memory stays
+    at one chunk whatever the map's size (a whole 262,144-entry connection table is ~100 MB)."""
+    lib = _libbcc()
+    keys = np.zeros(chunk, dtype=key_dtype)
+    values = np.zeros(chunk, dtype=value_dtype)
+    token = ctypes.c_uint32(0)
+    count = ctypes.c_uint32(0)
+    first = True
+    while True:
+        count.value = chunk
+        res = lib.bpf_lookup_batch(
+            map_fd,
+            None if first else ctypes.byref(token),
+            ctypes.byref(token),
+            ctypes.c_void_p(keys.ctypes.data),
+            ctypes.c_void_p(values.ctypes.data),
+            ctypes.byref(count),
+        )
+        err = ctypes.get_errno()
+        first = False
+        if count.value:
+            yield keys[: count.value], values[: count.value]
+        if res != 0:
+            if err != errno.ENOENT:
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            return
+        if count.value == 0:
+            return
+
+
 def lookup_batch(
     map_fd: int, key_dtype: np.dtype, value_dtype: np.dtype, max_entries: int
 ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.void]]:
     """All entries of a hash map as two numpy arrays (a consistent snapshot per bucket)."""
-    lib = _libbcc()
-    keys = np.zeros(max_entries, dtype=key_dtype)
-    values = np.zeros(max_entries, dtype=value_dtype)
-    token = ctypes.c_uint32(0)
-    count = ctypes.c_uint32(0)
-    total = 0
-    while total < max_entries:
-        count.value = max_entries - total
-        res = lib.bpf_lookup_batch(
-            map_fd,
-            ctypes.byref(token) if total else None,
-            ctypes.byref(token),
-            ctypes.c_void_p(keys.ctypes.data + key_dtype.itemsize * total),
-            ctypes.c_void_p(values.ctypes.data + value_dtype.itemsize * total),
-            ctypes.byref(count),
-        )
-        err = ctypes.get_errno()
-        total += count.value
-        if res != 0:
-            if err != errno.ENOENT:
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-            break
-        if count.value == 0:
-            break
-    return keys[:total], values[:total]
+    keys: list[npt.NDArray[np.void]] = []
+    values: list[npt.NDArray[np.void]] = []
+    for k, v in iter_batches(map_fd, key_dtype, value_dtype, min(max_entries, _CHUNK)):
+        keys.append(k.copy())
+        values.append(v.copy())
+    if not keys:
+        return np.zeros(0, dtype=key_dtype), np.zeros(0, dtype=value_dtype)
+    return np.concatenate(keys), np.concatenate(values)
+
+
+_CHUNK = 8192
 
 
 def update_batch(map_fd: int, keys: npt.NDArray[np.generic], values: npt.NDArray[np.generic]) -> None:

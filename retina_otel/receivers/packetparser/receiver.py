@@ -38,7 +38,7 @@ from retina_otel.metrics.store import Family
 
 from .config import PacketParserConfig
 from .filtermap import lpm_keys
-from .kernel import RingBufReader, lookup_batch, prog_test_run, update_batch
+from .kernel import RingBufReader, iter_batches, lookup_batch, prog_test_run, update_batch
 from .links import LinkWatcher, default_route_ifindexes, list_links, select_pod_links
 from .records import (
     CT_ENTRY_DTYPE,
@@ -67,6 +67,7 @@ _ST_PACKETS = STAT_NAMES.index("packets")
 # arrived (50 wake-ups/s were ~1% of a core idle); the 8 MiB default ring holds ~70,000 reports, so 0.1 s
 # keeps up with 700,000 reports/s before the kernel counts ringbuf_full.
 _POLL_SECONDS = 0.1
+_READ_CHUNK = 8192  # connection-table entries read at a time when flushing (~3 MB)
 
 _POINTS = OBSERVATION_POINTS
 """Observation points in the order of their numbers (OBS_* in packetparser.bpf.c, 1-based)."""
@@ -437,16 +438,19 @@ class PacketParserReceiver:
         if "pp_merge" in self._fds:
             for _ in range(2 if everything else 1):
                 self._sweep_flow_cache()
-        keys, values = lookup_batch(
-            self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, self.config.conntrack_max_entries
-        )
         self._sample_clock()
         now = time.monotonic_ns() + self._table_minus_mono_ns
-        expired = values["eviction_ns"] < now
+        live = 0
+        wanted: list[npt.NDArray[np.void]] = []  # keys only: the entries are read a chunk at a time
+        for keys, values in iter_batches(self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, _READ_CHUNK):
+            expired = values["eviction_ns"] < now
+            live += int((~expired).sum())
+            need = (values["d"]["packets"] > 0).any(axis=1) | expired
+            wanted.append(keys[need])  # boolean indexing copies
         if "total_connections" in self._metrics:
-            self._metrics["total_connections"].set((), float((~expired).sum()))
-        need = (values["d"]["packets"] > 0).any(axis=1) | expired
-        self._run_batched("pp_flush", "flush_keys", keys[need])
+            self._metrics["total_connections"].set((), float(live))
+        if wanted:
+            self._run_batched("pp_flush", "flush_keys", np.concatenate(wanted))
 
     def flush(self) -> None:
         """Report every counter still in the kernel, hand all pending rows to the next consumer and
