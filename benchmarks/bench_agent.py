@@ -27,6 +27,7 @@ through 150,000 new UDP flows with the OTLP endpoint down.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -50,11 +51,6 @@ METRICS_URL = "http://127.0.0.1:10093/metrics"
 PORT = 5201
 SETTLE_S = 3.0  # after ready: the first interval's start-up work (first flush, first scrape) is not steady state
 RECEIVERS = ("packetforward", "linuxutil", "packetparser", "dropreason", "tcpretrans", "dns", "tcplatency")
-NOOP_SOURCE = b"""
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/pkt_cls.h>
-int noop(struct __sk_buff *skb) { return TC_ACT_UNSPEC; }
-"""
 CHURN_FLOWS = 150_000
 
 
@@ -287,17 +283,51 @@ def _sample(counter: Callable[[], float], seconds: int) -> list[float]:
     return out
 
 
+class _ProgLoadAttr(ctypes.Structure):
+    """The leading members of ``union bpf_attr`` for BPF_PROG_LOAD."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+    ]
+
+
+def _load_noop() -> int:
+    """``return TC_ACT_UNSPEC;`` as a SCHED_CLS program, loaded with bpf(2) directly: the benchmark
+    process must not map libLLVM/libclang (bcc), or the agent's pages of them stay shared and resident
+    and its RSS reads ~75 MB high."""
+    from retina_otel.bpf.syscall import bpf
+
+    insns = (ctypes.c_uint64 * 2)(
+        0xFFFFFFFF_000000B7,  # BPF_MOV64_IMM(BPF_REG_0, -1): opcode 0xb7, imm -1 in the high word
+        0x95,  # BPF_EXIT
+    )
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(
+        prog_type=3,  # BPF_PROG_TYPE_SCHED_CLS
+        insn_cnt=2,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_),
+    )
+    return bpf(5, attr, "BPF_PROG_LOAD")  # BPF_PROG_LOAD
+
+
 class Hook:
     """A no-op TC program switched onto the pods' host veths exactly as packetparser attaches."""
 
     def __init__(self, pods: tuple[Pod, Pod]) -> None:
-        from bcc import BPF
-
         from retina_otel.bpf.tc import FilterSpec, make_attacher
+
+        self._fd = _load_noop()
         from retina_otel.receivers.packetparser.receiver import FILTER_SPEC
 
-        self._bpf = BPF(text=NOOP_SOURCE)
-        self._fd = int(self._bpf.load_func(b"noop", BPF.SCHED_CLS).fd)
         spec = FilterSpec(name="retina_otel_bench_noop", prio=FILTER_SPEC.prio, handle=FILTER_SPEC.handle)
         self._attacher = make_attacher(spec, "auto")
         self._pods = pods
@@ -313,7 +343,7 @@ class Hook:
 
     def close(self) -> None:
         self._attacher.close()
-        self._bpf.cleanup()
+        os.close(self._fd)
 
 
 def _toggled(
