@@ -110,43 +110,86 @@ def _btf_cflags() -> list[str]:
     return [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DSKC_BASE={base}", f"-DSKC_SPAN={span}"]
 
 
-class LatencyTable:
-    """A snapshot of the per-flow table: ``lookup(src, dst, sport, dport)`` -> (srtt_us, handshake_us).
+KEY_BYTES = 36
+"""A flow key as the table and the processor pack it: source, destination (16 bytes each), source port,
+destination port (little-endian u16)."""
+_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
+    dtype=np.uint64,
+)
 
-    Keys are from the local socket's point of view; :meth:`lookup` tries both orientations, so a row
-    seen in either direction finds its flow.
+
+def _hash_keys(keys: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    """A 64-bit hash per packed key (rows of KEY_BYTES bytes); equal keys hash equal, and a match is
+    always confirmed on the whole key."""
+    words = np.ascontiguousarray(keys[:, :32]).view("<u8")
+    tail = np.ascontiguousarray(keys[:, 32:KEY_BYTES]).view("<u4")[:, 0].astype(np.uint64)
+    h: npt.NDArray[np.uint64] = tail * _MULTIPLIERS[4]
+    for i in range(4):
+        h ^= words[:, i] * _MULTIPLIERS[i]
+        h = (h << np.uint64(29)) | (h >> np.uint64(35))
+    return h
+
+
+class LatencyTable:
+    """A snapshot of the per-flow table: (srtt_us, handshake_us) by flow.
+
+    Keys are from the local socket's point of view; look-ups try both orientations, so a row seen in
+    either direction finds its flow. Look-ups are vectorised (:meth:`lookup_rows`): the keys are kept
+    sorted by a 64-bit hash and found with ``searchsorted``, each match confirmed on the whole key, so a
+    batch of flow records is annotated without a Python loop over its rows.
     """
 
     def __init__(self, keys: npt.NDArray[Any], values: npt.NDArray[Any]) -> None:
-        self._index: dict[bytes, tuple[int, int]] = {}
-        if len(keys):
-            raw = keys.view(np.uint8).reshape(len(keys), -1)[:, :36].copy()
-            srtt = values["srtt_us"].tolist()
-            handshake = values["handshake_us"].tolist()
-            for i, row in enumerate(raw):
-                self._index[row.tobytes()] = (srtt[i], handshake[i])
+        raw = (
+            keys.view(np.uint8).reshape(len(keys), -1)[:, :KEY_BYTES]
+            if len(keys)
+            else np.zeros((0, KEY_BYTES), np.uint8)
+        )
+        hashes = _hash_keys(raw)
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        self._keys = np.ascontiguousarray(raw[order])
+        self._srtt = values["srtt_us"][order].astype(np.uint32) if len(keys) else np.zeros(0, np.uint32)
+        self._handshake = values["handshake_us"][order].astype(np.uint32) if len(keys) else np.zeros(0, np.uint32)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._hashes)
 
     @staticmethod
     def key(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
         return src + dst + int(sport).to_bytes(2, "little") + int(dport).to_bytes(2, "little")
 
-    def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None:
-        """RTT of the socket in this orientation (else the other); the handshake of whichever end
-        opened the connection (both ends are here when both are pods of this node)."""
-        return self.lookup_packed(self.key(src, dst, sport, dport), self.key(dst, src, dport, sport))
+    def _find(
+        self, keys: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+        n = len(keys)
+        if not len(self._hashes) or not n:
+            zeros = np.zeros(n, np.uint32)
+            return np.zeros(n, bool), zeros, zeros
+        hashes = _hash_keys(keys)
+        idx = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
+        found = (self._hashes[idx] == hashes) & (self._keys[idx] == keys).all(axis=1)
+        zero = np.uint32(0)
+        return found, np.where(found, self._srtt[idx], zero), np.where(found, self._handshake[idx], zero)
 
-    def lookup_packed(self, forward_key: bytes, reverse_key: bytes) -> tuple[int, int] | None:
-        """:meth:`lookup` with both orientations already packed as :meth:`key` makes them."""
-        forward = self._index.get(forward_key)
-        reverse = self._index.get(reverse_key)
-        if forward is None:
-            return reverse
-        if reverse is None:
-            return forward
-        return forward[0] or reverse[0], max(forward[1], reverse[1])
+    def lookup_rows(
+        self, forward: npt.NDArray[np.uint8], reverse: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.bool_]]:
+        """For packed keys in both orientations ((n, KEY_BYTES) each): srtt_us, handshake_us and whether
+        the flow is known. RTT of the socket in the row's orientation (else the other's); the handshake
+        of whichever end opened the connection (both ends are here when both are pods of this node)."""
+        f_found, f_srtt, f_handshake = self._find(forward)
+        r_found, r_srtt, r_handshake = self._find(reverse)
+        srtt = np.where(f_found & (f_srtt > 0), f_srtt, np.where(r_found, r_srtt, f_srtt))
+        return srtt, np.maximum(f_handshake, r_handshake), f_found | r_found
+
+    def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None:
+        """One flow's (srtt_us, handshake_us), or None when neither orientation is in the table."""
+        forward = np.frombuffer(self.key(src, dst, sport, dport), np.uint8).reshape(1, KEY_BYTES)
+        reverse = np.frombuffer(self.key(dst, src, dport, sport), np.uint8).reshape(1, KEY_BYTES)
+        srtt, handshake, known = self.lookup_rows(forward, reverse)
+        return (int(srtt[0]), int(handshake[0])) if known[0] else None
 
 
 class TcpLatencyReceiver:
