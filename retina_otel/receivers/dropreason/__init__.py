@@ -19,5 +19,5 @@ FACTORY: Factory[DropReasonConfig] = Factory(
     kind="receiver",
     config_model=DropReasonConfig,
     create=DropReasonReceiver,  # the constructor takes (settings, config, next_consumer)
-    description="Packet drops by kernel drop reason and direction, with dropped flow records (raw tracepoint kfree_skb)",
+    description="Packet drops by kernel drop reason and direction, with dropped flow records (kfree_skb)",
 )
