@@ -152,12 +152,16 @@ def _check_rows(consumer: CollectingConsumer, client: Pod, seen: list[dict[str, 
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("source", ["socket", "tc"])
 @pytest.mark.parametrize("port", [53, 5353])
-def test_dnsmasq_counts_rcodes_answers_latency(pods: tuple[Pod, Pod], port: int) -> None:
+def test_dnsmasq_counts_rcodes_answers_latency(pods: tuple[Pod, Pod], port: int, source: str) -> None:
+    """Alone in the agent: `socket`, or `tc` with the receiver's own programs on the veths."""
     client, server = pods
     proc = start_dnsmasq(server, port)
-    rcv, host, consumer = _start(DnsConfig(interval=3600, interfaces=(client.host_veth, server.host_veth)))
+    interfaces = (client.host_veth, server.host_veth)
+    rcv, host, consumer = _start(DnsConfig(interval=3600, interfaces=interfaces, source=source))  # type: ignore[arg-type]
     try:
+        assert rcv.source == source
         seen = run_queries(client, server, port, repeat=2)
         n = len(seen)
         assert n == 2 * 2 * 2 * 3
@@ -184,13 +188,15 @@ def test_dnsmasq_counts_rcodes_answers_latency(pods: tuple[Pod, Pod], port: int)
 
 
 @pytest.mark.kernel
-def test_all_interfaces_counts_each_message_once(pods: tuple[Pod, Pod]) -> None:
-    """Unbound, the socket sees every query twice (in on the client's veth, out on the server's): only the
-    received copy counts."""
+@pytest.mark.parametrize("source", ["socket", "auto"])
+def test_all_interfaces_counts_each_message_once(pods: tuple[Pod, Pod], source: str) -> None:
+    """Unbound, every query is seen twice (in on the client's veth, out on the server's): only the copy
+    leaving the client counts. `auto` alone in the agent attaches its own TC programs."""
     client, server = pods
     proc = start_dnsmasq(server, 53)
-    rcv, _host, consumer = _start(DnsConfig(interval=3600))
+    rcv, _host, consumer = _start(DnsConfig(interval=3600, source=source))  # type: ignore[arg-type]
     try:
+        assert rcv.source == ("socket" if source == "socket" else "tc")
         seen = run_queries(client, server, 53, repeat=1)
 
         def complete() -> bool:

@@ -179,20 +179,34 @@ def test_fast_path_hands_every_dns_packet_to_the_chain(make_node: Any) -> None:
 
 
 @pytest.mark.kernel
-def test_auto_without_packetparser_uses_the_socket_and_tc_refuses() -> None:
-    auto = DnsReceiver(CreateSettings("dns", "receiver"), DnsConfig(interval=3600), None)
+def test_without_packetparser_tc_attaches_its_own_programs_and_removes_them() -> None:
+    """`auto` and `tc` without packetparser: the receiver's programs sit on the host interface (and pod
+    veths) themselves; shutdown leaves nothing attached. `socket` stays a socket."""
+    from pyroute2 import IPRoute
+
+    from retina_otel.bpf.directchain import DirectChain
+    from retina_otel.bpf.links import default_route_ifindexes
+
+    with IPRoute() as ipr:
+        host = default_route_ifindexes(ipr)
+
+    for source in ("auto", "tc"):
+        rcv = DnsReceiver(CreateSettings("dns", "receiver"), DnsConfig(interval=3600, source=source), None)  # type: ignore[arg-type]
+        try:
+            rcv.start(TestHost())
+            assert rcv.source == "tc"
+            chain = rcv.chain
+            assert isinstance(chain, DirectChain) and chain.available()
+            assert set(host) <= set(chain.attached_interfaces())
+        finally:
+            rcv.shutdown()
+        assert not chain.available()
+    sock = DnsReceiver(CreateSettings("dns", "receiver"), DnsConfig(interval=3600, source="socket"), None)
     try:
-        auto.start(TestHost())
-        assert auto.source == "socket"
+        sock.start(TestHost())
+        assert sock.source == "socket"
     finally:
-        auto.shutdown()
-    tc = DnsReceiver(CreateSettings("dns", "receiver"), DnsConfig(interval=3600, source="tc"), None)
-    try:
-        with pytest.raises(RuntimeError, match=r"needs packetparser's DNS chain.*add `packetparser`"):
-            tc.start(TestHost())
-        assert tc.source == ""
-    finally:
-        tc.shutdown()
+        sock.shutdown()
 
 
 @pytest.mark.kernel

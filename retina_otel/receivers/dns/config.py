@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from retina_otel.bpf.links import DEFAULT_POD_INTERFACE_PATTERNS
 from retina_otel.component import ComponentConfig
 
 __all__ = ["DnsConfig"]
@@ -17,11 +18,26 @@ class DnsConfig(ComponentConfig):
     source: Literal["auto", "tc", "socket"] = Field(
         default="auto",
         description=(
-            "Where DNS packets are taken. `tc`: from packetparser's TC programs, which hand DNS-port packets "
-            "to the receiver's programs by tail call (the agent needs a packetparser receiver; packets that "
-            "are not DNS cost nothing more). `socket`: a packet socket with a DNS-only filter, which works "
-            "alone but taps every packet of the node. `auto` (default): `tc` when the agent has a "
-            "packetparser receiver, else `socket`."
+            "Where DNS packets are taken. `tc`: TC programs -- through packetparser's DNS chain when the agent "
+            "has a packetparser receiver (packets that are not DNS cost nothing more), else attached by the "
+            "receiver itself to pod veths (`pod_interfaces`) and the host interface (`host_interface`). "
+            "`socket`: a packet socket with a DNS-only filter, which taps (and for sent packets clones) every "
+            "packet of the node. `auto` (default): `tc`, falling back to `socket` when TC programs cannot be "
+            "attached."
+        ),
+    )
+    pod_interfaces: tuple[str, ...] = Field(
+        default=DEFAULT_POD_INTERFACE_PATTERNS,
+        description=(
+            "Glob patterns of host-side pod interfaces the receiver's own TC programs attach to (`tc` without "
+            "packetparser; with it, packetparser's `interfaces` apply). Default: as packetparser's."
+        ),
+    )
+    host_interface: str = Field(
+        default="auto",
+        description=(
+            "The node's interface for the receiver's own TC programs (`tc` without packetparser): 'auto' = "
+            "the default route's, a name, or 'none'. Default: auto."
         ),
     )
     interfaces: tuple[str, ...] = Field(
@@ -29,7 +45,7 @@ class DnsConfig(ComponentConfig):
         description=(
             "Interface names to watch (resolved to indexes at start; the kernel programs pass only their "
             "packets). Default: empty, meaning every interface of the agent's network namespace (`socket`) "
-            "or every interface packetparser is attached to (`tc`)."
+            "or every interface the TC programs are attached to (`tc`)."
         ),
     )
     interval: float = Field(

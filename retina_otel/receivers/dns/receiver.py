@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import threading
 import time
 
 from retina_otel.bpf.chain import ProgramChain
+from retina_otel.bpf.directchain import DirectChain
+from retina_otel.bpf.tc import FilterSpec, TcError
 from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import Family
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_BOUNDS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 CHAIN_EXTENSION = "dns_chain"
+_MAX_WAIT_SECONDS = 5.0  # the reader re-checks its state at least this often
 """The extension packetparser offers for the TC source (a :class:`~retina_otel.bpf.chain.ProgramChain`)."""
 
 
@@ -41,28 +45,27 @@ def local_addresses() -> set[bytes]:
     return found
 
 
-def choose_chain(config: DnsConfig, host: Host) -> ProgramChain | None:
-    """The DNS chain to plug into (TC source), or None for the socket source; raises when ``source: tc``
-    cannot be honoured."""
+DIRECT_FILTER_SPEC = FilterSpec(name="retina_otel_dns", prio=0x1E8, handle=0x1E8A)
+"""How the receiver's own TC programs are attached (``tc`` without packetparser): next to packetparser's."""
+
+
+def choose_chain(config: DnsConfig, host: Host, component_id: str = "dns") -> ProgramChain | None:
+    """The chain the TC source plugs into: packetparser's DNS chain when the agent has one, else the
+    receiver's own hooks on the same interfaces; None for ``source: socket``."""
     if config.source == "socket":
         return None
     chain = host.get_extension(CHAIN_EXTENSION)
     if isinstance(chain, ProgramChain):
         return chain
-    if config.source == "tc":
-        raise RuntimeError(
-            "dns: source tc needs packetparser's DNS chain, and the agent has no packetparser receiver: add "
-            "`packetparser` to the receivers of a pipeline, or set `source: socket` (or auto)"
-        )
-    return None
+    return DirectChain(
+        DIRECT_FILTER_SPEC, config.pod_interfaces, config.host_interface, name=f"{component_id}-links"
+    )
 
 
 class DnsReceiver:
     """See the package docstring. ``flush()`` reads what the source holds and publishes now."""
 
-    def __init__(
-        self, settings: CreateSettings, config: DnsConfig, next_consumer: FlowConsumer | None
-    ) -> None:
+    def __init__(self, settings: CreateSettings, config: DnsConfig, next_consumer: FlowConsumer | None) -> None:
         self.settings = settings
         self.config = config
         self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
@@ -78,6 +81,7 @@ class DnsReceiver:
         )
         self._lock = threading.Lock()  # source and tracker
         self._reader = Worker(f"{settings.id}-reader")
+        self._wake: tuple[int, int] | None = None  # a pipe: shutdown() writes, the reader's select wakes
         self._requests: Family | None = None
         self._responses: Family | None = None
         self._latency: Family | None = None
@@ -87,6 +91,11 @@ class DnsReceiver:
     def source(self) -> str:
         """``"tc"`` or ``"socket"`` once started, else ``""``."""
         return self._source.name if self._source is not None else ""
+
+    @property
+    def chain(self) -> ProgramChain | None:
+        """The program chain the TC source is plugged into (None with the socket source)."""
+        return self._chain
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, host: Host) -> None:
@@ -101,33 +110,51 @@ class DnsReceiver:
             unit="ms",
         )
         indexes = [socket.if_nametoindex(name) for name in self.config.interfaces]
-        chain = choose_chain(self.config, host)
-        source: PacketSource
+        chain = choose_chain(self.config, host, self.settings.id)
+        source: PacketSource | None = None
         if chain is not None:
             from retina_otel.receivers.dns.tc_source import TcSource
 
-            source = TcSource(chain, indexes)
-            self._chain = chain
-            log.info(
-                "dns: source tc (packetparser's DNS chain, %s)",
-                "active" if chain.available() else "applied when packetparser has loaded",
-            )
-        else:
+            own = isinstance(chain, DirectChain)
+            try:
+                source = TcSource(chain, indexes)
+            except (TcError, OSError) as exc:
+                if self.config.source == "tc" or not own:
+                    raise
+                log.warning("dns: cannot attach TC programs (%s); taking DNS from a packet socket instead", exc)
+            else:
+                self._chain = chain
+                if own:
+                    log.info("dns: source tc (own programs on pod veths and the host interface)")
+                else:
+                    log.info(
+                        "dns: source tc (packetparser's DNS chain, %s)",
+                        "active" if chain.available() else "applied when packetparser has loaded",
+                    )
+        if source is None:
             from retina_otel.receivers.dns.socket_source import SocketSource
 
             source = SocketSource(self.config, indexes)
-            why = "configured" if self.config.source == "socket" else "the agent has no packetparser receiver"
-            log.info("dns: source socket (%s)", why)
+            log.info("dns: source socket (%s)", "configured" if self.config.source == "socket" else "fallback")
         try:
             source.set_local(local_addresses())
         except BaseException:
             source.close()
             raise
         self._source = source
+        self._wake = os.pipe()
         self._reader.start(self._run)
 
     def shutdown(self) -> None:
+        self._reader.signal()
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"x")
         self._reader.stop(timeout=10)
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
         with self._lock:
             source, self._source = self._source, None
             if source is not None:
@@ -141,8 +168,14 @@ class DnsReceiver:
             if source is None:
                 return
             try:
-                ready, _, _ = select.select(source.fds(), [], [], 0.2)
-                if ready:
+                # Sleep until DNS arrives, the next flush or shutdown (the wake pipe): an idle node costs
+                # this thread nothing.
+                wake = [self._wake[0]] if self._wake is not None else []
+                timeout = min(max(0.0, next_flush - time.monotonic()), _MAX_WAIT_SECONDS)
+                ready, _, _ = select.select(source.fds() + wake, [], [], timeout)
+                if self._reader.stopping:
+                    return
+                if set(ready) - set(wake):
                     with self._lock:
                         self.packets_read += source.read(self._tracker)
                 if time.monotonic() >= next_flush:

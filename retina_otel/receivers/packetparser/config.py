@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from retina_otel.bpf.links import DEFAULT_POD_INTERFACE_PATTERNS
 from retina_otel.component import ComponentConfig
 
 __all__ = ["DEFAULT_INTERFACE_PATTERNS", "PacketParserConfig"]
 
-DEFAULT_INTERFACE_PATTERNS = ("veth*", "azv*", "cali*", "lxc*", "ro*")
+DEFAULT_INTERFACE_PATTERNS = DEFAULT_POD_INTERFACE_PATTERNS
 
 
 class PacketParserConfig(ComponentConfig):

@@ -31,6 +31,7 @@ from retina_otel.bpf import load_bpf
 from retina_otel.bpf.chain import OBSERVATION_POINTS, PendingChain
 from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
 from retina_otel.bpf.doublebuffer import swap
+from retina_otel.bpf.links import LinkWatcher, list_links, select_links
 from retina_otel.bpf.tc import FilterSpec, TcError, make_attacher
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch, ObservationPoint
@@ -39,7 +40,6 @@ from retina_otel.metrics.store import Family
 from .config import PacketParserConfig
 from .filtermap import lpm_keys
 from .kernel import RingBufReader, iter_batches, lookup_batch, prog_test_run, update_batch
-from .links import LinkWatcher, default_route_ifindexes, list_links, select_pod_links
 from .records import (
     CT_ENTRY_DTYPE,
     CT_KEY_DTYPE,
@@ -199,7 +199,7 @@ class PacketParserReceiver:
             )
         self._dns_chain.bind(self._write_dns_slot)  # plugged programs are in pp_dns before any attachment
         self.rescan()
-        self._watcher = LinkWatcher(self.rescan, self.config.rescan_interval)
+        self._watcher = LinkWatcher(self.rescan, self.config.rescan_interval, name="packetparser-links")
         self._watcher.start()
         self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
         self._reader.start()
@@ -245,14 +245,9 @@ class PacketParserReceiver:
             return
         ipr = self._attacher._iproute()
         links = list_links(ipr)
-        host: set[int] = set()
-        hi = self.config.host_interface
-        if hi == "auto":
-            host = set(default_route_ifindexes(ipr))
-        elif hi != "none":
-            host = {i for i, n in links.items() if n == hi}
-        pods = select_pod_links(links, self.config.interfaces, host)
-        wanted = {**{i: links[i] for i in host if i in links}, **pods}
+        host_links, pods = select_links(ipr, self.config.interfaces, self.config.host_interface)
+        host = set(host_links)
+        wanted = {**host_links, **pods}
         for idx in list(self._attached_names):
             if idx not in links or links[idx] != self._attached_names[idx]:
                 self._attacher.forget(idx)
