@@ -55,6 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    from retina_otel.allocator import tune_for_daemon
     from retina_otel.health import HealthServer
     from retina_otel.service import Agent
 
@@ -69,6 +70,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 2
     telemetry = config.service.telemetry
     _setup_logging(args.log_level or telemetry.logs.level, telemetry.logs.format)
+    if not tune_for_daemon():
+        log.debug("malloc not tuned (not glibc)")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

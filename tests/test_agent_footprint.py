@@ -110,3 +110,13 @@ def test_started_default_agent_imports_no_unused_dependency_and_keeps_no_compile
     assert result["failed"] == []
     assert result["present"] == []
     assert result["anonymous_mb"] <= 120, result
+
+
+def test_allocator_tuned_on_glibc() -> None:
+    """The agent fixes glibc's mmap threshold and arena count (churn peaks go back to the kernel)."""
+    import platform
+
+    from retina_otel.allocator import tune_for_daemon
+
+    assert platform.libc_ver()[0] == "glibc"
+    assert tune_for_daemon() is True
