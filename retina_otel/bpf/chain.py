@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
-__all__ = ["OBSERVATION_POINTS", "PendingChain", "ProgramChain"]
+__all__ = ["OBSERVATION_POINTS", "PendingChain", "ProgramChain", "check_points"]
 
 OBSERVATION_POINTS = ("from_endpoint", "to_endpoint", "from_network", "to_network")
 """Observation point names in the order of their numbers (1-based): program-array index = number - 1."""
@@ -41,6 +41,13 @@ class ProgramChain(Protocol):
         """True while the offering component's programs are loaded and attached, so plugged programs run."""
 
 
+def check_points(programs: Mapping[str, int]) -> None:
+    """Raise ValueError naming any key of ``programs`` that is not an observation point."""
+    unknown = set(programs) - set(OBSERVATION_POINTS)
+    if unknown:
+        raise ValueError(f"unknown observation points {sorted(unknown)}; expected {OBSERVATION_POINTS}")
+
+
 SlotWriter = Callable[[int, int | None], None]
 """Writes one program-array slot: ``(index, fd)`` sets it, ``(index, None)`` clears it."""
 
@@ -55,9 +62,7 @@ class PendingChain:
 
     # -- the plugging side -------------------------------------------------------------------------
     def plug(self, programs: Mapping[str, int]) -> None:
-        unknown = set(programs) - set(OBSERVATION_POINTS)
-        if unknown:
-            raise ValueError(f"unknown observation points {sorted(unknown)}; expected {OBSERVATION_POINTS}")
+        check_points(programs)
         with self._lock:
             self._programs = dict(programs)
             if self._writer is not None:

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 
-from retina_otel.bpf.chain import OBSERVATION_POINTS
+from retina_otel.bpf.chain import check_points
 from retina_otel.bpf.links import LinkWatcher, list_links, select_links
 from retina_otel.bpf.tc import Attacher, AttachMode, FilterSpec, Hook, TcError, make_attacher
 
@@ -53,9 +53,7 @@ class DirectChain:
         self._attached: dict[int, str] = {}
 
     def plug(self, programs: Mapping[str, int]) -> None:
-        unknown = set(programs) - set(OBSERVATION_POINTS)
-        if unknown:
-            raise ValueError(f"unknown observation points {sorted(unknown)}; expected {OBSERVATION_POINTS}")
+        check_points(programs)
         self.unplug()
         with self._lock:
             self._programs = dict(programs)
