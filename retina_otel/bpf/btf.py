@@ -174,6 +174,14 @@ class Btf:
             raise BtfError(f"struct {struct_name} has no member {member!r} in this kernel's BTF")
         return found
 
+    def sized_member(self, struct_name: str, member: str, size: int) -> MemberInfo:
+        """:meth:`member`, checked to be a whole (not bitfield) member of ``size`` bytes: what a program
+        that loads it with a fixed-size read at its offset needs."""
+        info = self.member(struct_name, member)
+        if info.size != size or info.bitfield_size:
+            raise BtfError(f"unexpected layout of {struct_name}.{member}: {info}")
+        return info
+
     def _member_in(self, t: _Type, wanted: str, base_bits: int) -> MemberInfo | None:
         for name, type_id, raw in t.members:
             if t.kind_flag:

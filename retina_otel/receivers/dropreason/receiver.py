@@ -72,9 +72,7 @@ def _btf_cflags() -> list[str]:
     flags = []
     span: list[int] = []
     for macro, (struct_name, member, size) in wanted.items():
-        info = btf.member(struct_name, member)
-        if info.size != size or info.bitfield_size:
-            raise RuntimeError(f"unexpected layout of {struct_name}.{member}: {info}")
+        info = btf.sized_member(struct_name, member, size)
         flags.append(f"-D{macro}={info.offset}")
         if struct_name == "sk_buff":
             span += [info.offset, info.offset + size]

@@ -87,19 +87,12 @@ def _btf_cflags() -> list[str]:
     }
     offsets: dict[str, int] = {}
     for macro, (member, size) in skc.items():
-        info = btf.member("sock_common", member)
-        if info.size != size or info.bitfield_size or info.offset % min(size, 8):
+        info = btf.sized_member("sock_common", member, size)
+        if info.offset % min(size, 8):
             raise RuntimeError(f"unexpected layout of sock_common.{member}: {info}")
         offsets[macro] = common + info.offset
-    for macro, struct_name, member in (
-        ("OFF_SK_PROTOCOL", "sock", "sk_protocol"),
-        ("OFF_SRTT_US", "tcp_sock", "srtt_us"),
-    ):
-        info = btf.member(struct_name, member)
-        expected = 2 if member == "sk_protocol" else 4
-        if info.size != expected or info.bitfield_size:
-            raise RuntimeError(f"unexpected layout of {struct_name}.{member}: {info}")
-        offsets[macro] = info.offset
+    offsets["OFF_SK_PROTOCOL"] = btf.sized_member("sock", "sk_protocol", 2).offset
+    offsets["OFF_SRTT_US"] = btf.sized_member("tcp_sock", "srtt_us", 4).offset
     # One read covers the sock_common members: [base, base + span), 8-byte aligned (natural alignment
     # of the members in the program's stack copy).
     ends = [offsets[m] + size for m, (_, size) in skc.items()]
