@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from retina_otel.sandbox import Sandbox
+from retina_otel.sandbox import Pod, Sandbox
+from retina_otel.testing import wait_for
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,3 +27,13 @@ def sandbox() -> Iterator[Sandbox]:
     """A fresh set of network-namespace pods, removed after the test whatever happens."""
     with Sandbox() as sb:
         yield sb
+
+
+@pytest.fixture
+def client_server(sandbox: Sandbox) -> Iterator[tuple[Pod, Pod]]:
+    """Two pods, ``client`` and ``server``, the server reachable from the client over IPv4 and IPv6."""
+    client, server = sandbox.add_pod("client"), sandbox.add_pod("server")
+    for address in (server.ipv4, server.ipv6):
+        assert address
+        assert wait_for(lambda a=address: client.run(["ping", "-c1", "-W1", a], check=False).returncode == 0)
+    yield client, server

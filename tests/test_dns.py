@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 
 import dns.message
 import dns.query
@@ -17,7 +16,7 @@ from retina_otel.component import CreateSettings
 from retina_otel.flows import Event, ip_to_bytes
 from retina_otel.receivers.dns import FACTORY, DnsConfig, DnsReceiver
 from retina_otel.registry import get_factory
-from retina_otel.sandbox import Pod, Sandbox
+from retina_otel.sandbox import Pod
 from retina_otel.testing import CollectingConsumer, TestHost, wait_for
 
 A_ANSWER = "198.18.250.53"
@@ -103,15 +102,6 @@ def run_queries(client: Pod, server: Pod, port: int, repeat: int) -> list[dict[s
     return seen
 
 
-@pytest.fixture
-def pods(sandbox: Sandbox) -> Iterator[tuple[Pod, Pod]]:
-    client, server = sandbox.add_pod("client"), sandbox.add_pod("server")
-    for address in (server.ipv4, server.ipv6):
-        assert address
-        assert wait_for(lambda a=address: client.run(["ping", "-c1", "-W1", a], check=False).returncode == 0)
-    yield client, server
-
-
 def _start(cfg: DnsConfig) -> tuple[DnsReceiver, TestHost, CollectingConsumer]:
     host, consumer = TestHost(), CollectingConsumer()
     rcv = FACTORY.create(CreateSettings("dns", "receiver"), cfg, consumer)
@@ -151,12 +141,35 @@ def _check_rows(consumer: CollectingConsumer, client: Pod, seen: list[dict[str, 
         assert int(s["t0"]) <= int(row["time_start_ns"]) <= int(s["t1"])  # type: ignore[call-overload]
 
 
+def flush_until_answered(receiver: DnsReceiver, host: TestHost, n: int) -> None:
+    """Flush until ``n`` responses are counted, once more, and then both counts must be exactly ``n``."""
+
+    def complete() -> bool:
+        receiver.flush()
+        return _counter(host, "networkobservability_dns_response_count") >= n
+
+    assert wait_for(complete, timeout=10)
+    receiver.flush()
+    assert _counter(host, "networkobservability_dns_request_count") == n
+    assert _counter(host, "networkobservability_dns_response_count") == n
+
+
+def check_latencies_and_no_loss(host: TestHost, n: int) -> None:
+    """``n`` latencies in the histogram, and no lost event of any kind (nothing unparsable either)."""
+    latency = host.metrics.get("networkobservability_dns_response_latency_ms")
+    assert latency is not None
+    hist = latency.value(())
+    assert hist is not None and not isinstance(hist, float) and hist.count == n
+    lost = host.metrics.get("controlplane_networkobservability_lost_events_counter")
+    assert lost is not None and len(lost) == 0
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize("source", ["socket", "tc"])
 @pytest.mark.parametrize("port", [53, 5353])
-def test_dnsmasq_counts_rcodes_answers_latency(pods: tuple[Pod, Pod], port: int, source: str) -> None:
+def test_dnsmasq_counts_rcodes_answers_latency(client_server: tuple[Pod, Pod], port: int, source: str) -> None:
     """Alone in the agent: `socket`, or `tc` with the receiver's own programs on the veths."""
-    client, server = pods
+    client, server = client_server
     proc = start_dnsmasq(server, port)
     interfaces = (client.host_veth, server.host_veth)
     rcv, host, consumer = _start(DnsConfig(interval=3600, interfaces=interfaces, source=source))  # type: ignore[arg-type]
@@ -166,22 +179,10 @@ def test_dnsmasq_counts_rcodes_answers_latency(pods: tuple[Pod, Pod], port: int,
         n = len(seen)
         assert n == 2 * 2 * 2 * 3
 
-        def complete() -> bool:
-            rcv.flush()
-            return _counter(host, "networkobservability_dns_response_count") >= n
-
-        assert wait_for(complete, timeout=10)
-        rcv.flush()
         # Only the two pods' veths are watched, and nothing else speaks DNS there: the counts are exact.
-        assert _counter(host, "networkobservability_dns_request_count") == n
-        assert _counter(host, "networkobservability_dns_response_count") == n
+        flush_until_answered(rcv, host, n)
         _check_rows(consumer, client, seen, port)
-        latency = host.metrics.get("networkobservability_dns_response_latency_ms")
-        assert latency is not None
-        hist = latency.value(())
-        assert hist is not None and not isinstance(hist, float) and hist.count == n
-        lost = host.metrics.get("controlplane_networkobservability_lost_events_counter")
-        assert lost is not None and len(lost) == 0  # nothing lost, nothing unparsable
+        check_latencies_and_no_loss(host, n)
     finally:
         rcv.shutdown()
         stop(proc)
@@ -189,10 +190,10 @@ def test_dnsmasq_counts_rcodes_answers_latency(pods: tuple[Pod, Pod], port: int,
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("source", ["socket", "auto"])
-def test_all_interfaces_counts_each_message_once(pods: tuple[Pod, Pod], source: str) -> None:
+def test_all_interfaces_counts_each_message_once(client_server: tuple[Pod, Pod], source: str) -> None:
     """Unbound, every query is seen twice (in on the client's veth, out on the server's): only the copy
     leaving the client counts. `auto` alone in the agent attaches its own TC programs."""
-    client, server = pods
+    client, server = client_server
     proc = start_dnsmasq(server, 53)
     rcv, _host, consumer = _start(DnsConfig(interval=3600, source=source))  # type: ignore[arg-type]
     try:

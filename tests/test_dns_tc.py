@@ -30,11 +30,18 @@ from retina_otel.receivers.packetparser.kernel import prog_test_run
 from retina_otel.receivers.packetparser.receiver import PacketParserReceiver
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import CollectingConsumer, TestHost, wait_for
-from tests.test_dns import _check_rows, _counter, run_queries, start_dnsmasq, stop
+from tests.test_dns import (
+    _check_rows,
+    _counter,
+    check_latencies_and_no_loss,
+    flush_until_answered,
+    run_queries,
+    start_dnsmasq,
+    stop,
+)
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 REQUESTS = "networkobservability_dns_request_count"
-RESPONSES = "networkobservability_dns_response_count"
 
 
 def test_pending_chain_applies_plugs_when_bound() -> None:
@@ -56,15 +63,6 @@ def test_pending_chain_applies_plugs_when_bound() -> None:
     assert not chain.available() and slots == {0: 20, 1: 21, 2: 22, 3: 23} and chain.plugged() == {}
     with pytest.raises(ValueError, match="unknown observation points"):
         chain.plug({"sideways": 1})
-
-
-@pytest.fixture
-def pods(sandbox: Sandbox) -> Iterator[tuple[Pod, Pod]]:
-    client, server = sandbox.add_pod("client"), sandbox.add_pod("server")
-    for address in (server.ipv4, server.ipv6):
-        assert address
-        assert wait_for(lambda a=address: client.run(["ping", "-c1", "-W1", a], check=False).returncode == 0)
-    yield client, server
 
 
 class Node:
@@ -212,13 +210,13 @@ def test_without_packetparser_tc_attaches_its_own_programs_and_removes_them() ->
 @pytest.mark.kernel
 @pytest.mark.parametrize(("port", "restrict"), [(53, False), (5353, True)])
 def test_dnsmasq_through_packetparser(
-    make_node: Any, sandbox: Sandbox, pods: tuple[Pod, Pod], port: int, restrict: bool
+    make_node: Any, sandbox: Sandbox, client_server: tuple[Pod, Pod], port: int, restrict: bool
 ) -> None:
     """Queries over UDP and TCP, IPv4 and IPv6, seen by packetparser at both pods' veths: the dns receiver
     counts each message once (FROM_ENDPOINT copies only, as neither pod address is the node's), with the
     same exact counts, rcodes, answers and latencies as the socket source; packetparser's rows for the DNS
     flows hold exactly the packets sent."""
-    client, server = pods
+    client, server = client_server
     proc = start_dnsmasq(server, port)
     try:
         interfaces = (client.host_veth, server.host_veth) if restrict else ()
@@ -236,20 +234,9 @@ def test_dnsmasq_through_packetparser(
         n = len(seen)
         assert n == 2 * 2 * 2 * 3
 
-        def complete() -> bool:
-            node.dns.flush()
-            return _counter(node.host, RESPONSES) >= n
-
-        assert wait_for(complete, timeout=10)
-        node.dns.flush()
-        assert _counter(node.host, REQUESTS) == n and _counter(node.host, RESPONSES) == n
+        flush_until_answered(node.dns, node.host, n)
         _check_rows(node.dns_consumer, client, seen, port)
-        latency = node.host.metrics.get("networkobservability_dns_response_latency_ms")
-        assert latency is not None
-        hist = latency.value(())
-        assert hist is not None and not isinstance(hist, float) and hist.count == n
-        lost = node.host.metrics.get("controlplane_networkobservability_lost_events_counter")
-        assert lost is not None and len(lost) == 0  # nothing lost, nothing unparsable
+        check_latencies_and_no_loss(node.host, n)
 
         node.pp.flush()
         rec = node.pp_consumer.records()
@@ -273,12 +260,12 @@ def test_dnsmasq_through_packetparser(
 
 @pytest.mark.kernel
 def test_node_querying_a_pod_is_taken_where_it_leaves_the_node(
-    make_node: Any, sandbox: Sandbox, pods: tuple[Pod, Pod]
+    make_node: Any, sandbox: Sandbox, client_server: tuple[Pod, Pod]
 ) -> None:
     """The node itself asks a pod's server: its queries are seen only entering the server's veth
     (TO_ENDPOINT), taken because their source is one of the node's addresses (the kernel's dns_local map);
     the responses leave the pod (FROM_ENDPOINT). Each message once, latencies within the client's bound."""
-    _client, server = pods
+    _client, server = client_server
     assert server.ipv6
     proc = start_dnsmasq(server, 53)
     try:
@@ -299,13 +286,7 @@ def test_node_querying_a_pod_is_taken_where_it_leaves_the_node(
                 bounds.append(time.time_ns() - t0)
         n = len(bounds)
 
-        def complete() -> bool:
-            node.dns.flush()
-            return _counter(node.host, RESPONSES) >= n
-
-        assert wait_for(complete, timeout=10)
-        node.dns.flush()
-        assert _counter(node.host, REQUESTS) == n and _counter(node.host, RESPONSES) == n
+        flush_until_answered(node.dns, node.host, n)
         rec = node.dns_consumer.records()
         assert set(rec["ifindex"].tolist()) == {server.host_ifindex}
         latencies = sorted(int(r["dns_latency_us"]) * 1000 for r in rec if r["dns_is_response"])
