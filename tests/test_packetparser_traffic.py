@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from pyroute2 import IPRoute
 
 from retina_otel.bpf.tc import FilterSpec, TcAttacher, list_filters
 from retina_otel.bpf.tcx import tcx_query
@@ -242,8 +243,8 @@ def test_icmp_echo(sandbox: Sandbox, make_agent: object, ipv6: bool, attach_mode
     a, b = sandbox.add_pod("a"), sandbox.add_pod("b")
     agent = make_agent(aggregation="low", attach_mode=attach_mode)  # type: ignore[operator]
     on_tcx = bool(tcx_query(a.host_ifindex, "ingress"))
-    ipr = agent.receiver._attacher._iproute()
-    on_clsact = any(f[3] == FILTER_SPEC.name for f in list_filters(ipr, a.host_ifindex, "ingress"))
+    with IPRoute() as ipr:
+        on_clsact = any(f[3] == FILTER_SPEC.name for f in list_filters(ipr, a.host_ifindex, "ingress"))
     assert (on_tcx, on_clsact) == (attach_mode == "tcx", attach_mode == "clsact")
     aip = a.ipv6 if ipv6 else a.ipv4
     bip = b.ipv6 if ipv6 else b.ipv4

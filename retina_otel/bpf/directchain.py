@@ -1,11 +1,12 @@
 """A :class:`~retina_otel.bpf.chain.ProgramChain` that attaches the plugged programs to the interfaces itself.
 
-A component whose TC programs normally ride on packetparser's hooks (the dns receiver's, by tail call
-after packetparser has counted a packet) needs its own hooks when the agent has no packetparser. This
-chain gives it the same places: the host side of pod veths (ingress = ``from_endpoint``, egress =
-``to_endpoint``) and the host interface (ingress = ``from_network``, egress = ``to_network``), kept current
-as links come and go. A TC program costs every packet on those hooks the kernel's price of a hook (see
-docs/cost.md), far less than a packet socket, which clones every transmitted packet.
+packetparser attaches its entry programs through it; a component whose TC programs normally ride on
+packetparser's hooks (the dns receiver's, by tail call after packetparser has counted a packet) uses it
+for hooks of its own when the agent has no packetparser. The places: the host side of pod veths
+(ingress = ``from_endpoint``, egress = ``to_endpoint``) and the host interface (ingress =
+``from_network``, egress = ``to_network``), kept current as links come and go. A TC program costs every
+packet on those hooks the kernel's price of a hook (see docs/cost.md), far less than a packet socket,
+which clones every transmitted packet.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 class DirectChain:
     """Attach plugged programs (observation point -> fd) where packetparser would observe; see module doc.
 
-    ``plug`` attaches at once (raising :class:`~retina_otel.bpf.tc.TcError` when the kernel refuses) and
-    starts a link watcher; ``unplug`` detaches everything it attached and stops the watcher.
+    ``plug`` attaches at once and starts a link watcher; ``unplug`` detaches everything it attached and
+    stops the watcher. With ``strict`` an interface refusing a program at ``plug`` raises
+    :class:`~retina_otel.bpf.tc.TcError`; otherwise, and always for interfaces that appear later, it is
+    logged and skipped.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class DirectChain:
         attach_mode: AttachMode = "auto",
         rescan_interval: float = 30.0,
         name: str = "direct-chain",
+        strict: bool = True,
     ) -> None:
         self._spec = spec
         self._patterns = tuple(patterns)
@@ -46,6 +50,7 @@ class DirectChain:
         self._attach_mode: AttachMode = attach_mode
         self._rescan_interval = rescan_interval
         self._name = name
+        self._strict = strict
         self._lock = threading.RLock()
         self._programs: dict[str, int] = {}
         self._attacher: Attacher | None = None
@@ -59,7 +64,7 @@ class DirectChain:
             self._programs = dict(programs)
             self._attacher = make_attacher(self._spec, self._attach_mode)
             try:
-                self._rescan(raise_errors=True)
+                self._rescan(raise_errors=self._strict)
             except BaseException:
                 self._close_locked()
                 raise

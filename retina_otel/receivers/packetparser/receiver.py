@@ -30,9 +30,9 @@ import numpy.typing as npt
 from retina_otel.bpf import load_bpf
 from retina_otel.bpf.chain import OBSERVATION_POINTS, PendingChain
 from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
+from retina_otel.bpf.directchain import DirectChain
 from retina_otel.bpf.doublebuffer import swap
-from retina_otel.bpf.links import LinkWatcher, list_links, select_links
-from retina_otel.bpf.tc import FilterSpec, TcError, make_attacher
+from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch, ObservationPoint
 from retina_otel.metrics.store import Family
@@ -116,9 +116,18 @@ class PacketParserReceiver:
         self._bpf: Any = None
         self._fds: dict[str, int] = {}
         self._entry: dict[str, int] = {}  # observation point -> the program attached there
-        # TCX or clsact; in TCX mode the attacher also removes clsact filters an older agent left behind.
-        self._attacher = make_attacher(FILTER_SPEC, config.attach_mode)
-        self._watcher: LinkWatcher | None = None
+        # The entry programs on pod veths and the host interface, kept current as links come and go. TCX or
+        # clsact; in TCX mode the attacher also removes clsact filters an older agent left behind. An
+        # interface that refuses a program is logged and skipped, not fatal.
+        self._hooks = DirectChain(
+            FILTER_SPEC,
+            config.interfaces,
+            config.host_interface,
+            attach_mode=config.attach_mode,
+            rescan_interval=config.rescan_interval,
+            name="packetparser-links",
+            strict=False,
+        )
         self._ring: RingBufReader | None = None
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
@@ -130,8 +139,6 @@ class PacketParserReceiver:
         self._possible_cpus = 0
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
-        self._attached_names: dict[int, str] = {}
-        self._host_ifindexes: set[int] = set()
         self._metrics: dict[str, Family] = {}
         self._parsed: Family | None = None
         self._dns_chain = PendingChain()  # offered as the "dns_chain" extension
@@ -198,12 +205,11 @@ class PacketParserReceiver:
                 "Live entries of packetparser's connection table (one per flow per interface)",
             )
         self._dns_chain.bind(self._write_dns_slot)  # plugged programs are in pp_dns before any attachment
-        self.rescan()
-        self._watcher = LinkWatcher(self.rescan, self.config.rescan_interval, name="packetparser-links")
-        self._watcher.start()
+        self._hooks.plug(self._entry)
         self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
         self._reader.start()
-        host.report_status(self.settings.id, ComponentStatus.OK, f"attached to {len(self._attached_names)} interfaces")
+        attached = len(self._hooks.attached_interfaces())
+        host.report_status(self.settings.id, ComponentStatus.OK, f"attached to {attached} interfaces")
 
     def shutdown(self) -> None:
         if self._shut:
@@ -215,15 +221,11 @@ class PacketParserReceiver:
 
     def _teardown(self, final_flush: bool) -> None:
         self._dns_chain.unbind()  # programs still plugged stay in pp_dns until it goes with the BPF object
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
         self._stop.set()
         if self._reader is not None:
             self._reader.join(timeout=10)
             self._reader = None
-        self._attacher.close()
-        self._attached_names.clear()
+        self._hooks.unplug()
         if final_flush and self._bpf is not None and self._ring is not None:
             try:
                 self.flush()
@@ -239,39 +241,8 @@ class PacketParserReceiver:
             self._bpf = None
 
     # -- interfaces -----------------------------------------------------------------------------
-    def rescan(self) -> None:
-        """Attach to interfaces that match and are not attached yet; forget vanished ones."""
-        if self._stop.is_set() or self._bpf is None:
-            return
-        ipr = self._attacher._iproute()
-        links = list_links(ipr)
-        host_links, pods = select_links(ipr, self.config.interfaces, self.config.host_interface)
-        host = set(host_links)
-        wanted = {**host_links, **pods}
-        for idx in list(self._attached_names):
-            if idx not in links or links[idx] != self._attached_names[idx]:
-                self._attacher.forget(idx)
-                del self._attached_names[idx]
-                self._host_ifindexes.discard(idx)
-        for idx, name in wanted.items():
-            if idx in self._attached_names:
-                continue
-            is_host = idx in host
-            try:
-                if is_host:
-                    self._attacher.attach(idx, "ingress", self._entry["from_network"])
-                    self._attacher.attach(idx, "egress", self._entry["to_network"])
-                    self._host_ifindexes.add(idx)
-                else:
-                    self._attacher.attach(idx, "ingress", self._entry["from_endpoint"])
-                    self._attacher.attach(idx, "egress", self._entry["to_endpoint"])
-                self._attached_names[idx] = name
-            except TcError as exc:
-                if idx in list_links(ipr):  # a vanished link is not worth a warning
-                    log.warning("packetparser: %s", exc)
-
     def attached_interfaces(self) -> dict[int, str]:
-        return dict(self._attached_names)
+        return self._hooks.attached_interfaces()
 
     def entry_program_fd(self, point: str) -> int:
         """fd of the program attached at an observation point ("from_endpoint", ... "to_network")."""
