@@ -81,6 +81,10 @@ class Host(Protocol):
     @property
     def node_name(self) -> str: ...
 
+    @property
+    def cluster_name(self) -> str:
+        """``service.cluster_name`` (default ``$CLUSTER_NAME``); empty when unknown."""
+
     def report_status(self, component_id: str, status: ComponentStatus, detail: str = "") -> None: ...
 
     def count_lost(self, event_type: str, reason: str, count: int = 1) -> None:

@@ -107,6 +107,12 @@ class PipelineConfig(_Strict):
 
 class ServiceConfig(_Strict):
     telemetry: TelemetryConfig = Field(TelemetryConfig(), description="the agent's own endpoints and logs")
+    cluster_name: str = Field(
+        "",
+        description="this cluster's name; default: $CLUSTER_NAME. Becomes the `k8s.cluster.name` resource "
+        "attribute of OTLP metrics and logs and, by the prometheus exporter's `cluster_label`, a label on every "
+        "series (Retina's dashboards filter on `cluster`); empty: neither",
+    )
     pipelines: dict[str, PipelineConfig] = Field(
         min_length=1,
         description="pipelines by name: `logs[/name]` carry flow records, `metrics[/name]` the metric store; "

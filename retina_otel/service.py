@@ -74,6 +74,7 @@ class Agent:
         self.self_metrics = SelfMetrics(self._metrics)
         telemetry = config.service.telemetry
         self._node_name = telemetry.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+        self._cluster_name = config.service.cluster_name or os.environ.get("CLUSTER_NAME", "")
         self._lock = threading.Lock()
         self._states: dict[str, ComponentState] = {}
         self._order: list[str] = []  # start order
@@ -92,6 +93,10 @@ class Agent:
     @property
     def node_name(self) -> str:
         return self._node_name
+
+    @property
+    def cluster_name(self) -> str:
+        return self._cluster_name
 
     def report_status(self, component_id: str, status: ComponentStatus, detail: str = "") -> None:
         """A component's own report; processors are keyed per pipeline, so every instance with this id

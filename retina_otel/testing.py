@@ -23,9 +23,12 @@ class TestHost:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, node_name: str = "test-node", extensions: dict[str, object] | None = None) -> None:
+    def __init__(
+        self, node_name: str = "test-node", extensions: dict[str, object] | None = None, cluster_name: str = ""
+    ) -> None:
         self._metrics = MetricStore()
         self._node_name = node_name
+        self._cluster_name = cluster_name
         self.statuses: list[tuple[str, ComponentStatus, str]] = []
         self.extensions: dict[str, object] = dict(extensions or {})
         self._lost = self._metrics.counter(
@@ -39,6 +42,10 @@ class TestHost:
     @property
     def node_name(self) -> str:
         return self._node_name
+
+    @property
+    def cluster_name(self) -> str:
+        return self._cluster_name
 
     def report_status(self, component_id: str, status: ComponentStatus, detail: str = "") -> None:
         self.statuses.append((component_id, status, detail))

@@ -171,7 +171,10 @@ class OtlpExporter:
         if self._threads:
             return
         self._host = host
-        self._resource = Resource.create({"k8s.node.name": host.node_name, "service.name": "retina-otel"})
+        attributes = {"k8s.node.name": host.node_name, "service.name": "retina-otel"}
+        if host.cluster_name:
+            attributes["k8s.cluster.name"] = host.cluster_name
+        self._resource = Resource.create(attributes)
         self._stop.clear()
         self._make_exporters()
         if self._metric_exporter is not None:

@@ -32,6 +32,13 @@ class PrometheusConfig(ComponentConfig):
     const_labels: dict[str, str] = Field(
         default_factory=dict, description="labels added to every series (e.g. cluster); none by default"
     )
+    cluster_label: str = Field(
+        "cluster",
+        pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$",
+        description="label that carries `service.cluster_name` on every series when the cluster name is set "
+        "(Retina's dashboards filter on `cluster`); empty: none (e.g. when Prometheus adds its own cluster label). "
+        "A same-named key in `const_labels` wins",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -164,6 +171,7 @@ class PrometheusExporter:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._text_cache = SeriesTextCache()
+        self._const_labels: dict[str, str] = dict(config.const_labels)
         self._render_lock = threading.Lock()
 
     @property
@@ -176,12 +184,15 @@ class PrometheusExporter:
     def render(self) -> bytes:
         assert self._store is not None
         with self._render_lock:
-            return self._text_cache.render(self._store.collect(), self.config.const_labels)
+            return self._text_cache.render(self._store.collect(), self._const_labels)
 
     def start(self, host: Host) -> None:
         if self._server is not None:
             return
         self._store = host.metrics
+        self._const_labels = dict(self.config.const_labels)
+        if host.cluster_name and self.config.cluster_label:
+            self._const_labels.setdefault(self.config.cluster_label, host.cluster_name)
         address, port = parse_endpoint(self.config.endpoint, field="exporters.prometheus.endpoint")
         server_cls = ThreadingHTTPServer
         if ":" in address:
