@@ -14,17 +14,11 @@ from retina_otel.config import parse_config
 from retina_otel.service import Agent
 from retina_otel.testing import wait_for
 from tests.support.otlp_sink import OtlpSink
-from tests.test_exporters import agent_config, scrape
+from tests.test_exporters import agent_config, scrape, sink
+
+__all__ = ["sink"]  # the fixture, imported so pytest finds it here
 
 NAME = "controlplane_networkobservability_synthetic_records"
-
-
-@pytest.fixture
-def sink() -> Iterator[OtlpSink]:
-    s = OtlpSink()
-    s.start()
-    yield s
-    s.stop()
 
 
 @contextlib.contextmanager
