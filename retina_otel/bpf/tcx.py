@@ -21,10 +21,10 @@ multi-program TC hook. Compared to clsact + cls_bpf (:mod:`retina_otel.bpf.tc`):
   in clsact mode, a program before ours that returns a final verdict (PASS/DROP/REDIRECT) ends the chain
   and ours does not see that packet; putting ours first would change the order other tools chose.
 
-Raw ``bpf(2)`` through ctypes (x86_64), as :mod:`retina_otel.receivers.packetparser.kernel` does for
-``BPF_PROG_TEST_RUN``: bcc 0.26 and pyroute2 have no TCX API. Structures follow ``union bpf_attr`` of
-``include/uapi/linux/bpf.h`` (v6.6+; the Debian 6.1 headers on the test machines predate TCX), each
-zero-padded to :data:`_ATTR_SIZE` bytes: the kernel accepts a larger attr when the bytes it does not know
+Raw ``bpf(2)`` through ctypes (:mod:`retina_otel.bpf.syscall`: x86_64 and arm64), as
+:mod:`retina_otel.receivers.packetparser.kernel` does for ``BPF_PROG_TEST_RUN``: bcc 0.26 and pyroute2
+have no TCX API. Structures follow ``union bpf_attr`` of ``include/uapi/linux/bpf.h`` (v6.6+; the
+Debian 6.1 headers on the test machines predate TCX), each zero-padded to :data:`_ATTR_SIZE` bytes: the kernel accepts a larger attr when the bytes it does not know
 are zero.
 """
 
