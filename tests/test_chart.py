@@ -87,6 +87,12 @@ CASES: dict[str, dict[str, Any]] = {
     "operator-ha": {"operator": {"replicas": 3, "leaderElection": {"peeringName": "retina", "lifetime": 30}}},
     "operator-no-leader-election": {"operator": {"leaderElection": {"enabled": False}}},
     "operator-capture-namespaces": {"operator": {"captureNamespaces": ["default", "shop"], "jobNumLimit": 5}},
+    "cluster-name": {"clusterName": "prod-eu-1"},
+    "tcplatency-off": {"agent": {"receivers": {"tcplatency": {"enabled": False}}}},
+    "tcplatency-tuned": {
+        "agent": {"receivers": {"tcplatency": {"enabled": True, "config": {
+            "apiserver_ips": ["198.18.0.1"], "use_kubernetes_service_host": False, "max_flows": 4096}}}},
+    },
     "digest-and-pull-secrets": {
         "image": {"digest": "sha256:" + "0" * 64},
         "imagePullSecrets": ["regcred"],
@@ -204,6 +210,60 @@ def test_default_pipeline_shape(chart: Any) -> None:
     for pipeline in pipelines.values():
         for section in ("receivers", "processors", "exporters"):
             assert set(pipeline.get(section, [])) <= set(raw.get(section) or {})
+
+
+def test_defaults_deploy_every_receiver_the_agent_has(chart: Any) -> None:
+    """Retina's default plugins (dns included) plus the agent's own: nothing is left off by default."""
+    raw = yaml.safe_load(agent_config_text(render(chart, {})))
+    assert set(raw["receivers"]) == {
+        "packetforward", "linuxutil", "packetparser", "dropreason", "tcpretrans", "dns", "tcplatency"}
+    pipelines = raw["service"]["pipelines"]
+    assert "dns" in pipelines["logs"]["receivers"]
+    # tcplatency publishes metrics (API-server latency) and feeds RTT to flows through its processor.
+    assert "tcplatency" in pipelines["metrics"]["receivers"]
+    assert raw["receivers"]["tcplatency"] == {"interval": 10}
+    assert pipelines["logs"]["processors"] == ["k8sattributes", "tcplatency", "flowmetrics"]
+    config = parse_config(raw, env={})
+    assert config.receivers["tcplatency"].config.apiserver_metrics is True  # type: ignore[attr-defined]
+    assert config.receivers["tcplatency"].config.use_kubernetes_service_host is True  # type: ignore[attr-defined]
+
+
+def test_apiserver_dashboard_is_fed_by_the_defaults(chart: Any) -> None:
+    """Every metric the chart's API-server dashboard queries is published by a receiver the defaults enable."""
+    import json
+
+    text = json.dumps(json.loads((CHART / "dashboards" / "apiserver.json").read_text()))
+    names = set(re.findall(r"networkobservability_(adv_node_apiserver_[a-z_]+?)(?:_bucket|_count|_sum)?\b", text))
+    assert names == {"adv_node_apiserver_latency", "adv_node_apiserver_tcp_handshake_latency",
+                     "adv_node_apiserver_no_response"}
+    raw = yaml.safe_load(agent_config_text(render(chart, {})))
+    assert raw["receivers"]["tcplatency"].get("apiserver_metrics", True) is True
+    # The Service environment variables the receiver uses are injected into host-network pods too.
+    (ds,) = by_kind(render(chart, {}), "DaemonSet")
+    assert ds["spec"]["template"]["spec"].get("enableServiceLinks", True) is True
+
+
+def test_tcplatency_is_configurable(chart: Any) -> None:
+    raw = yaml.safe_load(agent_config_text(render(chart, CASES["tcplatency-off"])))
+    assert "tcplatency" not in raw["receivers"]
+    # Without the receiver the processor would only warn and pass flows through: the chart leaves it out.
+    assert "tcplatency" not in (raw.get("processors") or {})
+    assert "tcplatency" not in raw["service"]["pipelines"]["logs"]["processors"]
+    raw = yaml.safe_load(agent_config_text(render(chart, CASES["tcplatency-tuned"])))
+    assert raw["receivers"]["tcplatency"] == {
+        "interval": 10, "apiserver_ips": ["198.18.0.1"], "use_kubernetes_service_host": False, "max_flows": 4096}
+    values = {"agent": {"processors": {"tcplatency": {"enabled": False}}}}
+    raw = yaml.safe_load(agent_config_text(render(chart, values)))
+    assert "tcplatency" in raw["receivers"] and "tcplatency" not in raw["processors"]
+
+
+def test_cluster_name_reaches_the_agent(chart: Any) -> None:
+    def env_of(values: dict[str, Any]) -> dict[str, Any]:
+        (ds,) = by_kind(render(chart, values), "DaemonSet")
+        return {e["name"]: e for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env_of(CASES["cluster-name"])["CLUSTER_NAME"] == {"name": "CLUSTER_NAME", "value": "prod-eu-1"}
+    assert "CLUSTER_NAME" not in env_of({})
 
 
 def test_otlp_headers_come_from_secrets(chart: Any) -> None:
@@ -429,6 +489,8 @@ BAD_VALUES = [
     ({"operator": {"leaderElection": {"enable": True}}}, r"/operator/leaderElection"),
     ({"operator": {"captureNamespaces": ["Bad_NS"]}}, r"/operator/captureNamespaces/0"),
     ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
+    ({"clusterName": "prod eu"}, r"/clusterName"),
+    ({"agent": {"receivers": {"tcplatency": {"enable": False}}}}, r"/agent/receivers/tcplatency"),
 ]
 
 

@@ -8,11 +8,13 @@ rendered ConfigMap for every values case.
 {{- $receivers := dict -}}
 {{- $nodeReceivers := list -}}
 {{- $flowReceivers := list -}}
-{{- range $name := list "packetforward" "linuxutil" "packetparser" "dropreason" "tcpretrans" "dns" -}}
+{{- range $name := list "packetforward" "linuxutil" "packetparser" "dropreason" "tcpretrans" "dns" "tcplatency" -}}
 {{- $r := index $a.receivers $name -}}
 {{- if $r.enabled -}}
 {{- $derived := dict -}}
-{{- if or (eq $name "packetforward") (eq $name "linuxutil") -}}
+{{- /* Node receivers publish metrics only (tcplatency too: RTT reaches flow records through the
+tcplatency processor, which reads the receiver's table). */ -}}
+{{- if or (eq $name "packetforward") (eq $name "linuxutil") (eq $name "tcplatency") -}}
 {{- $_ := set $derived "interval" $a.metricsInterval -}}
 {{- $nodeReceivers = append $nodeReceivers $name -}}
 {{- else -}}
@@ -33,6 +35,10 @@ rendered ConfigMap for every values case.
 {{- $k8s := dict "source" "kubernetes" "enable_annotations" $a.enableAnnotations "remote_context" $a.remoteContext "use_retina_endpoints" $a.remoteContext -}}
 {{- $_ := set $processors "k8sattributes" (merge (deepCopy ($a.processors.k8sattributes.config | default dict)) $k8s) -}}
 {{- $flowProcessors = append $flowProcessors "k8sattributes" -}}
+{{- end -}}
+{{- if and $a.processors.tcplatency.enabled $a.receivers.tcplatency.enabled -}}
+{{- $_ := set $processors "tcplatency" (deepCopy ($a.processors.tcplatency.config | default dict)) -}}
+{{- $flowProcessors = append $flowProcessors "tcplatency" -}}
 {{- end -}}
 {{- if $a.processors.flowmetrics.enabled -}}
 {{- $fm := dict "pod_level" true "remote_context" $a.remoteContext "enable_annotations" $a.enableAnnotations "metrics_configuration" (dict "enabled" true) -}}
