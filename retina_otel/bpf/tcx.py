@@ -24,8 +24,8 @@ multi-program TC hook. Compared to clsact + cls_bpf (:mod:`retina_otel.bpf.tc`):
 Raw ``bpf(2)`` through ctypes (:mod:`retina_otel.bpf.syscall`: x86_64 and arm64), as
 :mod:`retina_otel.receivers.packetparser.kernel` does for ``BPF_PROG_TEST_RUN``: bcc 0.26 and pyroute2
 have no TCX API. Structures follow ``union bpf_attr`` of ``include/uapi/linux/bpf.h`` (v6.6+; the
-Debian 6.1 headers on the test machines predate TCX), each zero-padded to :data:`_ATTR_SIZE` bytes: the kernel accepts a larger attr when the bytes it does not know
-are zero.
+Debian 6.1 headers on the test machines predate TCX), each zero-padded to :data:`_ATTR_SIZE` bytes: the
+kernel accepts a larger attr when the bytes it does not know are zero.
 """
 
 from __future__ import annotations
