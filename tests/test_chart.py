@@ -338,7 +338,8 @@ def test_agent_rbac_is_read_only(chart: Any) -> None:
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
     assert verbs == {"get", "list", "watch"}
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"pods", "services", "nodes", "namespaces", "metricsconfigurations", "retinaendpoints"}
+    assert resources == {"pods", "services", "nodes", "namespaces", "endpointslices", "metricsconfigurations",
+                         "retinaendpoints"}
     # Without remote context the agent has no business reading RetinaEndpoints.
     (role,) = [d for d in by_kind(render(chart, {}), "ClusterRole") if d["metadata"]["name"].endswith("-agent")]
     assert "retinaendpoints" not in {r for rule in role["rules"] for r in rule["resources"]}
