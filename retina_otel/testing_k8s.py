@@ -73,6 +73,7 @@ _CORE = [
         "customresourcedefinition",
     ),
     _Resource("events.k8s.io/v1/events", "Event", True, frozenset(), "event"),
+    _Resource("discovery.k8s.io/v1/endpointslices", "EndpointSlice", True, frozenset(), "endpointslice"),
 ]
 _CRDS = [
     _Resource(

@@ -17,9 +17,9 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from retina_otel.k8s.models import (
     namespace_from_raw,
@@ -31,7 +31,7 @@ from retina_otel.k8s.models import (
 from retina_otel.k8s.store import K8sCache, Kind, Obj
 from retina_otel.kubeclient import api_client
 
-__all__ = ["ApiSource", "ClientSettings", "Informer", "WatchStats", "make_api_client"]
+__all__ = ["ApiSource", "ClientSettings", "Informer", "Sink", "WatchStats", "make_api_client"]
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +90,28 @@ def _lines(resp: Any) -> Iterator[bytes]:
         yield buffer
 
 
+class Sink(Protocol):
+    """Where an :class:`Informer` puts what it sees: a :class:`K8sCache`, or a small store of its own
+    kind (e.g. :class:`retina_otel.k8s.apiserver.ApiServerSlices`)."""
+
+    def replace(self, kind: Any, objs: Iterable[Any]) -> None: ...
+
+    def upsert(self, kind: Any, obj: Any) -> None: ...
+
+    def delete(self, kind: Any, obj: Any) -> None: ...
+
+    def mark_synced(self, kind: str) -> None: ...
+
+
 class Informer:
-    """List-and-watch loop for one resource, feeding a :class:`K8sCache`."""
+    """List-and-watch loop for one resource, feeding a :class:`K8sCache` (or another :class:`Sink`)."""
 
     def __init__(
         self,
-        kind: Kind,
+        kind: Kind | str,
         call: Callable[..., Any],
-        convert: Callable[[Mapping[str, Any]], Obj | None],
-        cache: K8sCache,
+        convert: Callable[[Mapping[str, Any]], Obj | Any | None],
+        cache: Sink,
         *,
         accept: Callable[[Mapping[str, Any]], bool] | None = None,
         label: str = "",
@@ -193,7 +206,7 @@ class Informer:
             resp.release_conn()
         self.stats.lists += 1
         items = body.get("items") or []
-        objs: list[Obj] = []
+        objs: list[Any] = []
         for raw in items:
             if self._accept is not None and not self._accept(raw):
                 continue

@@ -55,6 +55,18 @@ def _ip_words(raw: bytes) -> tuple[int, int]:
     return int(a[0]), int(a[1])
 
 
+def client_settings(config: K8sAttributesConfig) -> Any:
+    """The API connection settings of a ``source: kubernetes`` config (a ClientSettings)."""
+    from retina_otel.k8s.watch import ClientSettings
+
+    return ClientSettings(
+        api_url=config.api_url,
+        kubeconfig=config.kubeconfig,
+        context=config.context,
+        insecure_skip_tls_verify=config.insecure_skip_tls_verify,
+    )
+
+
 def build_cache_service(config: K8sAttributesConfig, node_name: str, on_error: Any = None) -> CacheService:
     """The cache and source the config describes (no I/O until ``start``)."""
     local_only = not config.remote_context
@@ -68,14 +80,9 @@ def build_cache_service(config: K8sAttributesConfig, node_name: str, on_error: A
         from retina_otel.k8s.filesource import FileSource
 
         return CacheService(cache, FileSource(cache, config.file_path, config.file_poll_interval))
-    from retina_otel.k8s.watch import ApiSource, ClientSettings, WatchPlan
+    from retina_otel.k8s.watch import ApiSource, WatchPlan
 
-    settings = ClientSettings(
-        api_url=config.api_url,
-        kubeconfig=config.kubeconfig,
-        context=config.context,
-        insecure_skip_tls_verify=config.insecure_skip_tls_verify,
-    )
+    settings = client_settings(config)
     plan = WatchPlan(
         pods=True,
         services=config.watch_services,
@@ -321,6 +328,11 @@ class K8sAttributesProcessor:
         """What this processor offers the agent's other components: itself as ``k8s_cache`` (namespace
         filter and pod-deletion notices for flowmetrics)."""
         return {"k8s_cache": self}
+
+    def api_settings(self) -> Any:
+        """The :class:`~retina_otel.k8s.watch.ClientSettings` this processor watches the API server with,
+        or None when its metadata comes from a file (other components watch with the same settings)."""
+        return client_settings(self.config) if self.config.source == "kubernetes" else None
 
     def set_namespace_filter(
         self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()

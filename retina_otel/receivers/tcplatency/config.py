@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -15,12 +16,21 @@ class TcpLatencyConfig(ComponentConfig):
     interval: float = Field(10.0, gt=0, description="seconds between reads of the kernel tables (default 10)")
     apiserver_ips: tuple[str, ...] = Field(
         (),
-        description="IP addresses of the Kubernetes API server as this node's sockets see them (the "
-        "`kubernetes` service's cluster IP, or the control plane's addresses). Default: none, plus "
-        "$KUBERNETES_SERVICE_HOST when `use_kubernetes_service_host` is on.",
+        description="IP addresses of the Kubernetes API server, as an override: when set, exactly these "
+        "(no discovery, no $KUBERNETES_SERVICE_HOST). Default: none, i.e. discover them "
+        "(`apiserver_discovery`, `use_kubernetes_service_host`).",
+    )
+    apiserver_discovery: Literal["auto", "kubernetes", "off"] = Field(
+        "auto",
+        description="Watch the `default/kubernetes` Service's EndpointSlices for the control plane's "
+        "addresses (kept current): `auto` when the agent has a Kubernetes source (a k8sattributes "
+        "processor with `source: kubernetes`, whose connection settings are used), `kubernetes` always "
+        "(else the kubeconfig or in-cluster account), `off` never. Default auto.",
     )
     use_kubernetes_service_host: bool = Field(
-        True, description="add $KUBERNETES_SERVICE_HOST (set in every pod) to `apiserver_ips`"
+        True,
+        description="also count $KUBERNETES_SERVICE_HOST (set in every pod: the Service's cluster IP, or "
+        "a name, resolved and re-resolved every minute) as the API server. Default true.",
     )
     max_flows: int = Field(
         65536, ge=1024, description="entries of the in-kernel per-flow RTT/handshake table (LRU; default 65536)"
