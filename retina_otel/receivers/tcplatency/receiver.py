@@ -20,7 +20,9 @@ puts ``srtt_us`` and ``handshake_us`` on packetparser's flow records.
 from __future__ import annotations
 
 import ctypes as ct
+import ipaddress
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,10 @@ import numpy.typing as npt
 from retina_otel.bpf import load_bpf
 from retina_otel.component import CreateSettings, Host
 from retina_otel.flows import ip_to_bytes
-from retina_otel.k8s.apiserver import ApiServerLocator
 from retina_otel.metrics.store import Family
 from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.tcplatency.config import TcpLatencyConfig
+from retina_otel.receivers.tcplatency.table import LatencyTable
 
 __all__ = ["APISERVER_BUCKETS_MS", "FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "LatencyTable", "TcpLatencyReceiver"]
 
@@ -102,88 +104,6 @@ def _btf_cflags() -> list[str]:
     return [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DSKC_BASE={base}", f"-DSKC_SPAN={span}"]
 
 
-KEY_BYTES = 36
-"""A flow key as the table and the processor pack it: source, destination (16 bytes each), source port,
-destination port (little-endian u16)."""
-_MULTIPLIERS = np.array(
-    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
-    dtype=np.uint64,
-)
-
-
-def _hash_keys(keys: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
-    """A 64-bit hash per packed key (rows of KEY_BYTES bytes); equal keys hash equal, and a match is
-    always confirmed on the whole key."""
-    words = np.ascontiguousarray(keys[:, :32]).view("<u8")
-    tail = np.ascontiguousarray(keys[:, 32:KEY_BYTES]).view("<u4")[:, 0].astype(np.uint64)
-    h: npt.NDArray[np.uint64] = tail * _MULTIPLIERS[4]
-    for i in range(4):
-        h ^= words[:, i] * _MULTIPLIERS[i]
-        h = (h << np.uint64(29)) | (h >> np.uint64(35))
-    return h
-
-
-class LatencyTable:
-    """A snapshot of the per-flow table: (srtt_us, handshake_us) by flow.
-
-    Keys are from the local socket's point of view; look-ups try both orientations, so a row seen in
-    either direction finds its flow. Look-ups are vectorised (:meth:`lookup_rows`): the keys are kept
-    sorted by a 64-bit hash and found with ``searchsorted``, each match confirmed on the whole key, so a
-    batch of flow records is annotated without a Python loop over its rows.
-    """
-
-    def __init__(self, keys: npt.NDArray[Any], values: npt.NDArray[Any]) -> None:
-        raw = (
-            keys.view(np.uint8).reshape(len(keys), -1)[:, :KEY_BYTES]
-            if len(keys)
-            else np.zeros((0, KEY_BYTES), np.uint8)
-        )
-        hashes = _hash_keys(raw)
-        order = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[order]
-        self._keys = np.ascontiguousarray(raw[order])
-        self._srtt = values["srtt_us"][order].astype(np.uint32) if len(keys) else np.zeros(0, np.uint32)
-        self._handshake = values["handshake_us"][order].astype(np.uint32) if len(keys) else np.zeros(0, np.uint32)
-
-    def __len__(self) -> int:
-        return len(self._hashes)
-
-    @staticmethod
-    def key(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
-        return src + dst + int(sport).to_bytes(2, "little") + int(dport).to_bytes(2, "little")
-
-    def _find(
-        self, keys: npt.NDArray[np.uint8]
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
-        n = len(keys)
-        if not len(self._hashes) or not n:
-            zeros = np.zeros(n, np.uint32)
-            return np.zeros(n, bool), zeros, zeros
-        hashes = _hash_keys(keys)
-        idx = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
-        found = (self._hashes[idx] == hashes) & (self._keys[idx] == keys).all(axis=1)
-        zero = np.uint32(0)
-        return found, np.where(found, self._srtt[idx], zero), np.where(found, self._handshake[idx], zero)
-
-    def lookup_rows(
-        self, forward: npt.NDArray[np.uint8], reverse: npt.NDArray[np.uint8]
-    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.bool_]]:
-        """For packed keys in both orientations ((n, KEY_BYTES) each): srtt_us, handshake_us and whether
-        the flow is known. RTT of the socket in the row's orientation (else the other's); the handshake
-        of whichever end opened the connection (both ends are here when both are pods of this node)."""
-        f_found, f_srtt, f_handshake = self._find(forward)
-        r_found, r_srtt, r_handshake = self._find(reverse)
-        srtt = np.where(f_found & (f_srtt > 0), f_srtt, np.where(r_found, r_srtt, f_srtt))
-        return srtt, np.maximum(f_handshake, r_handshake), f_found | r_found
-
-    def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None:
-        """One flow's (srtt_us, handshake_us), or None when neither orientation is in the table."""
-        forward = np.frombuffer(self.key(src, dst, sport, dport), np.uint8).reshape(1, KEY_BYTES)
-        reverse = np.frombuffer(self.key(dst, src, dport, sport), np.uint8).reshape(1, KEY_BYTES)
-        srtt, handshake, known = self.lookup_rows(forward, reverse)
-        return (int(srtt[0]), int(handshake[0])) if known[0] else None
-
-
 class TcpLatencyReceiver:
     def __init__(self, settings: CreateSettings, config: TcpLatencyConfig) -> None:
         self.id = settings.id
@@ -199,7 +119,6 @@ class TcpLatencyReceiver:
         self._latency: Family | None = None
         self._handshake: Family | None = None
         self._no_response: Family | None = None
-        self._locator: ApiServerLocator | None = None
 
     # -- the extension other components use ---------------------------------------------------------
     def table(self) -> LatencyTable:
@@ -210,39 +129,20 @@ class TcpLatencyReceiver:
         return {"tcp_latency": self}
 
     def apiserver_ips(self) -> list[str]:
-        """The API server's addresses in the kernel now (see :mod:`retina_otel.k8s.apiserver`)."""
-        return self._locator.addresses() if self._locator is not None else []
-
-    def _make_locator(self, host: Host) -> ApiServerLocator:
-        """Override, EndpointSlice watch (with the agent's Kubernetes source settings) and
-        $KUBERNETES_SERVICE_HOST, as the config asks."""
-        config = self.config
-        watch: Any = None
-        if not config.apiserver_ips and config.apiserver_discovery != "off":
-            shared = host.get_extension("k8s_cache")
-            settings = getattr(shared, "api_settings", None)
-            watch = settings() if callable(settings) else None
-            if watch is None and config.apiserver_discovery == "kubernetes":
-                from retina_otel.k8s.watch import ClientSettings
-
-                watch = ClientSettings()
-
-        def on_error(resource: str, reason: str) -> None:
-            host.count_lost("k8s_watch", f"{resource}:{reason}", 1)
-
-        return ApiServerLocator(
-            self.set_apiserver_ips,
-            override=config.apiserver_ips,
-            use_service_host=config.use_kubernetes_service_host,
-            watch=watch,
-            on_error=on_error,
-        )
+        ips = list(self.config.apiserver_ips)
+        host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+        if self.config.use_kubernetes_service_host and host:
+            try:
+                ipaddress.ip_address(host)
+                ips.append(host)
+            except ValueError:
+                log.warning("KUBERNETES_SERVICE_HOST=%r is not an IP address; ignored", host)
+        return sorted(set(ips))
 
     def set_apiserver_ips(self, ips: list[str]) -> None:
         """Replace the API server's addresses in the kernel (e.g. from the k8s cache)."""
         if self._bpf is None:
             return
-        log.info("%s: API server addresses %s", self.id, ", ".join(ips) or "(none)")
         table = self._bpf["apiserver_ips"]
         table.clear()
         one = ct.c_ubyte(1)
@@ -262,8 +162,7 @@ class TcpLatencyReceiver:
         self._host = host
         cflags = [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}", *_btf_cflags()]
         self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches both RAW_TRACEPOINT_PROBEs on load
-        self._locator = self._make_locator(host)
-        self._locator.start()
+        self.set_apiserver_ips(self.apiserver_ips())
         if self.config.apiserver_metrics:
             store = host.metrics
             self._latency = store.histogram(
@@ -323,9 +222,6 @@ class TcpLatencyReceiver:
         family.observe_many((), values)
 
     def shutdown(self) -> None:
-        if self._locator is not None:
-            self._locator.shutdown()
-            self._locator = None
         self._poller.stop(timeout=5)
         if self._bpf is not None:
             try:

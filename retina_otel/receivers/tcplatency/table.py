@@ -1,0 +1,109 @@
+"""The per-flow RTT table of the tcplatency receiver, and its vectorised join with flow records.
+
+A flow key is the local socket's view: source, destination (16 bytes each), source port, destination
+port. The table keeps its keys as five 64-bit columns (the addresses as two words each, both ports in
+one) sorted by a 64-bit hash of them; a batch of flow records is joined with ``searchsorted`` on the
+hash and every match is confirmed on the five words. The columns of the records are used as they are
+(no packed key is built per row, and the reverse orientation is the same words in another order):
+under many short connections this join runs on every flow report, so its cost per row is the agent's
+cost per connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["KEY_BYTES", "LatencyTable"]
+
+KEY_BYTES = 36
+"""Bytes of a flow key in the kernel's table: source, destination, source port, destination port (LE u16)."""
+
+_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
+    dtype=np.uint64,
+)
+_ROTATE_LEFT, _ROTATE_RIGHT = np.uint64(29), np.uint64(35)
+
+_U64 = npt.NDArray[np.uint64]
+Words = tuple[_U64, _U64, _U64, _U64, _U64]
+"""A key as five columns: source words 0 and 1, destination words 0 and 1, ports (source | destination << 16)."""
+
+
+def _hash(words: Words) -> _U64:
+    """A 64-bit hash per key; equal keys hash equal, and a match is always confirmed on the words."""
+    h: _U64 = words[4] * _MULTIPLIERS[4]
+    for i in range(4):
+        h ^= words[i] * _MULTIPLIERS[i]
+        h = (h << _ROTATE_LEFT) | (h >> _ROTATE_RIGHT)
+    return h
+
+
+def _address_words(addresses: npt.NDArray[Any]) -> tuple[_U64, _U64]:
+    """16-byte addresses (``V16`` rows) as their two little-endian 64-bit words."""
+    pairs = np.ascontiguousarray(addresses).view("<u8").reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _ports(first: npt.NDArray[Any], second: npt.NDArray[Any]) -> _U64:
+    return first.astype(np.uint64) | (second.astype(np.uint64) << np.uint64(16))
+
+
+class LatencyTable:
+    """A snapshot of the per-flow table: (srtt_us, handshake_us) by flow.
+
+    Keys are from the local socket's point of view; :meth:`join` tries both orientations, so a record
+    seen in either direction finds its flow.
+    """
+
+    def __init__(self, keys: npt.NDArray[Any], values: npt.NDArray[Any]) -> None:
+        """``keys``: the kernel's key records (first :data:`KEY_BYTES` bytes are the flow key);
+        ``values``: records with ``srtt_us`` and ``handshake_us``."""
+        raw = np.ascontiguousarray(keys.view(np.uint8).reshape(len(keys), keys.dtype.itemsize)[:, :KEY_BYTES])
+        words = raw[:, :32].copy().view("<u8")
+        tail = raw[:, 32:].copy().view("<u4")[:, 0].astype(np.uint64)
+        columns: Words = (words[:, 0], words[:, 1], words[:, 2], words[:, 3], tail)
+        hashes = _hash(columns)
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        self._columns = tuple(np.ascontiguousarray(c[order]) for c in columns)
+        self._srtt = np.asarray(values["srtt_us"], np.uint32)[order] if len(keys) else np.zeros(0, np.uint32)
+        self._handshake = np.asarray(values["handshake_us"], np.uint32)[order] if len(keys) else np.zeros(0, np.uint32)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def _find(self, words: Words) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+        idx = np.searchsorted(self._hashes, _hash(words))
+        np.minimum(idx, len(self._hashes) - 1, out=idx)
+        found = self._columns[0][idx] == words[0]
+        for column, word in zip(self._columns[1:], words[1:], strict=True):
+            found &= column[idx] == word
+        zero = np.uint32(0)
+        return found, np.where(found, self._srtt[idx], zero), np.where(found, self._handshake[idx], zero)
+
+    def join(
+        self, src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[Any], dport: npt.NDArray[Any]
+    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.bool_]]:
+        """For flows given as columns (16-byte addresses, ports): srtt_us, handshake_us and whether the
+        flow is known. RTT of the socket in the row's orientation (else the other's); the handshake of
+        whichever end opened the connection (both ends are here when both are pods of this node)."""
+        n = len(src)
+        if not n or not len(self._hashes):
+            zeros = np.zeros(n, np.uint32)
+            return zeros, zeros, np.zeros(n, np.bool_)
+        s0, s1 = _address_words(src)
+        d0, d1 = _address_words(dst)
+        f_found, f_srtt, f_handshake = self._find((s0, s1, d0, d1, _ports(sport, dport)))
+        r_found, r_srtt, r_handshake = self._find((d0, d1, s0, s1, _ports(dport, sport)))
+        srtt = np.where(f_found & (f_srtt > 0), f_srtt, np.where(r_found, r_srtt, f_srtt))
+        return srtt, np.maximum(f_handshake, r_handshake), f_found | r_found
+
+    def lookup(self, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, int] | None:
+        """One flow's (srtt_us, handshake_us), or None when neither orientation is in the table."""
+        srtt, handshake, known = self.join(
+            np.array([src], "V16"), np.array([dst], "V16"), np.array([sport], np.uint16), np.array([dport], np.uint16)
+        )
+        return (int(srtt[0]), int(handshake[0])) if known[0] else None
