@@ -39,6 +39,7 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
         "otlphttp": "retina_otel.exporters.otlp:HTTP_FACTORY",
         "debug": "retina_otel.exporters.debug:FACTORY",
         "nop": "retina_otel.exporters.nop:FACTORY",
+        "observer": "retina_otel.exporters.observer:FACTORY",
     },
 }
 

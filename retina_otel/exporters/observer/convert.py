@@ -1,0 +1,185 @@
+"""Buffered flow records as Hubble ``flow.Flow`` messages (only for records a client asked for).
+
+What the record has and Hubble's Flow has a field for goes there (time, verdict, IPs, L4 with TCP
+flags or ICMP type/code, both endpoints with namespace, pod, labels and workload, services, node,
+is_reply, traffic direction, observation point, interface, DNS as L7). The rest (the kernel's drop
+reason, packet and byte counts, retransmissions) goes in ``Flow.extensions`` as
+``retina_otel.observer.v1.FlowMetadata``: Hubble's own place for additions, where Retina puts its
+metadata too. ``drop_reason_desc`` stays DROP_REASON_UNKNOWN: it holds Cilium datapath codes, and the
+kernel's skb drop reasons are not among them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from google.protobuf import any_pb2, timestamp_pb2, wrappers_pb2
+
+from retina_otel.exporters.observer import mapping
+from retina_otel.exporters.observer.ring import RingView
+from retina_otel.flows import STRINGS, Event, TcpFlag, Verdict, bytes_to_ip
+from retina_otel.flowschema import (
+    K8S_NAMESPACE,
+    K8S_POD_LABEL_PREFIX,
+    K8S_POD_NAME,
+    K8S_SERVICE_NAME,
+    K8S_WORKLOAD_KIND,
+    K8S_WORKLOAD_NAME,
+)
+from retina_otel.hubble import flow_pb2, observer_pb2, retina_pb2
+
+__all__ = ["EVENT_NAMES", "flows", "lost_event", "timestamp"]
+
+EVENT_NAMES = {Event.FLOW: "flow", Event.DROP: "drop", Event.RETRANSMIT: "retransmit", Event.DNS: "dns"}
+_FLAG_NAMES = [f.name for f in TcpFlag]
+_VERDICT = {Verdict.FORWARDED: flow_pb2.FORWARDED, Verdict.DROPPED: flow_pb2.DROPPED}
+
+
+def timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def _endpoint(entry: Mapping[str, Any] | None) -> flow_pb2.Endpoint | None:
+    if entry is None:
+        return None
+    labels = [
+        f"{key[len(K8S_POD_LABEL_PREFIX) :]}={value}"
+        for key, value in entry.items()
+        if key.startswith(K8S_POD_LABEL_PREFIX)
+    ]
+    endpoint = flow_pb2.Endpoint(
+        namespace=str(entry.get(K8S_NAMESPACE) or ""), pod_name=str(entry.get(K8S_POD_NAME) or ""), labels=labels
+    )
+    if entry.get(K8S_WORKLOAD_NAME):
+        endpoint.workloads.add(name=str(entry[K8S_WORKLOAD_NAME]), kind=str(entry.get(K8S_WORKLOAD_KIND) or ""))
+    return endpoint
+
+
+def _service(entry: Mapping[str, Any] | None) -> flow_pb2.Service | None:
+    if entry is None or not entry.get(K8S_SERVICE_NAME):
+        return None
+    return flow_pb2.Service(name=str(entry[K8S_SERVICE_NAME]), namespace=str(entry.get(K8S_NAMESPACE) or ""))
+
+
+def _layer4(proto: int, ip_version: int, sport: int, dport: int, flags: dict[str, bool]) -> flow_pb2.Layer4:
+    if proto == 6:
+        return flow_pb2.Layer4(
+            TCP=flow_pb2.TCP(source_port=sport, destination_port=dport, flags=flow_pb2.TCPFlags(**flags))
+        )
+    if proto == 17:
+        return flow_pb2.Layer4(UDP=flow_pb2.UDP(source_port=sport, destination_port=dport))
+    if proto == 132:
+        return flow_pb2.Layer4(SCTP=flow_pb2.SCTP(source_port=sport, destination_port=dport))
+    if proto == 1 and ip_version == 4:
+        return flow_pb2.Layer4(ICMPv4=flow_pb2.ICMPv4(type=sport, code=dport))
+    if proto == 58:
+        return flow_pb2.Layer4(ICMPv6=flow_pb2.ICMPv6(type=sport, code=dport))
+    return flow_pb2.Layer4()
+
+
+def _dns(entry: Mapping[str, Any] | None, row: Mapping[str, Any]) -> flow_pb2.Layer7:
+    entry = entry or {}
+    answers = [str(a) for a in entry.get("answers") or ()]
+    query_type = entry.get("query_type") or ""
+    dns = flow_pb2.DNS(
+        query=str(entry.get("query") or ""),
+        ips=[a for a in answers if _is_ip(a)],
+        cnames=[a for a in answers if not _is_ip(a)],
+        rcode=int(row["dns_rcode"]),
+        qtypes=[str(query_type)] if query_type else [],
+        observation_source="retina-otel",
+    )
+    response = bool(row["dns_is_response"])
+    return flow_pb2.Layer7(
+        type=flow_pb2.RESPONSE if response else flow_pb2.REQUEST,
+        latency_ns=int(row["dns_latency_us"]) * 1000 if response else 0,
+        dns=dns,
+    )
+
+
+def _is_ip(text: str) -> bool:
+    return (text.count(".") == 3 and text.replace(".", "").isdigit()) or ":" in text
+
+
+def lost_event(count: int, node_name: str, now_ns: int) -> observer_pb2.GetFlowsResponse:
+    return observer_pb2.GetFlowsResponse(
+        lost_events=flow_pb2.LostEvent(source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=count),
+        node_name=node_name,
+        time=timestamp(now_ns),
+    )
+
+
+def flows(view: RingView, node_name: str) -> Iterator[observer_pb2.GetFlowsResponse]:
+    """One response per row of ``view``."""
+    records = view.records
+    if not len(records):
+        return
+    rows = records.tolist()  # tuples in FLOW_DTYPE field order
+    names = records.dtype.names
+    assert names is not None
+    seen = mapping.tcp_flags_seen(records)
+    seen_lists = {name: values.tolist() for name, values in seen.items()}
+    points = mapping.trace_points(records).tolist()
+    types, subtypes = mapping.event_types(records)
+    types_list, subtypes_list = types.tolist(), subtypes.tolist()
+    addresses: dict[bytes, str] = {}
+
+    def address(raw: bytes) -> str:
+        text = addresses.get(raw)
+        if text is None:
+            text = addresses[raw] = str(bytes_to_ip(raw))
+        return text
+
+    for i, values in enumerate(rows):
+        row = dict(zip(names, values, strict=True))
+        end = int(row["time_end_ns"]) or int(row["time_start_ns"])
+        src, dst = view.endpoint(i, "src"), view.endpoint(i, "dst")
+        event = int(row["event"])
+        proto = int(row["proto"])
+        flags = {name: bool(seen_lists[name][i]) for name in mapping.HUBBLE_TCP_FLAGS}
+        counts = row["tcp_flags"]
+        metadata = retina_pb2.FlowMetadata(
+            event=EVENT_NAMES.get(Event(event), "") if event else "",
+            drop_reason=STRINGS.name(int(row["drop_reason"])),
+            packets=int(row["packets"]),
+            bytes=int(row["bytes"]),
+            reply_packets=int(row["reply_packets"]),
+            reply_bytes=int(row["reply_bytes"]),
+            retransmits=int(row["retransmits"]),
+            start_time_unix_nano=int(row["time_start_ns"]),
+        )
+        if proto == 6:
+            for name, count in zip(_FLAG_NAMES, list(counts), strict=True):
+                if count:
+                    metadata.tcp_flag_counts[name] = int(count)
+        extension = any_pb2.Any()
+        extension.Pack(metadata)
+        ifindex = int(row["ifindex"])
+        flow = flow_pb2.Flow(
+            time=timestamp(end),
+            verdict=_VERDICT.get(Verdict(int(row["verdict"])), flow_pb2.VERDICT_UNKNOWN),
+            IP=flow_pb2.IP(
+                source=address(row["src_ip"]),
+                destination=address(row["dst_ip"]),
+                ipVersion=flow_pb2.IPv6 if int(row["ip_version"]) == 6 else flow_pb2.IPv4,
+            ),
+            l4=_layer4(proto, int(row["ip_version"]), int(row["src_port"]), int(row["dst_port"]), flags),
+            source=_endpoint(src),
+            destination=_endpoint(dst),
+            Type=flow_pb2.L7 if event == Event.DNS else flow_pb2.L3_L4,
+            node_name=node_name,
+            event_type=flow_pb2.CiliumEventType(type=types_list[i], sub_type=subtypes_list[i]),
+            source_service=_service(src),
+            destination_service=_service(dst),
+            traffic_direction=int(row["direction"]),  # type: ignore[arg-type]  # Hubble's numbers too
+            trace_observation_point=points[i],
+            is_reply=wrappers_pb2.BoolValue(value=bool(row["is_reply"])),
+            interface=flow_pb2.NetworkInterface(index=ifindex, name=mapping.interface_name(ifindex))
+            if ifindex
+            else None,
+            extensions=extension,
+        )
+        if event == Event.DNS:
+            flow.l7.CopyFrom(_dns(view.dns[i], row))
+        yield observer_pb2.GetFlowsResponse(flow=flow, node_name=node_name, time=timestamp(end))

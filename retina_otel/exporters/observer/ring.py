@@ -1,0 +1,173 @@
+"""The observer's flow buffer: the most recent flow records in a bounded columnar ring.
+
+Rows are kept as they travel (:data:`~retina_otel.flows.FLOW_DTYPE`), written with slice copies, so
+taking a batch costs one ``memcpy``-like copy per column block and no Python object per record. The
+two side columns hold references, not copies: the batch's DNS entry per row (``None`` for most rows)
+and a small integer naming the batch's :class:`~retina_otel.flows.EndpointTable` (tables are shared
+between batches of one k8s cache generation, so there are only a few at a time).
+
+Every record gets a sequence number (its position in the stream since start); the ring keeps those in
+``[head - capacity, head)``. Readers copy a range out under the lock and work on the copy, so a slow
+reader never holds up :meth:`FlowRing.write`, and a reader that fell behind learns exactly how many
+records it missed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, FlowArray, FlowBatch
+
+__all__ = ["FlowRing", "RingView", "bytes_per_record"]
+
+_OBJECT_REF = np.dtype(object).itemsize
+
+
+def bytes_per_record() -> int:
+    """Memory one buffered record takes: the row, its table id and its DNS reference."""
+    return FLOW_DTYPE.itemsize + np.dtype("<u4").itemsize + _OBJECT_REF
+
+
+@dataclass(slots=True)
+class RingView:
+    """A copy of consecutive records ``[first_seq, first_seq + len)`` with what they refer to."""
+
+    first_seq: int
+    records: FlowArray
+    table_ids: npt.NDArray[np.uint32]
+    dns: npt.NDArray[np.object_]
+    tables: Mapping[int, EndpointTable] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.records.shape[0])
+
+    def take(self, index: npt.NDArray[np.intp]) -> RingView:
+        """The rows at ``index`` (sequence numbers no longer consecutive: ``first_seq`` is kept)."""
+        return RingView(self.first_seq, self.records[index], self.table_ids[index], self.dns[index], self.tables)
+
+    def endpoint(self, i: int, side: str) -> Mapping[str, Any] | None:
+        """The endpoint entry of row ``i`` for ``side`` (``src``/``dst``), or None."""
+        index = int(self.records[f"{side}_endpoint"][i])
+        table = self.tables.get(int(self.table_ids[i]))
+        if table is None or not 0 <= index < len(table.entries):
+            return None
+        return table.entries[index]
+
+
+class FlowRing:
+    """A bounded ring of flow records; thread-safe, one writer (the pipeline) and many readers."""
+
+    MAX_TABLES = 64  # distinct endpoint tables remembered before the unreferenced ones are dropped
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._records = np.zeros(capacity, dtype=FLOW_DTYPE)
+        self._table_ids = np.zeros(capacity, dtype="<u4")
+        self._dns = np.full(capacity, None, dtype=object)
+        self._tables: dict[int, EndpointTable] = {}
+        self._last_table: EndpointTable | None = None
+        self._last_table_id = 0
+        self._next_table_id = 1
+        self._head = 0  # sequence number of the next record = records seen since start
+        self._lock = threading.Lock()
+        self._grown = threading.Condition(self._lock)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the columns (the records' DNS entries and tables are shared, not counted)."""
+        return int(self._records.nbytes + self._table_ids.nbytes + self._dns.nbytes)
+
+    @property
+    def head(self) -> int:
+        return self._head
+
+    def __len__(self) -> int:
+        return min(self._head, self.capacity)
+
+    # -- writing (the pipeline's thread) ---------------------------------------------------------------
+
+    def _table_id(self, table: EndpointTable) -> int:
+        if table is self._last_table:
+            return self._last_table_id
+        for ident, known in self._tables.items():  # noqa: B007 (ident is used after the loop)
+            if known is table:
+                break
+        else:
+            if len(self._tables) >= self.MAX_TABLES:
+                in_use = set(np.unique(self._table_ids[: len(self)]).tolist())
+                self._tables = {k: v for k, v in self._tables.items() if k in in_use}
+            ident = self._next_table_id
+            self._next_table_id += 1
+            self._tables[ident] = table
+        self._last_table, self._last_table_id = table, ident
+        return ident
+
+    def write(self, batch: FlowBatch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        records, dns = batch.records, batch.dns
+        with self._grown:
+            table_id = self._table_id(batch.endpoints)
+            skip = max(0, n - self.capacity)  # a batch larger than the ring: only its tail stays
+            start = (self._head + skip) % self.capacity
+            done = skip
+            while done < n:
+                count = min(n - done, self.capacity - start)
+                end = start + count
+                self._records[start:end] = records[done : done + count]
+                self._table_ids[start:end] = table_id
+                if dns is None:
+                    self._dns[start:end] = None
+                else:
+                    self._dns[start:end] = _as_objects(dns[done : done + count])
+                done += count
+                start = end % self.capacity
+            self._head += n
+            self._grown.notify_all()
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def read(self, start_seq: int, limit: int | None = None) -> tuple[int, RingView]:
+        """Records from ``start_seq`` (at most ``limit``): ``(missed, view)`` where ``missed`` counts
+        the records from ``start_seq`` that were already overwritten."""
+        with self._lock:
+            oldest = max(0, self._head - self.capacity)
+            first = max(start_seq, oldest)
+            missed = first - start_seq if start_seq < oldest else 0
+            count = max(0, self._head - first)
+            if limit is not None:
+                count = min(count, limit)
+            index = (np.arange(first, first + count, dtype=np.int64) % self.capacity).astype(np.intp)
+            view = RingView(first, self._records[index], self._table_ids[index], self._dns[index], dict(self._tables))
+        return missed, view
+
+    def oldest(self) -> int:
+        with self._lock:
+            return max(0, self._head - self.capacity)
+
+    def wait_beyond(self, seq: int, timeout: float) -> bool:
+        """Block until a record with sequence number ``>= seq`` exists, or ``timeout`` passes."""
+        with self._grown:
+            if self._head > seq:
+                return True
+            self._grown.wait(timeout)
+            return self._head > seq
+
+    def wake_all(self) -> None:
+        with self._grown:
+            self._grown.notify_all()
+
+
+def _as_objects(values: list[Any]) -> npt.NDArray[np.object_]:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
