@@ -103,6 +103,13 @@ def build_cflags(config: PacketParserConfig) -> list[str]:
     ]
 
 
+def _concatenate(parts: list[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
+    """Flow records of several reads as one array. Concatenated as opaque rows of the record's size: numpy
+    copies a structured dtype field by field (~4x slower per row; every flow report goes through here)."""
+    row = np.dtype((np.void, parts[0].dtype.itemsize))
+    return np.concatenate([p.view(row) for p in parts]).view(parts[0].dtype)
+
+
 class PacketParserReceiver:
     """Implements :class:`~retina_otel.component.Lifecycle` and :class:`~.filtermap.IpFilter`."""
 
@@ -328,7 +335,7 @@ class PacketParserReceiver:
         if not self._pending:
             return
         batches, self._pending, self._pending_rows = self._pending, [], 0
-        records = batches[0].records if len(batches) == 1 else np.concatenate([b.records for b in batches])
+        records = batches[0].records if len(batches) == 1 else _concatenate([b.records for b in batches])
         batch = FlowBatch(records=records, receiver=self.settings.id)
         if self._host is not None:
             batch.attributes["k8s.node.name"] = self._host.node_name
