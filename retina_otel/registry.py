@@ -26,6 +26,7 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
         "tcpretrans": "retina_otel.receivers.tcpretrans:FACTORY",
         "dns": "retina_otel.receivers.dns:FACTORY",
         "tcplatency": "retina_otel.receivers.tcplatency:FACTORY",
+        "nodeconnectivity": "retina_otel.receivers.nodeconnectivity:FACTORY",
         "synthetic": "retina_otel.receivers.synthetic:FACTORY",
     },
     "processor": {

@@ -378,6 +378,9 @@ class K8sCache:
     def node(self, name: str) -> NodeInfo | None:
         return self._nodes.get(name)
 
+    def nodes(self) -> list[NodeInfo]:
+        return list(self._nodes.values())
+
     def pod_by_uid(self, uid: str) -> PodInfo | None:
         """A live pod, or a deleted one within the grace period."""
         pod = self._pods.get(uid)
