@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "demo", help="run the agent here against generated traffic between sandbox pods", populate=_populate_demo
     )
+    sub.add_parser(
+        "observe", help="live flows from an agent's Observer API (like hubble observe)", populate=_populate_observe
+    )
 
     _add_optional_commands(sub)
     return parser
@@ -134,6 +137,12 @@ def _cmd_reference(_args: argparse.Namespace) -> int:
 
     print(render_reference(), end="")
     return 0
+
+
+def _populate_observe(parser: argparse.ArgumentParser) -> None:
+    from retina_otel.observe.cli import add_arguments
+
+    add_arguments(parser)
 
 
 def _populate_demo(parser: argparse.ArgumentParser) -> None:
