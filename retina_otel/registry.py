@@ -32,6 +32,7 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
     "processor": {
         "k8sattributes": "retina_otel.processors.k8sattributes:FACTORY",
         "flowmetrics": "retina_otel.processors.flowmetrics:FACTORY",
+        "hubblemetrics": "retina_otel.processors.hubblemetrics:FACTORY",
         "tcplatency": "retina_otel.processors.tcplatency:FACTORY",
     },
     "exporter": {

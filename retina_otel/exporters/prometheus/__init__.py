@@ -3,6 +3,12 @@
 See :mod:`retina_otel.exporters.prometheus.exporter`.
 """
 
-from retina_otel.exporters.prometheus.exporter import FACTORY, PrometheusConfig, PrometheusExporter, render
+from retina_otel.exporters.prometheus.exporter import (
+    FACTORY,
+    PrometheusConfig,
+    PrometheusExporter,
+    render,
+    with_cluster_label,
+)
 
-__all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render"]
+__all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render", "with_cluster_label"]

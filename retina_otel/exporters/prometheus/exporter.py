@@ -22,7 +22,7 @@ from retina_otel.component import ComponentConfig, CreateSettings, Factory, Flow
 from retina_otel.endpoints import parse_endpoint
 from retina_otel.metrics.store import FamilySnapshot, HistogramValue, MetricKind, MetricStore
 
-__all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render", "render_snapshots"]
+__all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render", "render_snapshots", "with_cluster_label"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ class PrometheusConfig(ComponentConfig):
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def with_cluster_label(const_labels: dict[str, str], cluster_label: str, cluster_name: str) -> dict[str, str]:
+    """``const_labels`` plus ``cluster_label=cluster_name`` when both are set (a same-named key wins)."""
+    labels = dict(const_labels)
+    if cluster_label and cluster_name:
+        labels.setdefault(cluster_label, cluster_name)
+    return labels
 
 
 def _escape_label(value: str) -> str:
@@ -187,12 +195,16 @@ class PrometheusExporter:
             return self._text_cache.render(self._store.collect(), self._const_labels)
 
     def start(self, host: Host) -> None:
+        cfg = self.config
+        self.serve(host.metrics, with_cluster_label(cfg.const_labels, cfg.cluster_label, host.cluster_name))
+
+    def serve(self, store: MetricStore, const_labels: dict[str, str]) -> None:
+        """Serve ``store`` with ``const_labels`` on every series (what ``start`` does with the agent's store;
+        a component with a store of its own, like ``hubblemetrics``, calls it directly)."""
         if self._server is not None:
             return
-        self._store = host.metrics
-        self._const_labels = dict(self.config.const_labels)
-        if host.cluster_name and self.config.cluster_label:
-            self._const_labels.setdefault(self.config.cluster_label, host.cluster_name)
+        self._store = store
+        self._const_labels = dict(const_labels)
         address, port = parse_endpoint(self.config.endpoint, field="exporters.prometheus.endpoint")
         server_cls = ThreadingHTTPServer
         if ":" in address:

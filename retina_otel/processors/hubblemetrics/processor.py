@@ -1,0 +1,85 @@
+"""The ``hubblemetrics`` processor: Hubble's metrics from the agent's flows, on their own endpoint.
+
+Retina in Hubble mode serves Hubble's metric handlers on Hubble's port (9965) next to its own metrics
+on 10093. This processor does the same from the flow batches it sees: it aggregates them with
+:class:`~.aggregate.HubbleAggregator` into a metric store of its own (so the ``hubble_*`` series are
+neither on the agent's 10093 endpoint nor exported twice) and serves that store with the agent's
+Prometheus renderer on ``endpoint``. The batch is passed on unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from retina_otel.component import CreateSettings, FlowConsumer, Host
+from retina_otel.exporters.prometheus import PrometheusConfig, PrometheusExporter, with_cluster_label
+from retina_otel.flows import FlowBatch
+from retina_otel.metrics.store import Family, MetricStore
+from retina_otel.processors.hubblemetrics.aggregate import FAMILIES, HubbleAggregator, family_labels
+from retina_otel.processors.hubblemetrics.config import HubbleMetricsConfig
+from retina_otel.processors.hubblemetrics.spec import parse_metric
+
+__all__ = ["HubbleMetricsProcessor"]
+
+log = logging.getLogger(__name__)
+
+
+class HubbleMetricsProcessor:
+    """See ``docs/processors/hubblemetrics.md``."""
+
+    def __init__(
+        self, settings: CreateSettings, config: HubbleMetricsConfig, next_consumer: FlowConsumer | None
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self._next = next_consumer
+        self.specs = [parse_metric(text) for text in config.metrics]
+        self._aggregator = HubbleAggregator(self.specs)
+        self.store = MetricStore()
+        self._families: dict[str, Family] = {}
+        self._server: PrometheusExporter | None = None
+        self._started = False
+        self._errors = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the hubble endpoint listens (useful with port 0)."""
+        assert self._server is not None, "no endpoint served"
+        return self._server.address
+
+    def start(self, host: Host) -> None:
+        if self._started:
+            return
+        ttl = self.config.series_ttl_seconds or None
+        for spec in self.specs:
+            labels = family_labels(spec)
+            for name, help_text in FAMILIES[spec.handler]:
+                self._families[name] = self.store.counter(
+                    name, help_text, labels, ttl_seconds=ttl, max_series=self.config.max_series_per_metric
+                )
+        if self.config.endpoint:
+            settings = CreateSettings(f"{self.settings.id}/endpoint", "exporter")
+            server = PrometheusExporter(settings, PrometheusConfig(endpoint=self.config.endpoint))
+            server.serve(self.store, with_cluster_label({}, self.config.cluster_label, host.cluster_name))
+            self._server = server
+        self._started = True
+
+    def shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+        self._started = False
+
+    def consume_flows(self, batch: FlowBatch) -> None:
+        if self._started and len(batch):
+            try:
+                for name, series in self._aggregator.process(batch).items():
+                    family = self._families.get(name)
+                    if family is not None and series:
+                        family.add_many(series.items())
+            except Exception:  # a bad batch must not stop the pipeline
+                self._errors += 1
+                if self._errors <= 5 or self._errors % 1000 == 0:
+                    log.exception("hubblemetrics: failed to aggregate a batch (%d so far)", self._errors)
+        if self._next is not None:
+            self._next.consume_flows(batch)
