@@ -25,6 +25,7 @@ from retina_otel.flows import (
 __all__ = [
     "ENDPOINT_KEYS",
     "SIDE_PREFIX",
+    "interface_names",
     "record_attributes",
     "rows_as_attributes",
 ]
@@ -68,8 +69,20 @@ def _endpoint_attributes(entry: Mapping[str, Any], prefix: str, out: dict[str, A
         out[prefix + key] = value
 
 
-def record_attributes(batch: FlowBatch, i: int) -> dict[str, Any]:
-    """The attributes of row ``i`` of ``batch`` as an OTLP log record would carry them."""
+def interface_names(batch: FlowBatch) -> list[str]:
+    """``network.interface.name`` of every row, resolved for the whole batch at once (cached table of
+    this namespace's links, see :mod:`retina_otel.ifnames`); pass ``names[i]`` to :func:`record_attributes`."""
+    from retina_otel.ifnames import INTERFACES
+
+    names: list[str] = INTERFACES.names(batch.records["ifindex"]).tolist()
+    return names
+
+
+def record_attributes(batch: FlowBatch, i: int, interface_name: str | None = None) -> dict[str, Any]:
+    """The attributes of row ``i`` of ``batch`` as an OTLP log record would carry them.
+
+    ``interface_name``: the row's entry of :func:`interface_names` (callers converting a whole batch
+    resolve the names once); None looks the one index up."""
     r = batch.records[i]
     proto = int(r["proto"])
     attrs: dict[str, Any] = {
@@ -98,6 +111,12 @@ def record_attributes(batch: FlowBatch, i: int) -> dict[str, Any]:
         attrs["destination.port"] = int(r["dst_port"])
     if r["ifindex"]:
         attrs["network.interface.index"] = int(r["ifindex"])
+        if interface_name is None:
+            from retina_otel.ifnames import INTERFACES
+
+            interface_name = INTERFACES.name(int(r["ifindex"]))
+        if interface_name:
+            attrs["network.interface.name"] = interface_name
     if proto == 6:
         flags = r["tcp_flags"]
         for name, count in zip(_FLAG_NAMES, flags.tolist(), strict=True):
@@ -139,8 +158,9 @@ def record_attributes(batch: FlowBatch, i: int) -> dict[str, Any]:
 
 
 def rows_as_attributes(batch: FlowBatch) -> Iterator[dict[str, Any]]:
+    names = interface_names(batch)
     for i in range(len(batch)):
-        yield record_attributes(batch, i)
+        yield record_attributes(batch, i, names[i])
 
 
 def flag_names() -> list[str]:

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
 from retina_otel.flows import FlowBatch
-from retina_otel.flowschema import record_attributes
+from retina_otel.flowschema import rows_as_attributes
 from retina_otel.metrics.store import HistogramValue
 
 __all__ = ["FACTORY", "DebugConfig", "DebugExporter"]
@@ -94,11 +94,9 @@ class DebugExporter:
                 f"{int(batch.records['packets'].sum())} packets, {int(batch.records['bytes'].sum())} bytes"
             )
         elif self.config.verbosity == "normal":
-            text = "\n".join(_one_line(record_attributes(batch, i)) for i in range(len(batch)))
+            text = "\n".join(_one_line(attrs) for attrs in rows_as_attributes(batch))
         else:
-            text = "\n".join(
-                json.dumps(record_attributes(batch, i), default=str, sort_keys=True) for i in range(len(batch))
-            )
+            text = "\n".join(json.dumps(attrs, default=str, sort_keys=True) for attrs in rows_as_attributes(batch))
         with self._lock:
             print(text, file=self._out, flush=True)
 

@@ -23,7 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from retina_otel.flows import FlowBatch
-from retina_otel.flowschema import record_attributes
+from retina_otel.flowschema import interface_names, record_attributes
 from retina_otel.metrics.store import FamilySnapshot, HistogramValue, MetricKind
 
 __all__ = ["SCOPE", "flows_to_log_records", "snapshots_to_metrics_data"]
@@ -97,8 +97,9 @@ def flows_to_log_records(
     now = time.time_ns()
     out: list[ReadableLogRecord] = []
     end_times = batch.records["time_end_ns"].tolist()
+    names = interface_names(batch)
     for i in range(len(batch)):
-        attrs = record_attributes(batch, i)
+        attrs = record_attributes(batch, i, names[i])
         event_name = str(attrs.pop("event.name"))
         record = LogRecord(
             timestamp=end_times[i] or now,
