@@ -18,6 +18,8 @@ Workloads:
 * ``tcp_bulk``: iperf3 TCP (default), bytes/s.
 * ``short_tcp``: one TCP connection after another (request, response, close), connections/s.
 * ``dns_flood``: DNS queries at a fixed rate against dnsmasq; responses/s and the agent's CPU per query.
+* ``breakdown/<workload>``: not a ratio; the kernel's run time of each BPF program and the agent's
+  user-space CPU per packet, MB or connection (``kernel.bpf_stats_enabled`` on for that row only).
 * ``alone/<receiver>``, ``alone_tcp/<receiver>``, ``alone_short/<receiver>``: ``udp64_in_path``,
   ``tcp_bulk`` and ``short_tcp`` with an agent that runs only that receiver (where the whole agent's
   cost comes from).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -414,6 +417,59 @@ def _toggled(
     return row
 
 
+# -- where the cost goes ------------------------------------------------------------------------------
+_BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def _bpf_programs() -> dict[tuple[int, str], tuple[int, int]]:
+    """(id, name) -> (run_time_ns, run_cnt) of every loaded BPF program (bpftool)."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    return {(p["id"], p.get("name", "?")): (p.get("run_time_ns", 0), p.get("run_cnt", 0)) for p in json.loads(out)}
+
+
+def _breakdown(
+    name: str, counter: Callable[[], float], agent: AgentProcess, seconds: int, per: tuple[str, float]
+) -> dict[str, Any]:
+    """Where the agent's cost per unit of work goes: kernel time of each BPF program (the kernel's own
+    run-time statistics, switched on only for this row and restored after) and the agent's user-space CPU.
+    Not a ratio: the statistics themselves cost ~2 clock reads per program run."""
+    agent.start()
+    was = _BPF_STATS.read_text().strip()
+    try:
+        time.sleep(SETTLE_S)
+        _BPF_STATS.write_text("1")
+        progs0, work0, cpu0, t0 = _bpf_programs(), counter(), agent.cpu(), time.monotonic()
+        time.sleep(seconds)
+        progs1, work1, cpu1, t1 = _bpf_programs(), counter(), agent.cpu(), time.monotonic()
+    finally:
+        _BPF_STATS.write_text(was)
+        agent.stop()
+    units = max(work1 - work0, 1.0) / per[1]
+    by_name: dict[str, list[int]] = {}  # programs of one name (several instances) summed
+    for key, (run_ns, runs) in progs1.items():
+        run_ns0, runs0 = progs0.get(key, (0, 0))
+        if runs > runs0:
+            total = by_name.setdefault(key[1], [0, 0])
+            total[0] += run_ns - run_ns0
+            total[1] += runs - runs0
+    programs = {
+        name: {
+            "runs_per_unit": round(runs / units, 2),
+            "ns_per_unit": round(run_ns / units),
+            "ns_per_run": round(run_ns / runs),
+        }
+        for name, (run_ns, runs) in by_name.items()
+    }
+    return {
+        "test": f"breakdown/{name}",
+        "unit": per[0],
+        "units_per_s": round(units / (t1 - t0), 1),
+        "bpf_ns_per_unit": sum(p["ns_per_unit"] for p in programs.values()),
+        "agent_user_ns_per_unit": round((cpu1 - cpu0) / units * 1e9),
+        "programs": dict(sorted(programs.items(), key=lambda kv: -kv[1]["ns_per_unit"])),
+    }
+
+
 # -- idle and churn ---------------------------------------------------------------------------------------
 def _idle(agent: AgentProcess, seconds: int) -> dict[str, Any]:
     ready_s = agent.start()
@@ -541,6 +597,13 @@ def run(quick: bool) -> dict[str, Any]:
         if want("short_tcp"):
             with _hook((a, b)) as hook, _short_tcp(a, b, workdir / "connections") as connections:
                 rows.append(_toggled("short_tcp", connections, default, cycles, phase, hook=hook, **short))
+        if want("breakdown/"):
+            with _iperf(a, b, udp=True):
+                rows.append(_breakdown("udp64_in_path", udp_pps, default, phase, ("packet", 1.0)))
+            with _iperf(a, b, udp=False):
+                rows.append(_breakdown("tcp_bulk", tcp_bytes, default, phase, ("mbyte", 1e6)))
+            with _short_tcp(a, b, workdir / "connections") as connections:
+                rows.append(_breakdown("short_tcp", connections, default, phase, ("conn", 1.0)))
         if want("dns_flood"):
             with _dns_flood(a, b, rate=2000 if quick else 5000):
                 rows.append(_toggled("dns_flood", _counter(a.host_veth, "tx_packets"), default, cycles, phase,
