@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field
 
+from retina_otel.bpf.doublebuffer import DoubleBuffer
 from retina_otel.component import ComponentConfig, CreateSettings, FlowConsumer, Host, NopFlowConsumer
 from retina_otel.flows import FlowBatch
 
@@ -104,11 +105,20 @@ class DrainingReceiver(Generic[ConfigT]):
         self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
         self._host: Host | None = None
         self._bpf: Any = None
+        self._flows: DoubleBuffer | None = None
         self._lock = threading.Lock()
         self._drainer = Worker(f"{settings.id}-drain")
         self._log = logging.getLogger(type(self).__module__)
 
-    def _start_draining(self, bpf: Any) -> None:
+    def _start_draining(self, bpf: Any, flows: str | None = None) -> None:
+        """Drain ``bpf`` every interval; ``flows`` names its pair of per-flow maps, switched by
+        ``self._flows`` (a :class:`~retina_otel.bpf.doublebuffer.DoubleBuffer`)."""
+        if flows is not None:
+            try:
+                self._flows = DoubleBuffer(bpf, flows)
+            except Exception:
+                cleanup_bpf(bpf, self._log, self.kind)
+                raise
         self._bpf = bpf
         self._drainer.run_every(self.config.interval, self.flush, log=self._log, failure=f"{self.kind}: drain failed")
 

@@ -48,12 +48,12 @@ struct total_val {
     u64 bytes;
 };
 
-// Two per-flow maps: the kernel writes the one `flow_gen` names while user space drains the other, so
-// no increment can land between a batch read and its delete (exact totals). Totals are never deleted:
-// user space reads them as cumulative counters.
+// Two per-flow maps: the kernel writes the one drop_flows_active points at while user space drains the
+// other, so no increment can land between a batch read and its delete (exact totals; see
+// retina_otel/bpf/doublebuffer.py). Totals are never deleted: user space reads them as cumulative counters.
 BPF_HASH(drop_flows0, struct drop_key, struct drop_val, MAX_FLOWS);
 BPF_HASH(drop_flows1, struct drop_key, struct drop_val, MAX_FLOWS);
-BPF_ARRAY(flow_gen, u32, 1);
+BPF_ARRAY_OF_MAPS(drop_flows_active, "drop_flows0", 1);
 BPF_HASH(drop_totals, struct total_key, struct total_val, 4096);
 BPF_PERCPU_ARRAY(drop_lost, u64, 2);  // 0: flow map full, 1: totals map full
 
@@ -182,21 +182,17 @@ RAW_TRACEPOINT_PROBE(kfree_skb) {
     }
 
     int zero_index = 0;
-    u32 *gen = flow_gen.lookup(&zero_index);
+    void *flows = drop_flows_active.lookup(&zero_index);  // NULL until user space sets it: drop_flows0
     struct drop_val init = {.first_ns = now};
     struct drop_val *v;
-    if (gen && *gen) {
-        v = drop_flows1.lookup(&key);
+    if (flows) {
+        v = bpf_map_lookup_elem(flows, &key);
         if (!v) {
-            drop_flows1.insert(&key, &init);
-            v = drop_flows1.lookup(&key);
+            bpf_map_update_elem(flows, &key, &init, BPF_NOEXIST);
+            v = bpf_map_lookup_elem(flows, &key);
         }
     } else {
-        v = drop_flows0.lookup(&key);
-        if (!v) {
-            drop_flows0.insert(&key, &init);
-            v = drop_flows0.lookup(&key);
-        }
+        v = drop_flows0.lookup_or_try_init(&key, &init);
     }
     if (!v) {
         count_lost(0);

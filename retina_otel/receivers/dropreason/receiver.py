@@ -118,18 +118,18 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         self._bytes = host.metrics.counter(
             "networkobservability_drop_bytes", "Total dropped bytes", ("reason", "direction"), unit="By"
         )
-        self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the RAW_TRACEPOINT_PROBE on load
+        # bcc attaches the RAW_TRACEPOINT_PROBE on load; until the switch is set, the program writes drop_flows0
+        self._start_draining(load_bpf(SOURCE, cflags), flows="drop_flows")
 
     # -- draining ---------------------------------------------------------------------------------
     def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
         """Metrics from the cumulative totals; the dropped flows of the interval as one batch."""
-        from retina_otel.bpf.doublebuffer import swap
         from retina_otel.bpf.mapdrain import drain
 
-        if self._reasons is None:
+        if self._reasons is None or self._flows is None:
             return None
         totals_k, totals_v = drain(bpf["drop_totals"], TOTAL_KEY_DTYPE, TOTAL_VALUE_DTYPE, delete=False)
-        keys, values = drain(bpf[swap(bpf, "drop_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+        keys, values = drain(bpf[self._flows.swap()], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
         self._publish_metrics(totals_k, totals_v)
         self._count_lost(bpf)
         return self._batch(keys, values) if len(keys) else None

@@ -164,9 +164,10 @@ BPF_ARRAY(clock_sample, u64, 2);  // written by pp_clock: [CT_NOW(), bpf_ktime_g
 // (no new flag, no report flag, report interval not due) are counted in a direct-mapped per-CPU slot
 // instead: one inlined array lookup, plain increments. A slot's counts move into the connection entry
 // (atomically, as any CPU's) when its flow next takes the slow path on this CPU, when another flow
-// takes the slot over, and when user space sweeps the cache: it flips hot_gen (the programs switch to
-// the other half of the array), waits for programs still running on the old half, reads it, has
-// pp_merge add the pending counts to the table and zeroes it (see receiver.py).
+// takes the slot over, and when user space sweeps the cache: it points hot_active at the other of the
+// two arrays hot0/hot1 (the update returns once no program still counts into the old one: see
+// retina_otel/bpf/doublebuffer.py), reads the old one, has pp_merge add the pending counts to the table
+// and zeroes it (see receiver.py).
 //
 // A slot never outlives its flow's next report: its deadline is the direction's last report plus the
 // report interval, capped at the shortest entry lifetime, so reports and expiry happen on time.
@@ -192,8 +193,9 @@ struct hot_slot {
     u64 n_psh;
 };
 
-BPF_PERCPU_ARRAY(hot, struct hot_slot, 2 * HOT_SLOTS);
-BPF_ARRAY(hot_gen, u32, 1);
+BPF_PERCPU_ARRAY(hot0, struct hot_slot, HOT_SLOTS);
+BPF_PERCPU_ARRAY(hot1, struct hot_slot, HOT_SLOTS);
+BPF_ARRAY_OF_MAPS(hot_active, "hot0", 1);
 BPF_ARRAY(merge_list, struct hot_slot, FLUSH_BATCH);
 #endif
 
@@ -565,7 +567,7 @@ static __always_inline void words_from_pkt(struct flow_words *f, const struct pk
     f->w[4] = (u64)p->ksport | ((u64)p->kdport << 16) | ((u64)ifindex << 32);
 }
 
-// Slot of (flow as oriented, observation point) in the current half of the flow cache. Source and
+// Slot of (flow as oriented, observation point) in the flow cache. Source and
 // destination are mixed asymmetrically, so the two directions of a conversation get different slots.
 // Fibonacci hashing: the index is the product's top bits, which every input bit reaches (a product's
 // middle bits ignore the input's high bits, e.g. an IPv4 source's last octet).
@@ -574,12 +576,17 @@ static __always_inline u32 hot_index(const struct flow_words *f, u8 proto, u8 ob
     u64 d = f->w[2] ^ f->w[3];
     u64 x = f->w[0] ^ f->w[1] ^ ((d << 29) | (d >> 35)) ^ f->w[4] ^ ((u64)proto << 48) ^ ((u64)obs << 56);
     x *= 0x9E3779B97F4A7C15ULL;
-    u32 idx = (u32)(x >> (64 - HOT_SLOT_BITS));
+    return (u32)(x >> (64 - HOT_SLOT_BITS));
+}
+
+// This CPU's slot idx of the flow cache the programs count into now (hot0 until user space first sets
+// hot_active).
+static __always_inline struct hot_slot *hot_slot_at(u32 idx) {
     u32 zero = 0;
-    u32 *gen = hot_gen.lookup(&zero);
-    if (gen && *gen)
-        idx += HOT_SLOTS;
-    return idx;
+    void *cache = hot_active.lookup(&zero);
+    if (!cache)
+        return hot0.lookup(&idx);
+    return bpf_map_lookup_elem(cache, &idx);
 }
 
 static __always_inline int hot_same_flow(const struct hot_slot *s, const struct flow_words *f, u8 proto) {
@@ -718,8 +725,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
 #if AGG_HIGH
     struct flow_words fw;
     words_from_pkt(&fw, p, k.ifindex);
-    u32 hidx = hot_index(&fw, p->proto, obs);
-    struct hot_slot *s = hot.lookup(&hidx);
+    struct hot_slot *s = hot_slot_at(hot_index(&fw, p->proto, obs));
     if (!s)
         return;
     if (hot_hit(s, &fw, p->proto, obs, p->sport, p->dport, p->flags, p->len, now)) {
@@ -915,8 +921,7 @@ static __always_inline int parse_fast(struct __sk_buff *skb, struct fast_pkt *fp
 static __always_inline int handle_fast(struct __sk_buff *skb, u8 obs) {
     struct fast_pkt fp;
     if (parse_fast(skb, &fp) == 0 && !(fp.flags & ~HOT_FLAGS)) {
-        u32 hidx = hot_index(&fp.f, fp.proto, obs);
-        struct hot_slot *s = hot.lookup(&hidx);
+        struct hot_slot *s = hot_slot_at(hot_index(&fp.f, fp.proto, obs));
         u16 sport = (u16)fp.f.w[4];
         u16 dport = (u16)(fp.f.w[4] >> 16);
         if (s && hot_hit(s, &fp.f, fp.proto, obs, sport, dport, fp.flags, fp.len, CT_NOW())) {
@@ -975,7 +980,7 @@ int pp_flush(struct __sk_buff *skb) {
 }
 
 #if AGG_HIGH
-// Run from user space with BPF_PROG_TEST_RUN after a flip of hot_gen: add the pending counts of the
+// Run from user space with BPF_PROG_TEST_RUN after a switch of hot_active: add the pending counts of the
 // flow-cache slots user space copied into merge_list[0..n) (n in the first 4 bytes of the packet) to
 // their connection entries.
 int pp_merge(struct __sk_buff *skb) {

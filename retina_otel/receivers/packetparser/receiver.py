@@ -31,7 +31,7 @@ from retina_otel.bpf import load_bpf
 from retina_otel.bpf.chain import OBSERVATION_POINTS, PendingChain
 from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
 from retina_otel.bpf.directchain import DirectChain
-from retina_otel.bpf.doublebuffer import swap
+from retina_otel.bpf.doublebuffer import DoubleBuffer
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch, ObservationPoint
@@ -144,6 +144,7 @@ class PacketParserReceiver:
         self._clock_offset_ns = 0  # table clock -> unix epoch ns
         self._table_minus_mono_ns = 0  # table clock - CLOCK_MONOTONIC
         self._possible_cpus = 0
+        self._hot: DoubleBuffer | None = None  # high aggregation: the flow cache's two arrays
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
         self._metrics: dict[str, Family] = {}
@@ -177,8 +178,9 @@ class PacketParserReceiver:
             raise RuntimeError("packetparser: kernel struct layout does not match records.py")
         programs = ["pp_from_endpoint", "pp_to_endpoint", "pp_from_network", "pp_to_network", "pp_flush", "pp_clock"]
         if self.config.aggregation == "high":
-            if ctypes.sizeof(self._bpf["hot"].sLeaf) != HOT_SLOT_DTYPE.itemsize:
+            if ctypes.sizeof(self._bpf["hot0"].sLeaf) != HOT_SLOT_DTYPE.itemsize:
                 raise RuntimeError("packetparser: kernel flow-cache layout does not match records.py")
+            self._hot = DoubleBuffer(self._bpf, "hot")
             programs.append("pp_merge")
             from bcc.utils import get_possible_cpus
 
@@ -382,31 +384,25 @@ class PacketParserReceiver:
     def _sweep_flow_cache(self) -> None:
         """Move the counts pending in high aggregation's per-CPU flow cache into the connection table.
 
-        Flip the cache's generation (the programs move to the other half), wait for programs still
-        counting into the old half, read it on every CPU, let pp_merge add the pending counts to their
-        entries, and zero it for its next turn.
+        Switch the programs to the other of the cache's two arrays (when the switch returns, no program
+        counts into the old one any more), read the old one on every CPU, let pp_merge add the pending
+        counts to their entries, and zero it for its next turn.
         """
-        assert self._bpf is not None
-        idle = int(swap(self._bpf, "hot", gen="hot_gen")[-1])
+        assert self._bpf is not None and self._hot is not None
         ncpu = self._possible_cpus
-        hot_fd = self._bpf["hot"].map_fd
-        _keys, values = lookup_batch(
-            hot_fd, np.dtype(np.uint32), np.dtype((HOT_SLOT_DTYPE, (ncpu,))), 2 * HOT_SLOTS
-        )
-        half = values[idle * HOT_SLOTS : (idle + 1) * HOT_SLOTS].reshape(-1)
-        if not half["valid"].any():
+        hot_fd = self._bpf[self._hot.swap()].map_fd
+        _keys, values = lookup_batch(hot_fd, np.dtype(np.uint32), np.dtype((HOT_SLOT_DTYPE, (ncpu,))), HOT_SLOTS)
+        slots = values.reshape(-1)
+        if not slots["valid"].any():
             return
-        self._run_batched("pp_merge", "merge_list", half[(half["valid"] != 0) & (half["packets"] > 0)])
-        update_batch(
-            hot_fd,
-            np.arange(idle * HOT_SLOTS, (idle + 1) * HOT_SLOTS, dtype=np.uint32),
-            np.zeros((HOT_SLOTS, ncpu), dtype=HOT_SLOT_DTYPE),
-        )
+        self._run_batched("pp_merge", "merge_list", slots[(slots["valid"] != 0) & (slots["packets"] > 0)])
+        update_batch(hot_fd, np.arange(HOT_SLOTS, dtype=np.uint32), np.zeros((HOT_SLOTS, ncpu), dtype=HOT_SLOT_DTYPE))
 
     def _kernel_flush(self, everything: bool = False) -> None:
         """Move every unreported counter of the connection table into the ring buffer (and drop idle
         expired entries), via the pp_flush program run with BPF_PROG_TEST_RUN. The flow cache is swept
-        first: one half (the other has counted for a few milliseconds), or both with ``everything``."""
+        first: the array the programs counted into (the other has counted for a few milliseconds), or both
+        with ``everything``."""
         assert self._bpf is not None
         if "pp_merge" in self._fds:
             for _ in range(2 if everything else 1):

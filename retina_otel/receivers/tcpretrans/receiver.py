@@ -66,16 +66,16 @@ class TcpRetransReceiver(DrainingReceiver[TcpRetransConfig]):
             "networkobservability_tcpretrans_count",
             "Total TCP retransmitted segments on the node (all network namespaces)",
         )
-        self._start_draining(load_bpf(SOURCE, cflags))  # bcc attaches the TRACEPOINT_PROBEs on load
+        # bcc attaches the TRACEPOINT_PROBEs on load; until the switch is set, the program writes retrans_flows0
+        self._start_draining(load_bpf(SOURCE, cflags), flows="retrans_flows")
 
     def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
         """The node total from the segment counter; the retransmitting flows of the interval as one batch."""
-        from retina_otel.bpf.doublebuffer import swap
         from retina_otel.bpf.mapdrain import drain
 
-        if self._total is None:
+        if self._total is None or self._flows is None:
             return None
-        keys, values = drain(bpf[swap(bpf, "retrans_flows")], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
+        keys, values = drain(bpf[self._flows.swap()], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE)
         segments, unmapped = self._counters.read(bpf["retrans_counters"])
         if segments:
             self._total.add((), segments)

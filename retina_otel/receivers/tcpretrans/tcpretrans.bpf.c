@@ -29,10 +29,10 @@ struct retrans_val {
     u32 states;  // bit mask of TCP states seen (1 << state)
 };
 
-// Two per-flow maps, written by generation (see retina_otel/bpf/doublebuffer.py): exact drains.
+// Two per-flow maps, the one written switched by user space (see retina_otel/bpf/doublebuffer.py): exact drains.
 BPF_HASH(retrans_flows0, struct retrans_key, struct retrans_val, MAX_FLOWS);
 BPF_HASH(retrans_flows1, struct retrans_key, struct retrans_val, MAX_FLOWS);
-BPF_ARRAY(flow_gen, u32, 1);
+BPF_ARRAY_OF_MAPS(retrans_flows_active, "retrans_flows0", 1);
 BPF_PERCPU_ARRAY(retrans_counters, u64, 2);  // 0: segments (all), 1: segments without a flow entry
 
 static __always_inline void add_counter(u32 slot, u64 n) {
@@ -46,20 +46,16 @@ static __always_inline void count(struct retrans_key *key, u64 segs, int state) 
     u64 now = bpf_ktime_get_ns();
     struct retrans_val init = {.first_ns = now};
     int zero_index = 0;
-    u32 *gen = flow_gen.lookup(&zero_index);
+    void *flows = retrans_flows_active.lookup(&zero_index);  // NULL until user space sets it: retrans_flows0
     struct retrans_val *v;
-    if (gen && *gen) {
-        v = retrans_flows1.lookup(key);
+    if (flows) {
+        v = bpf_map_lookup_elem(flows, key);
         if (!v) {
-            retrans_flows1.insert(key, &init);
-            v = retrans_flows1.lookup(key);
+            bpf_map_update_elem(flows, key, &init, BPF_NOEXIST);
+            v = bpf_map_lookup_elem(flows, key);
         }
     } else {
-        v = retrans_flows0.lookup(key);
-        if (!v) {
-            retrans_flows0.insert(key, &init);
-            v = retrans_flows0.lookup(key);
-        }
+        v = retrans_flows0.lookup_or_try_init(key, &init);
     }
     if (!v) {
         add_counter(1, segs);
