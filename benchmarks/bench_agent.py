@@ -421,10 +421,26 @@ def _toggled(
 _BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
-def _bpf_programs() -> dict[tuple[int, str], tuple[int, int]]:
-    """(id, name) -> (run_time_ns, run_cnt) of every loaded BPF program (bpftool)."""
+def _program_ids(pid: int) -> set[int]:
+    """IDs of the BPF programs process ``pid`` holds (its file descriptors' ``prog_id``)."""
+    ids = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in fdinfo.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def _bpf_programs(pid: int) -> dict[tuple[int, str], tuple[int, int]]:
+    """(id, name) -> (run_time_ns, run_cnt) of the BPF programs of process ``pid`` (bpftool)."""
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
-    return {(p["id"], p.get("name", "?")): (p.get("run_time_ns", 0), p.get("run_cnt", 0)) for p in json.loads(out)}
+    mine = _program_ids(pid)
+    return {
+        (p["id"], p.get("name", "?")): (p.get("run_time_ns", 0), p.get("run_cnt", 0))
+        for p in json.loads(out)
+        if p["id"] in mine
+    }
 
 
 def _breakdown(
@@ -438,9 +454,9 @@ def _breakdown(
     try:
         time.sleep(SETTLE_S)
         _BPF_STATS.write_text("1")
-        progs0, work0, cpu0, t0 = _bpf_programs(), counter(), agent.cpu(), time.monotonic()
+        progs0, work0, cpu0, t0 = _bpf_programs(agent.pid), counter(), agent.cpu(), time.monotonic()
         time.sleep(seconds)
-        progs1, work1, cpu1, t1 = _bpf_programs(), counter(), agent.cpu(), time.monotonic()
+        progs1, work1, cpu1, t1 = _bpf_programs(agent.pid), counter(), agent.cpu(), time.monotonic()
     finally:
         _BPF_STATS.write_text(was)
         agent.stop()
