@@ -230,12 +230,8 @@ def build_request(
         request.since.CopyFrom(timestamp(parse_time(since)))
     if until is not None:
         request.until.CopyFrom(timestamp(parse_time(until)))
-    if any(_used(e) for e in (*white_ext, *black_ext)):
-        extension = any_pb2.Any()
-        extension.Pack(retina_pb2.GetFlowsExtension(whitelist=white_ext, blacklist=black_ext))
-        request.extensions.CopyFrom(extension)
+    # Always sent: it also asks the server for each flow's FlowMetadata (packets, bytes, drop reason).
+    extension = any_pb2.Any()
+    extension.Pack(retina_pb2.GetFlowsExtension(whitelist=white_ext, blacklist=black_ext))
+    request.extensions.CopyFrom(extension)
     return request
-
-
-def _used(extension: retina_pb2.FilterExtension) -> bool:
-    return bool(extension.drop_reason or extension.event)

@@ -102,6 +102,26 @@ def _is_ip(text: str) -> bool:
     return (text.count(".") == 3 and text.replace(".", "").isdigit()) or ":" in text
 
 
+def _metadata(row: Mapping[str, Any], event: int, proto: int) -> any_pb2.Any:
+    metadata = retina_pb2.FlowMetadata(
+        event=EVENT_NAMES.get(Event(event), "") if event else "",
+        drop_reason=STRINGS.name(int(row["drop_reason"])),
+        packets=int(row["packets"]),
+        bytes=int(row["bytes"]),
+        reply_packets=int(row["reply_packets"]),
+        reply_bytes=int(row["reply_bytes"]),
+        retransmits=int(row["retransmits"]),
+        start_time_unix_nano=int(row["time_start_ns"]),
+    )
+    if proto == 6:
+        for name, count in zip(_FLAG_NAMES, list(row["tcp_flags"]), strict=True):
+            if count:
+                metadata.tcp_flag_counts[name] = int(count)
+    extension = any_pb2.Any()
+    extension.Pack(metadata)
+    return extension
+
+
 def lost_event(count: int, node_name: str, now_ns: int) -> observer_pb2.GetFlowsResponse:
     return observer_pb2.GetFlowsResponse(
         lost_events=flow_pb2.LostEvent(source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=count),
@@ -110,8 +130,9 @@ def lost_event(count: int, node_name: str, now_ns: int) -> observer_pb2.GetFlows
     )
 
 
-def flows(view: RingView, node_name: str) -> Iterator[observer_pb2.GetFlowsResponse]:
-    """One response per row of ``view``."""
+def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[observer_pb2.GetFlowsResponse]:
+    """One response per row of ``view``; ``metadata``: with ``Flow.extensions`` (FlowMetadata), which only
+    retina-otel's clients ask for (a client that cannot resolve the type could not print the flow as JSON)."""
     records = view.records
     if not len(records):
         return
@@ -138,23 +159,9 @@ def flows(view: RingView, node_name: str) -> Iterator[observer_pb2.GetFlowsRespo
         event = int(row["event"])
         proto = int(row["proto"])
         flags = {name: bool(seen_lists[name][i]) for name in mapping.HUBBLE_TCP_FLAGS}
-        counts = row["tcp_flags"]
-        metadata = retina_pb2.FlowMetadata(
-            event=EVENT_NAMES.get(Event(event), "") if event else "",
-            drop_reason=STRINGS.name(int(row["drop_reason"])),
-            packets=int(row["packets"]),
-            bytes=int(row["bytes"]),
-            reply_packets=int(row["reply_packets"]),
-            reply_bytes=int(row["reply_bytes"]),
-            retransmits=int(row["retransmits"]),
-            start_time_unix_nano=int(row["time_start_ns"]),
-        )
-        if proto == 6:
-            for name, count in zip(_FLAG_NAMES, list(counts), strict=True):
-                if count:
-                    metadata.tcp_flag_counts[name] = int(count)
-        extension = any_pb2.Any()
-        extension.Pack(metadata)
+        extension: any_pb2.Any | None = None
+        if metadata:
+            extension = _metadata(row, event, proto)
         ifindex = int(row["ifindex"])
         flow = flow_pb2.Flow(
             time=timestamp(end),

@@ -108,6 +108,7 @@ class ObserverService:
         if request.first and request.follow:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first and follow cannot be combined")
             return
+        metadata = request.HasField("extensions")  # a retina-otel client: it reads FlowMetadata
         since = _ns(request.since) if request.HasField("since") else None
         until = _ns(request.until) if request.HasField("until") else None
 
@@ -135,10 +136,10 @@ class ObserverService:
                     else chosen.take(np.arange(max(0, len(chosen) - n), len(chosen)))
                 )
             head = view.first_seq + len(view)
-            yield from convert.flows(chosen, self.node_name)
+            yield from convert.flows(chosen, self.node_name, metadata)
         if not request.follow:
             return
-        yield from self._follow(head, matching, until, context)
+        yield from self._follow(head, matching, until, context, metadata)
 
     def _follow(
         self,
@@ -146,6 +147,7 @@ class ObserverService:
         matching: Callable[[RingView], RingView],
         until: int | None,
         context: grpc.ServicerContext,
+        metadata: bool,
     ) -> Iterator[observer_pb2.GetFlowsResponse]:
         while context.is_active() and not self.stopping.is_set():
             if not self.ring.wait_beyond(seq, WAIT):
@@ -156,6 +158,6 @@ class ObserverService:
                 yield convert.lost_event(missed, self.node_name, time.time_ns())
             seq = view.first_seq + len(view)
             chosen = matching(view)
-            yield from convert.flows(chosen, self.node_name)
+            yield from convert.flows(chosen, self.node_name, metadata)
             if until is not None and len(view) and int(view.records["time_end_ns"].max()) > until:
                 return
