@@ -245,20 +245,51 @@ def test_stops_on_duration_with_a_valid_empty_pcap(pods: Pods, tmp_path: Path) -
     assert len(rdpcap(str(top / f"{top.name}.pcap"))) == 0
 
 
-def test_stops_on_size_and_splits_into_file_count_files(pods: Pods, tmp_path: Path) -> None:
+def test_stops_on_size(pods: Pods, tmp_path: Path) -> None:
     from scapy.utils import rdpcap
 
-    spec = CaptureJobSpec.model_validate({"duration": 120, "fileCount": 3, "interfaces": ["eth0"],
+    spec = CaptureJobSpec.model_validate({"duration": 120, "interfaces": ["eth0"], "includeFilters": ["*:5001"],
+                                          "includeMetadata": False, "outputs": {"hostPath": str(tmp_path / "out")}})
+    limit = 1_500_000
+    opts = RunOptions("size", "n", tmp_path / "w", netns=pods.a.netns, max_bytes=limit)
+    result = _flooded(pods, spec, opts, packets=20000)
+    assert result.ok, result.to_json()
+    assert result.stop_reason == "size"
+    assert limit <= (result.pcap_bytes or 0) < limit + 1_000_000
+    top = extract(Path(result.local_path or ""), tmp_path / "x")
+    pcaps = sorted(p.name for p in top.iterdir() if ".pcap" in p.name)
+    assert pcaps == [f"{top.name}.pcap"]
+    assert len(rdpcap(str(top / pcaps[0]))) == result.packets_captured > 1000
+
+
+def test_file_count_is_retinas_rotating_capture(pods: Pods, tmp_path: Path) -> None:
+    """fileCount N with maxCaptureSize M: N files of M each reused as a ring (tcpdump -C M -W N), the oldest
+    overwritten; no size stop, the capture ends at its duration (Retina's "last N files of traffic")."""
+    from scapy.utils import rdpcap
+
+    spec = CaptureJobSpec.model_validate({"duration": 4, "fileCount": 3, "interfaces": ["eth0"],
                                           "includeFilters": ["*:5001"], "includeMetadata": False,
                                           "outputs": {"hostPath": str(tmp_path / "out")}})
-    limit = 2_500_000  # three files of 1 MB (tcpdump -C 1)
-    opts = RunOptions("size", "n", tmp_path / "w", netns=pods.a.netns, max_bytes=limit)
+    opts = RunOptions("ring", "n", tmp_path / "w", netns=pods.a.netns, max_bytes=1_000_000)  # -C 1
+    result = _flooded(pods, spec, opts, packets=200000)
+    assert result.ok, result.to_json()
+    assert result.stop_reason == "duration"
+    top = extract(Path(result.local_path or ""), tmp_path / "x")
+    pcaps = sorted(p.name for p in top.iterdir() if ".pcap" in p.name)
+    assert pcaps == [f"{top.name}.pcap0", f"{top.name}.pcap1", f"{top.name}.pcap2"]
+    kept = sum(len(rdpcap(str(top / name))) for name in pcaps)
+    assert all((top / name).stat().st_size < 1_000_000 + 2000 for name in pcaps)
+    assert 0 < kept < (result.packets_captured or 0)  # older packets were overwritten
+
+
+def _flooded(pods: Pods, spec: CaptureJobSpec, opts: RunOptions, packets: int) -> CaptureResult:
+    """Run the capture while pod a sends 1000-byte UDP datagrams to pod b's port 5001."""
     thread, _, box = start_capture(spec, opts)
     flood_stop = threading.Event()
 
     def flood() -> None:
         with pods.a.entered(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for _ in range(20000):
+            for _ in range(packets):
                 if flood_stop.is_set():
                     return
                 s.sendto(b"x" * 1000, (pods.b.ipv4, 5001))
@@ -267,18 +298,10 @@ def test_stops_on_size_and_splits_into_file_count_files(pods: Pods, tmp_path: Pa
     flooder = threading.Thread(target=flood, daemon=True)
     flooder.start()
     try:
-        result = finish(thread, box)
+        return finish(thread, box)
     finally:
         flood_stop.set()
         flooder.join(30)
-    assert result.ok, result.to_json()
-    assert result.stop_reason == "size"
-    assert limit <= (result.pcap_bytes or 0) < limit + 1_000_000
-    top = extract(Path(result.local_path or ""), tmp_path / "x")
-    pcaps = sorted(p.name for p in top.iterdir() if ".pcap" in p.name)
-    assert pcaps == [f"{top.name}.pcap", f"{top.name}.pcap1", f"{top.name}.pcap2"]
-    total = sum(len(rdpcap(str(top / name))) for name in pcaps)
-    assert total == result.packets_captured and total > 2000
 
 
 def test_sigterm_flushes_bundles_and_uploads_everywhere(

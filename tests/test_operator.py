@@ -222,7 +222,9 @@ def test_failed_job_sets_error(client: KubeClient, operator: None) -> None:
     [
         ("two-targets", _capture("two-targets", {"nodeSelector": {}, "podNames": ["db-1"]}),
          "InvalidSpec", "exactly one of"),
-        ("no-stop", _capture("no-stop", {"nodeSelector": {}}, option={}), "InvalidSpec", "duration or maxCaptureSize"),
+        # An empty captureOption gets Retina's maxCaptureSize default (100 MB); only an explicit null stops nothing.
+        ("no-stop", _capture("no-stop", {"nodeSelector": {}}, option={"maxCaptureSize": None}), "InvalidSpec",
+         "duration or maxCaptureSize"),
         ("abs-path", _capture("abs-path", {"nodeSelector": {}}, output={"hostPath": "/etc"}), "InvalidSpec",
          "is absolute"),
         ("dotdot", _capture("dotdot", {"nodeSelector": {}}, output={"hostPath": "a/../../etc"}), "InvalidSpec",

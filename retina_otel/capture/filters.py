@@ -131,9 +131,13 @@ def _host_group(keyword: str, ips: Sequence[str], what: str) -> str:
         if not raw:
             continue
         try:
+            if "/" in raw:  # a CIDR (the CRD accepts them for sourceIPs/destinationIPs): "src net ..."
+                net = ipaddress.ip_network(raw, strict=False)
+                exprs.append(f"{keyword.replace('host', 'net')} {net.compressed}")
+                continue
             addr = ipaddress.ip_address(raw)
         except ValueError:
-            raise FilterError(f"{what} {raw!r} is not an IPv4 or IPv6 address") from None
+            raise FilterError(f"{what} {raw!r} is not an IPv4 or IPv6 address or CIDR") from None
         exprs.append(f"{keyword} {addr.compressed}")
     if not exprs:
         return ""

@@ -161,6 +161,7 @@ def run_capture(
         packet_size=spec.packet_size,
         file_count=spec.file_count,
         netns=opts.netns,
+        options=tuple(spec.tcpdump.args()),
         tcpdump=opts.tcpdump,
         poll_interval=opts.poll_interval,
     )

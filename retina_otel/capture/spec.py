@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from retina_otel.crds.capturejob import TcpdumpFlags
 from retina_otel.durations import parse_duration as go_duration
 
 __all__ = [
@@ -153,6 +154,8 @@ class CaptureJobSpec(_Model):
     file_count: int | None = Field(default=None, ge=1, le=10000)
     interfaces: tuple[str, ...] = ()
     include_metadata: bool = True
+    tcpdump: TcpdumpFlags = TcpdumpFlags()
+    """Retina's tcpdump switches (``noResolvePort``, ``verbosity``, ...); each adds its tcpdump option."""
     outputs: CaptureOutputs = CaptureOutputs()
     capture_name: str | None = None
     """From the Job contract; ``$CAPTURE_NAME`` and ``--capture-name`` take precedence."""
@@ -209,7 +212,6 @@ class CaptureJobSpec(_Model):
                 access_key_id_file=out.s3.access_key_id_file,
                 secret_access_key_file=out.s3.secret_access_key_file,
             )
-        # tcpdump's display flags (job.tcpdump) do not change a pcap written with -w: not used.
         return cls(
             include_filters=tuple(job.filter.include),
             exclude_filters=tuple(job.filter.exclude),
@@ -224,6 +226,7 @@ class CaptureJobSpec(_Model):
             file_count=job.file_count,
             interfaces=tuple(job.interfaces),
             include_metadata=job.include_metadata,
+            tcpdump=job.tcpdump,
             outputs=CaptureOutputs(
                 host_path=out.host_path,
                 pvc_path=out.pvc_mount_path,

@@ -8,10 +8,11 @@ that runs as root anyway), ``--immediate-mode`` (without it libpcap hands packet
 up to a second late, and a stop could lose the last second) and the expression after ``--`` so it
 can never be read as an option.
 
-Size is enforced by polling the pcap files (all rotations, all interfaces): tcpdump has no "stop at
-N bytes" option (``-C`` with ``-W 1`` overwrites instead of stopping). ``fileCount`` splits the
-capture into that many files of maxCaptureSize/fileCount each (``-C``, without ``-W`` so nothing
-is overwritten); the capture still stops at maxCaptureSize in total. Stopping first lets tcpdump
+Size is enforced by polling the pcap files (all interfaces): tcpdump has no "stop at N bytes"
+option (``-C`` with ``-W 1`` overwrites instead of stopping). With ``fileCount`` the capture is
+Retina's rotating one instead: maxCaptureSize per file (``-C``), ``fileCount`` files reused as a
+ring (``-W``, the oldest overwritten), no size stop; it ends at the duration or when stopped
+(the Capture deleted). Stopping first lets tcpdump
 drain what the kernel queued (until the pcap stops growing, bounded), then sends SIGTERM, which
 makes tcpdump flush and close the pcap; SIGKILL only after a grace period.
 """
@@ -53,6 +54,9 @@ class TcpdumpSettings:
     packet_size: int | None = None
     file_count: int | None = None
     netns: str | None = None
+    #: Retina's tcpdump switches as options (``TcpdumpFlags.args()``); ``-n``, ``-U`` and
+    #: ``--immediate-mode`` are always passed (the size check and clean stops need them).
+    options: tuple[str, ...] = ()
     tcpdump: str = "tcpdump"
     poll_interval: float = 0.1
     start_timeout: float = 15.0
@@ -82,12 +86,14 @@ class TcpdumpRun:
 
 def tcpdump_args(settings: TcpdumpSettings, interface: str, pcap: Path) -> list[str]:
     args = [settings.tcpdump, "-i", interface, "-w", str(pcap), "-U", "--immediate-mode", "-n", "-Z", "root"]
+    args += [opt for opt in settings.options if opt not in args]
     if settings.packet_size:
         args += ["-s", str(settings.packet_size)]
-    if settings.file_count and settings.file_count > 1 and settings.max_bytes:
-        # -C counts in millions of bytes.
-        per_file = max(1, math.ceil(settings.max_bytes / settings.file_count / 1_000_000))
-        args += ["-C", str(per_file)]
+    if settings.file_count and settings.max_bytes:
+        # Retina's rotating capture: maxCaptureSize per file (-C counts millions of bytes), fileCount files
+        # reused in a ring (-W), the oldest overwritten; it runs until the duration or a stop.
+        per_file = max(1, math.ceil(settings.max_bytes / 1_000_000))
+        args += ["-C", str(per_file), "-W", str(settings.file_count)]
     if settings.expression:
         args += ["--", settings.expression]
     return netns_args(settings.netns, args)
@@ -220,12 +226,13 @@ def _wait_stop(
     procs: Sequence[subprocess.Popen[bytes]], pcaps: Sequence[Path], settings: TcpdumpSettings, stop: threading.Event
 ) -> str:
     started = time.monotonic()
+    size_stop = settings.max_bytes is not None and not settings.file_count
     while True:
         if stop.is_set():
             return "signal"
         if settings.duration is not None and time.monotonic() - started >= settings.duration:
             return "duration"
-        if settings.max_bytes is not None and _total_size(_written(pcaps)) >= settings.max_bytes:
+        if size_stop and _total_size(_written(pcaps)) >= (settings.max_bytes or 0):
             return "size"
         if any(p.poll() is not None for p in procs):
             return "exited"

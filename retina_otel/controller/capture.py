@@ -309,7 +309,7 @@ def job_spec(name: str, namespace: str, spec: CaptureSpec, target: Target, setti
         file_count=opt.file_count,
         interfaces=list(opt.interfaces),
         include_metadata=conf.include_metadata,
-        tcpdump=TcpdumpFlags.model_validate(opt.tcpdump.model_dump()),
+        tcpdump=TcpdumpFlags.model_validate(opt.tcpdump_flags()),
         work_dir=WORK_DIR,
         outputs=outputs,
     )

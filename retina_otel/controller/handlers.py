@@ -112,7 +112,18 @@ def refresh_capture(client: KubeClient, namespace: str, name: str) -> Obj | None
         client.patch_status(kube.CAPTURES, name, new, namespace)
         log.info("capture %s/%s: active=%d succeeded=%d failed=%d", namespace, name,
                  new["active"], new["succeeded"], new["failed"])
+    if _clean_up_now(capture, new):
+        # Retina's cleanUpAfterUpload: the delete handler removes the Jobs and generated Secrets.
+        client.delete(kube.CAPTURES, name, namespace)
+        log.info("capture %s/%s: all jobs succeeded and uploaded; removed (cleanUpAfterUpload)", namespace, name)
     return new
+
+
+def _clean_up_now(capture: Obj, status: Obj) -> bool:
+    """cleanUpAfterUpload and every Job succeeded (a failed one keeps everything for debugging)."""
+    if not (capture.get("spec") or {}).get("cleanUpAfterUpload"):
+        return False
+    return bool(status.get("succeeded")) and not status.get("active") and not status.get("failed")
 
 
 def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegistry:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ENV_NODE_NAME",
     "ENV_SPEC",
     "HOST_PATH_MOUNT",
+    "LEGACY_TCPDUMP_KEYS",
     "PVC_MOUNT",
     "S3_ACCESS_KEY_ID_KEY",
     "S3_SECRET_ACCESS_KEY_KEY",
@@ -79,12 +81,79 @@ class CaptureFilter(_Model):
     pcap_filter: str | None = None
 
 
+#: Retina's enum values and the tcpdump option each one stands for.
+VERBOSITY_ARGS = {"": (), "verbose": ("-v",), "extra": ("-vv",), "max": ("-vvv",)}
+TIMESTAMP_ARGS = {
+    "": (),
+    "none": ("-t",),
+    "unformatted": ("-tt",),
+    "delta": ("-ttt",),
+    "date": ("-tttt",),
+    "delta-since-first": ("-ttttt",),
+}
+PRINT_DATA_ARGS = {"": (), "hex": ("-x",), "hex-with-link": ("-xx",), "ascii": ("-A",), "ascii-with-link": ("-AA",)}
+
+#: This project's earlier names (``captureOption.tcpdump``) -> Retina's, kept as aliases.
+LEGACY_TCPDUMP_KEYS = {
+    "noNameResolution": ("noResolvePort", True),
+    "verbose": ("verbosity", "verbose"),
+    "linkLevelHeader": ("printLinkHeader", True),
+    "absoluteSequenceNumbers": ("absoluteSeq", True),
+    "quiet": ("quietOutput", True),
+}
+
+
 class TcpdumpFlags(_Model):
-    no_name_resolution: bool = True  # -nn
-    verbose: bool = False  # -v
-    link_level_header: bool = False  # -e
-    absolute_sequence_numbers: bool = False  # -S
-    quiet: bool = False  # -q
+    """Retina's tcpdump switches (``captureOption`` fields of the same names); each becomes a tcpdump
+    option (see :meth:`args`). The display ones shape what tcpdump prints, not the pcap it writes."""
+
+    no_resolve_dns: bool = Field(default=False, alias="noResolveDNS")  # -n
+    no_resolve_port: bool = False  # -nn
+    print_link_header: bool = False  # -e
+    quiet_output: bool = False  # -q
+    absolute_seq: bool = False  # -S
+    dont_verify_checksum: bool = False  # -K
+    no_promiscuous: bool = False  # -p
+    packet_buffered: bool = False  # -U
+    immediate_mode: bool = False  # --immediate-mode
+    verbosity: Literal["", "verbose", "extra", "max"] = ""
+    timestamp_format: Literal["", "none", "unformatted", "delta", "date", "delta-since-first"] = ""
+    print_data_format: Literal["", "hex", "hex-with-link", "ascii", "ascii-with-link"] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """Jobs made by an earlier operator carry the old key names; a false old switch means unset."""
+        if not isinstance(data, dict):
+            return data
+        out = {k: v for k, v in data.items() if k not in LEGACY_TCPDUMP_KEYS}
+        for old, (new, on) in LEGACY_TCPDUMP_KEYS.items():
+            if data.get(old) and new not in out:
+                out[new] = on
+        return out
+
+    def args(self) -> list[str]:
+        """tcpdump's options for these switches, in a fixed order (no shell, one option per item)."""
+        out: list[str] = []
+        if self.no_resolve_port:
+            out.append("-nn")
+        elif self.no_resolve_dns:
+            out.append("-n")
+        for on, flag in (
+            (self.print_link_header, "-e"),
+            (self.quiet_output, "-q"),
+            (self.absolute_seq, "-S"),
+            (self.dont_verify_checksum, "-K"),
+            (self.no_promiscuous, "-p"),
+            (self.packet_buffered, "-U"),
+            (self.immediate_mode, "--immediate-mode"),
+        ):
+            if on:
+                out.append(flag)
+        out += VERBOSITY_ARGS[self.verbosity]
+        out += TIMESTAMP_ARGS[self.timestamp_format]
+        out += PRINT_DATA_ARGS[self.print_data_format]
+        return out
 
 
 class BlobOutput(_Model):

@@ -277,26 +277,73 @@ class CaptureFilters(_Model):
 
 
 class TcpdumpDisplayOptions(_Model):
-    """tcpdump's display switches; they shape tcpdump's log in the bundle, not the pcap."""
+    """This project's earlier names for four of Retina's switches (``captureOption.tcpdump``), kept as
+    aliases: noNameResolution = noResolvePort, verbose = verbosity: verbose, linkLevelHeader =
+    printLinkHeader, absoluteSequenceNumbers = absoluteSeq, quiet = quietOutput."""
 
-    no_name_resolution: bool = True  # -nn
-    verbose: bool = False  # -v
-    link_level_header: bool = False  # -e
-    absolute_sequence_numbers: bool = False  # -S
-    quiet: bool = False  # -q
+    no_name_resolution: bool | None = None  # -nn
+    verbose: bool | None = None  # -v
+    link_level_header: bool | None = None  # -e
+    absolute_sequence_numbers: bool | None = None  # -S
+    quiet: bool | None = None  # -q
+
+
+#: Retina's tcpdump switches in ``captureOption`` (attribute names; see capturejob.TcpdumpFlags).
+_RETINA_TCPDUMP_ATTRS = (
+    "no_resolve_dns",
+    "no_resolve_port",
+    "print_link_header",
+    "quiet_output",
+    "absolute_seq",
+    "dont_verify_checksum",
+    "no_promiscuous",
+    "packet_buffered",
+    "immediate_mode",
+    "verbosity",
+    "timestamp_format",
+    "print_data_format",
+)
 
 
 class CaptureOption(_Model):
     duration: str | None = None
-    #: MB; no default here (the CLI's --max-size defaults to 100) so a spec with neither limit is caught.
-    max_capture_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    #: MB; Retina's default (100) when unset. Only an explicit null with no duration leaves no stop condition.
+    max_capture_size: Annotated[int, Field(ge=1, le=100_000)] | None = 100
     packet_size: Annotated[int, Field(ge=1, le=262_144)] | None = None
     file_count: Annotated[int, Field(ge=1, le=1000)] | None = None
     interfaces: list[str] = Field(default_factory=list)
     pcap_filter: Annotated[str, Field(max_length=4096)] | None = None
     source_i_ps: list[str] = Field(default_factory=list, alias="sourceIPs")
     destination_i_ps: list[str] = Field(default_factory=list, alias="destinationIPs")
-    tcpdump: TcpdumpDisplayOptions = Field(default_factory=TcpdumpDisplayOptions)
+    # Retina's tcpdump switches (None: not set).
+    no_resolve_dns: bool | None = Field(default=None, alias="noResolveDNS")
+    no_resolve_port: bool | None = None
+    print_link_header: bool | None = None
+    quiet_output: bool | None = None
+    absolute_seq: bool | None = None
+    dont_verify_checksum: bool | None = None
+    no_promiscuous: bool | None = None
+    packet_buffered: bool | None = None
+    immediate_mode: bool | None = None
+    verbosity: Literal["", "verbose", "extra", "max"] | None = None
+    timestamp_format: Literal["", "none", "unformatted", "delta", "date", "delta-since-first"] | None = None
+    print_data_format: Literal["", "hex", "hex-with-link", "ascii", "ascii-with-link"] | None = None
+    #: Alias object with this project's earlier names; Retina's fields above win where both are set.
+    tcpdump: TcpdumpDisplayOptions | None = None
+
+    def tcpdump_flags(self) -> dict[str, Any]:
+        """The effective switches as camelCase keys of :class:`retina_otel.crds.capturejob.TcpdumpFlags`."""
+        from retina_otel.crds.capturejob import LEGACY_TCPDUMP_KEYS
+
+        out: dict[str, Any] = {}
+        if self.tcpdump is not None:
+            legacy = self.tcpdump.model_dump(by_alias=True)
+            for old, (new, on) in LEGACY_TCPDUMP_KEYS.items():
+                if legacy.get(old):
+                    out[new] = on
+        mine = self.model_dump(by_alias=True, include=set(_RETINA_TCPDUMP_ATTRS))
+        out.update({k: v for k, v in mine.items() if v is not None})
+        return out
 
     @field_validator("duration")
     @classmethod
@@ -399,6 +446,19 @@ class OutputConfiguration(_Model):
 class CaptureSpec(_Model):
     capture_configuration: CaptureConfiguration
     output_configuration: OutputConfiguration
+    #: Retina's: once every Job succeeded, delete the Capture, its Jobs and generated Secrets (remote
+    #: outputs only, so nothing is lost with them).
+    clean_up_after_upload: bool = False
+
+    @model_validator(mode="after")
+    def _cleanup_needs_remote_output(self) -> CaptureSpec:
+        out = self.output_configuration
+        if self.clean_up_after_upload and not (out.blob_upload or out.s3_upload or out.persistent_volume_claim):
+            raise ValueError(
+                "cleanUpAfterUpload needs a remote output (blobUpload, s3Upload or persistentVolumeClaim); "
+                "remove it or add one"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -131,40 +131,58 @@ CAPTURE_SPEC: Schema = _obj(
                 "captureOption": _obj(
                     {
                         "duration": _str(pattern=DURATION_PATTERN, description="e.g. 30s, 1m, 1h30m"),
-                        "maxCaptureSize": _int(minimum=1, maximum=100000, description="MB"),
+                        "maxCaptureSize": _int(minimum=1, maximum=100000, default=100, description="MB"),
                         "packetSize": _int(minimum=1, maximum=262144, description="Snap length in bytes"),
                         "fileCount": _int(minimum=1, maximum=1000, description="Rotate over this many files"),
                         "interfaces": _arr(_str(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$"), maxItems=64),
                         "pcapFilter": _str(maxLength=4096),
                         "sourceIPs": _arr(_IP_OR_CIDR, maxItems=256),
                         "destinationIPs": _arr(_IP_OR_CIDR, maxItems=256),
+                        # Retina's tcpdump switches (the same names, meanings and enum values).
+                        "noResolveDNS": _bool(description="tcpdump -n"),
+                        "noResolvePort": _bool(description="tcpdump -nn"),
+                        "printLinkHeader": _bool(description="tcpdump -e"),
+                        "quietOutput": _bool(description="tcpdump -q"),
+                        "absoluteSeq": _bool(description="tcpdump -S"),
+                        "dontVerifyChecksum": _bool(description="tcpdump -K"),
+                        "noPromiscuous": _bool(description="tcpdump -p"),
+                        "packetBuffered": _bool(description="tcpdump -U (always on here)"),
+                        "immediateMode": _bool(description="tcpdump --immediate-mode (always on here)"),
+                        "verbosity": _str(enum=["", "verbose", "extra", "max"], description="-v, -vv, -vvv"),
+                        "timestampFormat": _str(
+                            enum=["", "none", "unformatted", "delta", "date", "delta-since-first"],
+                            description="-t, -tt, -ttt, -tttt, -ttttt",
+                        ),
+                        "printDataFormat": _str(
+                            enum=["", "hex", "hex-with-link", "ascii", "ascii-with-link"],
+                            description="-x, -xx, -A, -AA",
+                        ),
                         "tcpdump": _obj(
                             {
-                                "noNameResolution": _bool(default=True),
-                                "verbose": _bool(default=False),
-                                "linkLevelHeader": _bool(default=False),
-                                "absoluteSequenceNumbers": _bool(default=False),
-                                "quiet": _bool(default=False),
+                                "noNameResolution": _bool(description="alias of noResolvePort"),
+                                "verbose": _bool(description="alias of verbosity: verbose"),
+                                "linkLevelHeader": _bool(description="alias of printLinkHeader"),
+                                "absoluteSequenceNumbers": _bool(description="alias of absoluteSeq"),
+                                "quiet": _bool(description="alias of quietOutput"),
                             },
-                            description="tcpdump display switches (-nn -v -e -S -q) for tcpdump's log.",
+                            description="This project's earlier names for Retina's switches; Retina's fields win.",
                         ),
-                    },
-                    **{
-                        "x-kubernetes-validations": [
-                            {
-                                "rule": "has(self.duration) || has(self.maxCaptureSize)",
-                                "message": "captureOption needs duration or maxCaptureSize so the capture stops",
-                            }
-                        ]
                     },
                 ),
             },
-            required=["captureTarget", "captureOption"],
+            required=["captureTarget"],
+        ),
+        "cleanUpAfterUpload": _bool(
+            default=False,
+            description="Once every Job succeeded, delete the Capture, its Jobs and generated Secrets "
+            "(needs blobUpload, s3Upload or persistentVolumeClaim).",
         ),
         "outputConfiguration": _obj(
             {
                 "hostPath": _str(
-                    pattern=r"^[A-Za-z0-9._-][A-Za-z0-9._/-]*$",
+                    # Absolute paths pass admission (as in Retina) and are refused by the operator with a
+                    # status condition that says what to write instead.
+                    pattern=r"^[A-Za-z0-9._/-]+$",
                     maxLength=255,
                     description="Subdirectory of the operator's base directory (default /var/log/retina/captures).",
                     **{

@@ -43,6 +43,21 @@ from retina_otel.crds.models import CaptureSpec, SpecError, parse_duration, vali
 __all__ = ["build_capture", "build_parser", "capture_file_matcher", "download_blob", "download_s3", "main"]
 
 DEFAULT_WAIT = 300.0
+#: Seconds finished Jobs are kept with --cleanup-after-upload and --no-wait (Retina's TTL).
+CLEANUP_TTL = 300
+
+#: Retina's boolean tcpdump flags: (flag, captureOption field, tcpdump option).
+TCPDUMP_SWITCHES = (
+    ("--no-resolve-dns", "noResolveDNS", "tcpdump -n"),
+    ("--no-resolve-port", "noResolvePort", "tcpdump -nn"),
+    ("--print-link-header", "printLinkHeader", "tcpdump -e"),
+    ("--quiet-output", "quietOutput", "tcpdump -q"),
+    ("--absolute-seq", "absoluteSeq", "tcpdump -S"),
+    ("--dont-verify-checksum", "dontVerifyChecksum", "tcpdump -K"),
+    ("--no-promiscuous", "noPromiscuous", "tcpdump -p"),
+    ("--packet-buffered", "packetBuffered", "tcpdump -U"),
+    ("--immediate-mode", "immediateMode", "tcpdump --immediate-mode"),
+)
 
 
 def _bool(text: str) -> bool:
@@ -104,13 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--include-filter", default="")
     c.add_argument("--exclude-filter", default="")
     c.add_argument("--interfaces", default="")
-    c.add_argument("--no-resolve", type=_bool, nargs="?", const=True, default=True, help="tcpdump -nn")
-    c.add_argument("--verbose-dump", action="store_true", help="tcpdump -v")
-    c.add_argument("--link-header", action="store_true", help="tcpdump -e")
-    c.add_argument("--absolute-seq", action="store_true", help="tcpdump -S")
-    c.add_argument("--quiet-dump", action="store_true", help="tcpdump -q")
+    c.add_argument("--source-ips", default="", help="only packets from these IPs/CIDRs (comma separated)")
+    c.add_argument("--destination-ips", default="", help="only packets to these IPs/CIDRs (comma separated)")
+    # Retina's tcpdump switches (same names; each becomes the captureOption field of Retina's name).
+    for flag, field_name, option in TCPDUMP_SWITCHES:
+        c.add_argument(flag, dest=field_name, type=_bool, nargs="?", const=True, default=False, help=option)
+    c.add_argument("--verbosity", default="", help="verbose, extra or max (tcpdump -v, -vv, -vvv)")
+    c.add_argument("--timestamp-format", default="",
+                   help="none, unformatted, delta, date or delta-since-first (tcpdump -t ... -ttttt)")
+    c.add_argument("--print-data", default="", help="hex, hex-with-link, ascii or ascii-with-link (-x, -xx, -A, -AA)")
+    # This project's earlier names, kept as aliases.
+    c.add_argument("--no-resolve", dest="noResolvePort", type=_bool, nargs="?", const=True,
+                   help="alias of --no-resolve-port")
+    c.add_argument("--verbose-dump", dest="verbosity", action="store_const", const="verbose",
+                   help="alias of --verbosity verbose")
+    c.add_argument("--link-header", dest="printLinkHeader", action="store_true", help="alias of --print-link-header")
+    c.add_argument("--quiet-dump", dest="quietOutput", action="store_true", help="alias of --quiet-output")
     c.add_argument("--include-metadata", type=_bool, nargs="?", const=True, default=True)
     c.add_argument("--job-num-limit", type=int, default=0)
+    c.add_argument("--cleanup-after-upload", type=_bool, nargs="?", const=True, default=False,
+                   help="delete Jobs and generated Secrets once uploaded (needs --blob-upload, --s3-bucket or --pvc)")
+    c.add_argument("--debug", action="store_true",
+                   help="run the Jobs with the image in $RETINA_AGENT_IMAGE (Retina's debug mode)")
     c.add_argument("--no-wait", type=_bool, nargs="?", const=True, default=True,
                    help="return once the Jobs exist (default true, like Retina); --no-wait=false or --wait waits")
     c.add_argument("--wait", dest="no_wait", action="store_false", help="wait for the Jobs and clean them up")
@@ -127,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-n", "--namespace", default="default")
 
     dl = cap.add_parser("download", help="download a capture's tarballs from blob, S3 or a node's hostPath")
-    dl.add_argument("--name", required=True)
+    dl.add_argument("--name", default="", help="the capture (or --all / --all-namespaces)")
     dl.add_argument("-n", "--namespace", default="default")
+    dl.add_argument("--all", action="store_true", help="every capture in the namespace, each into <output>/<capture>")
+    dl.add_argument("-A", "--all-namespaces", action="store_true",
+                    help="every capture in every namespace, each into <output>/<namespace>/<capture>")
     dl.add_argument("-o", "--output", default=".", help="directory to write into")
     dl.add_argument("--blob-url", default="", help="SAS URL (default: from the capture's secret)")
     dl.add_argument("--helper-image", default="busybox:1.36", help="image of the hostPath helper pod")
@@ -152,15 +185,15 @@ def build_capture(args: argparse.Namespace) -> Obj:
         target["namespaceSelector"] = {"matchLabels": _selector(args.namespace_selectors)}
     if args.pod_names:
         target["podNames"] = _csv(args.pod_names)
-    option: Obj = {
-        "tcpdump": {
-            "noNameResolution": args.no_resolve,
-            "verbose": args.verbose_dump,
-            "linkLevelHeader": args.link_header,
-            "absoluteSequenceNumbers": args.absolute_seq,
-            "quiet": args.quiet_dump,
-        }
-    }
+    # Like Retina's CLI: a switch that is off is left out of the spec.
+    option: Obj = {field_name: True for _, field_name, _ in TCPDUMP_SWITCHES if getattr(args, field_name)}
+    for key, value in (("verbosity", args.verbosity), ("timestampFormat", args.timestamp_format),
+                       ("printDataFormat", args.print_data)):
+        if value:
+            option[key] = value
+    for key, value in (("sourceIPs", args.source_ips), ("destinationIPs", args.destination_ips)):
+        if value:
+            option[key] = _csv(value)
     if args.duration:
         option["duration"] = args.duration
     for key, value in (("maxCaptureSize", args.max_size), ("packetSize", args.packet_size),
@@ -190,11 +223,14 @@ def build_capture(args: argparse.Namespace) -> Obj:
         }.items() if v}
         if not (args.s3_access_key_id and args.s3_secret_access_key):
             raise SpecError("--s3-bucket needs --s3-access-key-id and --s3-secret-access-key")
+    spec: Obj = {"captureConfiguration": conf, "outputConfiguration": output}
+    if args.cleanup_after_upload:
+        spec["cleanUpAfterUpload"] = True
     capture: Obj = {
         "apiVersion": "retina.sh/v1alpha1",
         "kind": "Capture",
         "metadata": {"name": name, "namespace": args.namespace},
-        "spec": {"captureConfiguration": conf, "outputConfiguration": output},
+        "spec": spec,
     }
     validate_spec(CaptureSpec, capture["spec"])
     return capture
@@ -233,8 +269,20 @@ def _create(client: KubeClient, args: argparse.Namespace) -> int:
             }), ns)
             secrets.append(secret_name)
             out["s3Upload"]["secretName"] = secret_name
-        settings = CaptureSettings(image=args.image, job_num_limit=args.job_num_limit)
-        jobs = create_jobs(client, plan_jobs(client, capture, settings))
+        image = args.image
+        if args.debug:
+            image = os.environ.get("RETINA_AGENT_IMAGE") or image
+            print(f"debug: capture jobs run {image}")
+        settings = CaptureSettings(image=image, job_num_limit=args.job_num_limit)
+        planned = plan_jobs(client, capture, settings)
+        if args.cleanup_after_upload and args.no_wait:
+            # Retina's --cleanup-after-upload without waiting: Kubernetes removes finished Jobs after a TTL
+            # and, through the owner references set below, the generated Secrets with them.
+            for job in planned:
+                job["spec"]["ttlSecondsAfterFinished"] = CLEANUP_TTL
+        jobs = create_jobs(client, planned)
+        if args.cleanup_after_upload and args.no_wait:
+            _own_secrets(client, ns, secrets, jobs)
     except (CaptureFailure, ApiError) as exc:
         for secret_name in secrets:
             client.delete(kube.SECRETS, secret_name, ns)
@@ -251,6 +299,14 @@ def _create(client: KubeClient, args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration) if args.duration else 0.0
     timeout = args.wait_timeout or (2 * duration if duration else DEFAULT_WAIT)
     return _wait(client, ns, name, timeout, args.poll_interval)
+
+
+def _own_secrets(client: KubeClient, ns: str, secrets: list[str], jobs: list[Obj]) -> None:
+    """Make the capture's Jobs own its generated Secrets, so garbage collection removes them together."""
+    owners = [{"apiVersion": "batch/v1", "kind": "Job", "name": j["metadata"]["name"], "uid": j["metadata"]["uid"]}
+              for j in jobs if j["metadata"].get("uid")]
+    for secret_name in secrets if owners else []:
+        client.patch(kube.SECRETS, secret_name, {"metadata": {"ownerReferences": owners}}, ns)
 
 
 def _wait(client: KubeClient, ns: str, name: str, timeout: float, interval: float) -> int:
@@ -344,37 +400,63 @@ def _secret_value(client: KubeClient, ns: str, name: str, key: str) -> str:
 
 
 def _download(client: KubeClient, args: argparse.Namespace) -> int:
-    jobs = list_capture_jobs(client, args.namespace, args.name)
-    if not jobs:
-        print(f"no jobs for capture {args.namespace}/{args.name}", file=sys.stderr)
+    if bool(args.name) == bool(args.all or args.all_namespaces):
+        print("error: give --name NAME, or --all (this namespace) or --all-namespaces", file=sys.stderr)
+        return 2
+    if args.name:
+        got, failed = _download_one(client, args, args.namespace, args.name, args.output)
+        print(f"downloaded {got} file(s) to {args.output}")
+        return 0 if got and not failed else 1
+    jobs = list_capture_jobs(client, None if args.all_namespaces else args.namespace)
+    captures = sorted({(j["metadata"].get("namespace", ""), j["metadata"]["labels"][LABEL_CAPTURE]) for j in jobs})
+    if not captures:
+        print("no captures found", file=sys.stderr)
         return 1
+    total, any_failed = 0, False
+    for ns, name in captures:
+        dest = os.path.join(args.output, ns, name) if args.all_namespaces else os.path.join(args.output, name)
+        got, failed = _download_one(client, args, ns, name, dest)
+        print(f"capture {ns}/{name}: {got} file(s) to {dest}")
+        total += got
+        any_failed = any_failed or failed or not got
+    print(f"downloaded {total} file(s) of {len(captures)} capture(s) to {args.output}")
+    return 1 if any_failed else 0
+
+
+def _download_one(client: KubeClient, args: argparse.Namespace, namespace: str, name: str,
+                  output: str) -> tuple[int, bool]:
+    """One capture's tarballs into ``output``: (files downloaded, whether a remote download failed)."""
+    jobs = list_capture_jobs(client, namespace, name)
+    if not jobs:
+        print(f"no jobs for capture {namespace}/{name}", file=sys.stderr)
+        return 0, True
     spec = _job_spec(jobs[0])
     if spec is None:
-        print("the capture's jobs carry no capture spec", file=sys.stderr)
-        return 1
+        print(f"the jobs of capture {namespace}/{name} carry no capture spec", file=sys.stderr)
+        return 0, True
     vols = {v["name"]: v for v in jobs[0]["spec"]["template"]["spec"].get("volumes") or []}
     nodes = sorted({j["spec"]["template"]["spec"]["nodeName"] for j in jobs})
-    os.makedirs(args.output, exist_ok=True)
+    os.makedirs(output, exist_ok=True)
     got = 0
     failed = False
     if spec.outputs.blob is not None:
         url = args.blob_url or _secret_value(
-            client, args.namespace, vols["blob-secret"]["secret"]["secretName"], BLOB_SECRET_KEY
+            client, namespace, vols["blob-secret"]["secret"]["secretName"], BLOB_SECRET_KEY
         )
         register_secret(url)
         try:
-            got += download_blob(url, args.name, args.output, nodes)
+            got += download_blob(url, name, output, nodes)
         except Exception as exc:  # azure-core errors; the SAS token is redacted
             print(f"error: blob download failed: {redact_error(exc)}", file=sys.stderr)
             failed = True
     if spec.outputs.s3 is not None:
         secret = vols["s3-secret"]["secret"]["secretName"]
-        key_id = _secret_value(client, args.namespace, secret, S3_ACCESS_KEY_ID_KEY)
-        secret_key = _secret_value(client, args.namespace, secret, S3_SECRET_ACCESS_KEY_KEY)
+        key_id = _secret_value(client, namespace, secret, S3_ACCESS_KEY_ID_KEY)
+        secret_key = _secret_value(client, namespace, secret, S3_SECRET_ACCESS_KEY_KEY)
         register_secret(secret_key)
         try:
             got += download_s3(
-                spec.outputs.s3.bucket, spec.outputs.s3.path or "", args.name, args.output,
+                spec.outputs.s3.bucket, spec.outputs.s3.path or "", name, output,
                 endpoint=spec.outputs.s3.endpoint, region=spec.outputs.s3.region,
                 key_id=key_id, secret_key=secret_key, nodes=nodes,
             )
@@ -385,10 +467,9 @@ def _download(client: KubeClient, args: argparse.Namespace) -> int:
         from retina_otel.kubectl_plugin.hostpath import download_host_path
 
         for node in nodes:
-            got += download_host_path(client, args.namespace, args.name, node, spec.outputs.host_path_on_node,
-                                      args.output, args.helper_image)
-    print(f"downloaded {got} file(s) to {args.output}")
-    return 0 if got and not failed else 1
+            got += download_host_path(client, namespace, name, node, spec.outputs.host_path_on_node,
+                                      output, args.helper_image)
+    return got, failed
 
 
 def capture_file_matcher(capture: str, nodes: Sequence[str] = ()) -> Callable[[str], bool]:
