@@ -71,6 +71,24 @@ def row(
         r["tcp_flags"][i][flag] += 1
 
 
+def drop_row(batch: FlowBatch, i: int, port: int, t: int, packets: int) -> None:
+    """Row ``i``: dropreason's record of ``packets`` client -> server packets dropped by nftables."""
+    row(
+        batch,
+        i,
+        src=C,
+        dst=S,
+        sport=port,
+        dport=S_PORT,
+        obs=ObservationPoint.STACK,
+        reply=False,
+        t=t,
+        packets=packets,
+        event=Event.DROP,
+    )
+    batch.records["drop_reason"][i] = STRINGS.intern("NETFILTER_DROP")
+
+
 def connection(port: int, t: int, *, refused: bool = False) -> FlowBatch:
     """A TCP connection C:port -> S:8080 as packetparser reports it on both pods' interfaces."""
     f = ObservationPoint.FROM_ENDPOINT
@@ -198,20 +216,7 @@ def test_drops_and_retransmissions_become_events_of_the_matching_connection_only
     b.add(connection(41234, T0))
     b.add(connection(41235, T0))
     events = FlowBatch.empty(2)
-    row(
-        events,
-        0,
-        src=C,
-        dst=S,
-        sport=41234,
-        dport=S_PORT,
-        obs=ObservationPoint.STACK,
-        reply=False,
-        t=T0 + 2500,
-        packets=3,
-        event=Event.DROP,
-    )
-    events.records["drop_reason"][0] = STRINGS.intern("NETFILTER_DROP")
+    drop_row(events, 0, 41234, T0 + 2500, 3)
     row(
         events,
         1,

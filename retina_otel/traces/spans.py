@@ -128,6 +128,24 @@ class SpanBatch:
         start = int(self.records["event_start"][i])
         return self.events[start : start + int(self.records["event_count"][i])]
 
+    def copy(self) -> SpanBatch:
+        """A batch that can be changed without touching this one (endpoint table shared: immutable)."""
+        return SpanBatch(
+            records=self.records.copy(),
+            events=self.events.copy(),
+            dns=None if self.dns is None else list(self.dns),
+            endpoints=self.endpoints,
+            attributes=dict(self.attributes),
+        )
+
+    def mark_read_only(self) -> None:
+        """Make numpy refuse writes (a batch shared by several consumers)."""
+        self.records.flags.writeable = False
+        self.events.flags.writeable = False
+
+    def is_read_only(self) -> bool:
+        return not self.records.flags.writeable
+
     def split(self, n: int) -> tuple[SpanBatch, SpanBatch]:
         """The first ``n`` spans (with their events) and the rest."""
         head_records, tail_records = self.records[:n], self.records[n:].copy()

@@ -9,13 +9,19 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
-class OtlpSink(metrics_service_pb2_grpc.MetricsServiceServicer, logs_service_pb2_grpc.LogsServiceServicer):
+class OtlpSink(
+    metrics_service_pb2_grpc.MetricsServiceServicer,
+    logs_service_pb2_grpc.LogsServiceServicer,
+    trace_service_pb2_grpc.TraceServiceServicer,
+):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.log_requests: list[logs_service_pb2.ExportLogsServiceRequest] = []
+        self.trace_requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
         self.server: grpc.Server | None = None
         self.port = 0
@@ -26,6 +32,9 @@ class OtlpSink(metrics_service_pb2_grpc.MetricsServiceServicer, logs_service_pb2
             if isinstance(request, metrics_service_pb2.ExportMetricsServiceRequest):
                 self.metric_requests.append(request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
+            if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
+                self.trace_requests.append(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
             self.log_requests.append(request)
             return logs_service_pb2.ExportLogsServiceResponse()
 
@@ -34,6 +43,7 @@ class OtlpSink(metrics_service_pb2_grpc.MetricsServiceServicer, logs_service_pb2
         # One servicer object serves both services; grpc dispatches by request type through Export.
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self.server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(self, self.server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
         self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         self.server.start()
         return self.port
@@ -72,16 +82,33 @@ class OtlpSink(metrics_service_pb2_grpc.MetricsServiceServicer, logs_service_pb2
 
     def log_records(self) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
         """(resource attributes, record attributes, record) for every received log record."""
-        out = []
         with self.lock:
             requests = list(self.log_requests)
-        for request in requests:
-            for rl in request.resource_logs:
-                resource = {a.key: _any(a.value) for a in rl.resource.attributes}
-                for sl in rl.scope_logs:
-                    for record in sl.log_records:
-                        out.append((resource, {a.key: _any(a.value) for a in record.attributes}, record))
-        return out
+        return _flatten(requests, "resource_logs", "scope_logs", "log_records")
+
+    def spans(self) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
+        """(resource attributes, span attributes, span) for every received span."""
+        with self.lock:
+            requests = list(self.trace_requests)
+        return spans_of(requests)
+
+
+def spans_of(requests: list[Any]) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
+    """(resource attributes, span attributes, span) of every span in ExportTraceServiceRequests."""
+    return _flatten(requests, "resource_spans", "scope_spans", "spans")
+
+
+def _flatten(
+    requests: list[Any], resources: str, scopes: str, items: str
+) -> list[tuple[dict[str, Any], dict[str, Any], Any]]:
+    out = []
+    for request in requests:
+        for rx in getattr(request, resources):
+            resource = {a.key: _any(a.value) for a in rx.resource.attributes}
+            for sx in getattr(rx, scopes):
+                for item in getattr(sx, items):
+                    out.append((resource, {a.key: _any(a.value) for a in item.attributes}, item))
+    return out
 
 
 def _any(value: Any) -> Any:

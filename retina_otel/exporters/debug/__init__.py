@@ -1,7 +1,8 @@
-"""The ``debug`` exporter: flow records and metrics, human-readable, on stdout (or stderr)."""
+"""The ``debug`` exporter: flow records, spans and metrics, human-readable, on stdout (or stderr)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -13,6 +14,7 @@ from retina_otel.component import ComponentConfig, CreateSettings, Factory, Flow
 from retina_otel.flows import FlowBatch
 from retina_otel.flowschema import rows_as_attributes
 from retina_otel.metrics.store import HistogramValue
+from retina_otel.traces.spans import SpanBatch
 
 __all__ = ["FACTORY", "DebugConfig", "DebugExporter"]
 
@@ -20,8 +22,8 @@ __all__ = ["FACTORY", "DebugConfig", "DebugExporter"]
 class DebugConfig(ComponentConfig):
     verbosity: Literal["basic", "normal", "detailed"] = Field(
         "basic",
-        description="basic: one line per batch with counts; normal: one line per flow record; "
-        "detailed: every attribute of every record as JSON",
+        description="basic: one line per batch with counts; normal: one line per flow record (span); "
+        "detailed: every attribute of every record (span, with its events) as JSON",
     )
     metrics_interval: float = Field(0.0, ge=0, description="seconds between metric dumps; 0 = never")
     stream: Literal["stdout", "stderr"] = "stdout"
@@ -97,6 +99,29 @@ class DebugExporter:
             text = "\n".join(_one_line(attrs) for attrs in rows_as_attributes(batch))
         else:
             text = "\n".join(json.dumps(attrs, default=str, sort_keys=True) for attrs in rows_as_attributes(batch))
+        with self._lock:
+            print(text, file=self._out, flush=True)
+
+    def consume_spans(self, batch: SpanBatch) -> None:
+        if not len(batch):
+            return
+        from retina_otel.traces.schema import one_line, span_views
+
+        if self.config.verbosity == "basic":
+            errors = int((batch.records["status"] == 2).sum())
+            text = f"spans: {len(batch)} spans, {errors} with status ERROR, {len(batch.events)} events"
+        elif self.config.verbosity == "normal":
+            text = "\n".join(one_line(view) for view in span_views(batch))
+        else:
+            text = "\n".join(
+                json.dumps(
+                    {**dataclasses.asdict(view), "trace_id": view.trace_id.hex(), "span_id": view.span_id.hex(),
+                     "parent_span_id": view.parent_span_id.hex()},
+                    default=str,
+                    sort_keys=True,
+                )
+                for view in span_views(batch)
+            )
         with self._lock:
             print(text, file=self._out, flush=True)
 

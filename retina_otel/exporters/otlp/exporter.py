@@ -1,9 +1,10 @@
-"""OTLP export of the metric store and of flow logs, never blocking the pipeline.
+"""OTLP export of the metric store, flow logs and spans, never blocking the pipeline.
 
-Flow batches go into a bounded queue (counted in records); a worker thread turns them into log records
-and exports them with the SDK's OTLP log exporter, ``batch_size`` records at a time (so at most that
-many exist as SDK objects). When the queue is full, new batches are dropped and counted in
-``controlplane_networkobservability_lost_events_counter{type="otlp_logs",reason="queue_full"}``;
+Flow batches and span batches each go into a bounded queue (:class:`~.queue.ExportQueue`, counted in
+records); a worker thread turns them into log records (spans) and exports them with the SDK's OTLP
+exporter, ``batch_size`` records at a time (so at most that many exist as SDK objects). When the queue is
+full, new batches are dropped and counted in
+``controlplane_networkobservability_lost_events_counter{type="otlp_logs"|"otlp_traces",reason="queue_full"}``;
 failed exports are counted with ``reason="export_failed"``. Metrics are exported every ``interval`` from
 a store snapshot (cumulative temporality, the same values Prometheus shows). The SDK exporters retry
 transient errors with backoff within ``timeout``; a dead endpoint costs one worker thread's time, never
@@ -15,7 +16,7 @@ unset: endpoint, headers, timeout, compression, certificates, insecure.
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import logging
 import threading
 from typing import Any, Literal
@@ -25,7 +26,9 @@ from pydantic import Field, field_validator
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
 from retina_otel.exporters.otlp.convert import flows_to_log_records, snapshots_to_metrics_data
+from retina_otel.exporters.otlp.queue import ExportQueue
 from retina_otel.flows import FlowBatch
+from retina_otel.traces.spans import SpanBatch
 
 __all__ = ["FACTORY", "HTTP_FACTORY", "OtlpConfig", "OtlpExporter"]
 
@@ -59,13 +62,17 @@ class OtlpConfig(ComponentConfig):
     )
     timeout: float = Field(10.0, gt=0, description="seconds per export, retries included")
     interval: float = Field(10.0, gt=0, description="seconds between metric exports (Retina's metricsInterval)")
-    signals: list[Literal["metrics", "logs"]] = Field(
-        default_factory=lambda: list[Literal["metrics", "logs"]](["metrics", "logs"]),
-        description="what this exporter sends",
+    signals: list[Literal["metrics", "logs", "traces"]] = Field(
+        default_factory=lambda: list[Literal["metrics", "logs", "traces"]](["metrics", "logs", "traces"]),
+        description="what this exporter sends (traces: the span exporter is made when the first spans arrive)",
     )
-    queue_size: int = Field(100_000, gt=0, description="flow records held while the endpoint is slow or down")
-    batch_size: int = Field(2_000, gt=0, description="log records per export request")
-    flush_interval: float = Field(1.0, gt=0, description="seconds before a partial batch of flow logs is sent")
+    queue_size: int = Field(
+        100_000, gt=0, description="flow records (and, separately, spans) held while the endpoint is slow or down"
+    )
+    batch_size: int = Field(2_000, gt=0, description="log records (spans) per export request")
+    flush_interval: float = Field(
+        1.0, gt=0, description="seconds before a partial batch of flow logs (spans) is sent"
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -82,15 +89,14 @@ class OtlpExporter:
         self.protocol = config.protocol or default_protocol
         self._host: Host | None = None
         self._resource = Resource({})
-        self._queue: collections.deque[FlowBatch] = collections.deque()
-        self._queued_records = 0
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metric_exporter: Any = None
         self._log_exporter: Any = None
-        self.exported_records = 0
+        self._span_exporter: Any = None
+        self._logs: ExportQueue[FlowBatch] | None = None
+        self._spans: ExportQueue[SpanBatch] | None = None
         self.exported_metric_batches = 0
 
     # -- exporter construction (SDK) ----------------------------------------------------------------
@@ -103,7 +109,8 @@ class OtlpExporter:
         base = endpoint if "://" in endpoint else f"http://{endpoint}"
         return base.rstrip("/") + path
 
-    def _make_exporters(self) -> None:
+    def _exporter_settings(self) -> dict[str, Any]:
+        """Keyword arguments every SDK exporter of this protocol takes (endpoint excepted for HTTP)."""
         cfg = self.config
         compression: Any = None
         if cfg.compression is not None:
@@ -116,34 +123,46 @@ class OtlpExporter:
 
                 compression = HttpCompression.Gzip if cfg.compression == "gzip" else HttpCompression.NoCompression
         headers = dict(cfg.headers) or None
-        if self.protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-            credentials = None
-            if cfg.tls.ca_file or cfg.tls.cert_file:
-                import grpc
-
-                def read(path: str | None) -> bytes | None:
-                    return open(path, "rb").read() if path else None
-
-                credentials = grpc.ssl_channel_credentials(
-                    read(cfg.tls.ca_file), read(cfg.tls.key_file), read(cfg.tls.cert_file)
-                )
-            insecure = cfg.tls.insecure
-            if insecure is None and cfg.endpoint and cfg.endpoint.startswith("http://"):
-                insecure = True
-            common: dict[str, Any] = dict(
-                endpoint=self._endpoint(""),
-                insecure=insecure,
-                credentials=credentials,
+        if self.protocol != "grpc":
+            return dict(
+                certificate_file=cfg.tls.ca_file,
+                client_key_file=cfg.tls.key_file,
+                client_certificate_file=cfg.tls.cert_file,
                 headers=headers,
                 timeout=cfg.timeout,
                 compression=compression,
             )
-            if "metrics" in cfg.signals:
+        credentials = None
+        if cfg.tls.ca_file or cfg.tls.cert_file:
+            import grpc
+
+            def read(path: str | None) -> bytes | None:
+                return open(path, "rb").read() if path else None
+
+            credentials = grpc.ssl_channel_credentials(
+                read(cfg.tls.ca_file), read(cfg.tls.key_file), read(cfg.tls.cert_file)
+            )
+        insecure = cfg.tls.insecure
+        if insecure is None and cfg.endpoint and cfg.endpoint.startswith("http://"):
+            insecure = True
+        return dict(
+            endpoint=self._endpoint(""),
+            insecure=insecure,
+            credentials=credentials,
+            headers=headers,
+            timeout=cfg.timeout,
+            compression=compression,
+        )
+
+    def _make_exporters(self) -> None:
+        common = self._exporter_settings()
+        if self.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+            if "metrics" in self.config.signals:
                 self._metric_exporter = OTLPMetricExporter(**common)
-            if "logs" in cfg.signals:
+            if "logs" in self.config.signals:
                 self._log_exporter = OTLPLogExporter(**common)
         else:
             from opentelemetry.exporter.otlp.proto.http._log_exporter import (
@@ -153,22 +172,37 @@ class OtlpExporter:
                 OTLPMetricExporter as HttpMetricExporter,
             )
 
-            tls: dict[str, Any] = dict(
-                certificate_file=cfg.tls.ca_file,
-                client_key_file=cfg.tls.key_file,
-                client_certificate_file=cfg.tls.cert_file,
-                headers=headers,
-                timeout=cfg.timeout,
-                compression=compression,
-            )
-            if "metrics" in cfg.signals:
-                self._metric_exporter = HttpMetricExporter(endpoint=self._endpoint("/v1/metrics"), **tls)
-            if "logs" in cfg.signals:
-                self._log_exporter = HttpLogExporter(endpoint=self._endpoint("/v1/logs"), **tls)
+            if "metrics" in self.config.signals:
+                self._metric_exporter = HttpMetricExporter(endpoint=self._endpoint("/v1/metrics"), **common)
+            if "logs" in self.config.signals:
+                self._log_exporter = HttpLogExporter(endpoint=self._endpoint("/v1/logs"), **common)
+
+    def _make_span_exporter(self) -> Any:
+        common = self._exporter_settings()
+        if self.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter(**common)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+        return HttpSpanExporter(endpoint=self._endpoint("/v1/traces"), **common)
+
+    def _queue(self, signal: str, split: Any, export: Any) -> ExportQueue[Any]:
+        host = self._host
+        assert host is not None
+        return ExportQueue(
+            f"{self.id}-{signal}",
+            queue_size=self.config.queue_size,
+            batch_size=self.config.batch_size,
+            flush_interval=self.config.flush_interval,
+            split=split,
+            export=export,
+            lost=lambda reason, n: host.count_lost(f"otlp_{signal}", reason, n),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self, host: Host) -> None:
-        if self._threads:
+        if self._threads or self._logs is not None:
             return
         self._host = host
         attributes = {"k8s.node.name": host.node_name, "service.name": "retina-otel"}
@@ -179,26 +213,31 @@ class OtlpExporter:
         self._make_exporters()
         if self._metric_exporter is not None:
             self._threads.append(threading.Thread(target=self._metrics_loop, name=f"{self.id}-metrics", daemon=True))
-        if self._log_exporter is not None:
-            self._threads.append(threading.Thread(target=self._logs_loop, name=f"{self.id}-logs", daemon=True))
         for t in self._threads:
             t.start()
+        if self._log_exporter is not None:
+            self._logs = self._queue("logs", _split_flows, self._export_logs)
+            self._logs.start()
 
     def shutdown(self) -> None:
-        if not self._threads:
-            return
         self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
+        timeout = self.config.timeout + 5
         for t in self._threads:
-            t.join(timeout=self.config.timeout + 5)
+            t.join(timeout=timeout)
         self._threads = []
-        for exporter in (self._metric_exporter, self._log_exporter):
+        for queue in (self._logs, self._spans):
+            if queue is not None:
+                queue.stop(timeout)
+        self._logs = None
+        with self._lock:
+            self._spans = None
+        for exporter in (self._metric_exporter, self._log_exporter, self._span_exporter):
             if exporter is not None:
                 try:
                     exporter.shutdown()
                 except Exception:
                     log.debug("otlp exporter shutdown failed", exc_info=True)
+        self._metric_exporter = self._log_exporter = self._span_exporter = None
 
     # -- metrics ------------------------------------------------------------------------------------
     def export_metrics_now(self) -> bool:
@@ -226,89 +265,57 @@ class OtlpExporter:
 
     # -- logs ---------------------------------------------------------------------------------------
     def consume_flows(self, batch: FlowBatch) -> None:
-        if self._log_exporter is None or not len(batch):
-            return
-        with self._wake:
-            if self._queued_records + len(batch) > self.config.queue_size:
-                dropped = len(batch)
-            else:
-                self._queue.append(batch)
-                self._queued_records += len(batch)
-                dropped = 0
-                if self._queued_records >= self.config.batch_size:
-                    self._wake.notify()
-        if dropped and self._host is not None:
-            self._host.count_lost("otlp_logs", "queue_full", dropped)
+        if self._logs is not None:
+            self._logs.put(batch)
 
     @property
     def queued_records(self) -> int:
-        return self._queued_records
+        return self._logs.queued if self._logs is not None else 0
 
-    def _take(self) -> FlowBatch | None:
-        """At most ``batch_size`` queued records (the head batch is split when larger), or None.
-
-        Only that many records exist as SDK log records at a time (a Python object per record, some
-        kilobytes each): converting whole queued batches at once cost ~100 MB of peak RSS in a churn
-        of 150,000 flows with the endpoint down. The taken records leave ``queued_records`` when they
-        are exported (or counted as lost), so the queue bound covers them as well.
-        """
-        with self._wake:
-            if not self._queue:
-                return None
-            head = self._queue[0]
-            room = self.config.batch_size
-            if len(head) <= room:
-                return self._queue.popleft()
-            part = FlowBatch(
-                records=head.records[:room],
-                receiver=head.receiver,
-                dns=head.dns[:room] if head.dns is not None else None,
-                endpoints=head.endpoints,
-                attributes=head.attributes,
-            )
-            head.records = head.records[room:]
-            if head.dns is not None:
-                head.dns = head.dns[room:]
-            return part
+    @property
+    def exported_records(self) -> int:
+        return self._logs.exported if self._logs is not None else 0
 
     def _export_logs(self, batch: FlowBatch) -> bool:
         from opentelemetry.sdk._logs.export import LogRecordExportResult
 
-        assert self._host is not None
-        try:
-            result = self._log_exporter.export(flows_to_log_records(batch, self._resource))
-        except Exception as exc:
-            log.warning("%s: log export failed: %s", self.id, exc)
-            result = LogRecordExportResult.FAILURE
-        with self._wake:
-            self._queued_records -= len(batch)
-        if result is LogRecordExportResult.SUCCESS:
-            self.exported_records += len(batch)
-            return True
-        self._host.count_lost("otlp_logs", "export_failed", len(batch))
-        return False
+        result = self._log_exporter.export(flows_to_log_records(batch, self._resource))
+        return result is LogRecordExportResult.SUCCESS
 
-    def _drop_queue(self, reason: str) -> None:
-        with self._wake:
-            dropped, self._queued_records = self._queued_records, 0
-            self._queue.clear()
-        if dropped and self._host is not None:
-            self._host.count_lost("otlp_logs", reason, dropped)
+    # -- traces -------------------------------------------------------------------------------------
+    def consume_spans(self, batch: SpanBatch) -> None:
+        if "traces" not in self.config.signals or self._host is None or self._stop.is_set():
+            return
+        with self._lock:
+            if self._spans is None:
+                self._span_exporter = self._make_span_exporter()
+                self._spans = self._queue("traces", SpanBatch.split, self._export_spans)
+                self._spans.start()
+            queue = self._spans
+        queue.put(batch)
 
-    def _logs_loop(self) -> None:
-        while True:
-            with self._wake:
-                if not self._stop.is_set() and self._queued_records < self.config.batch_size:
-                    self._wake.wait(self.config.flush_interval)
-            stopping = self._stop.is_set()
-            while (batch := self._take()) is not None:
-                if not self._export_logs(batch) and stopping:
-                    # Shutting down with the endpoint failing: one timeout, not one per queued batch.
-                    self._drop_queue("export_failed")
-                if self._stop.is_set() and not stopping:
-                    break  # flush what is left in the final round, with the rule above
-            if stopping:
-                return
+    @property
+    def queued_spans(self) -> int:
+        return self._spans.queued if self._spans is not None else 0
+
+    @property
+    def exported_spans(self) -> int:
+        return self._spans.exported if self._spans is not None else 0
+
+    def _export_spans(self, batch: SpanBatch) -> bool:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from retina_otel.exporters.otlp.traces import spans_to_readable
+
+        result = self._span_exporter.export(spans_to_readable(batch, self._resource))
+        return result is SpanExportResult.SUCCESS
+
+
+def _split_flows(batch: FlowBatch, n: int) -> tuple[FlowBatch, FlowBatch]:
+    dns = batch.dns
+    head = dataclasses.replace(batch, records=batch.records[:n], dns=dns[:n] if dns is not None else None)
+    rest = dataclasses.replace(batch, records=batch.records[n:], dns=dns[n:] if dns is not None else None)
+    return head, rest
 
 
 def _create_grpc(settings: CreateSettings, config: OtlpConfig, _next: FlowConsumer | None) -> OtlpExporter:
