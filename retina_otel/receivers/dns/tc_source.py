@@ -17,6 +17,7 @@ from typing import Any
 
 from retina_otel.bpf.chain import OBSERVATION_POINTS, ProgramChain
 from retina_otel.bpf.clock import wall_offset_ns
+from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.receivers._periodic import cleanup_bpf
 from retina_otel.receivers.dns.tracker import DnsTracker
 
@@ -47,7 +48,7 @@ class TcSource:
         self._read = 0
         self._truncated = 0
         self._last_full = 0
-        cflags = [f"-DSNAP_LEN={SNAP_LEN}", f"-DRINGBUF_PAGES={RINGBUF_SIZE // 4096}"]
+        cflags = [f"-DSNAP_LEN={SNAP_LEN}", f"-DRINGBUF_PAGES={ring_pages(RINGBUF_SIZE)}"]
         self._bpf: Any = load_bpf(SOURCE, cflags + (["-DFILTER_IFINDEX"] if indexes else []))
         try:
             if indexes:

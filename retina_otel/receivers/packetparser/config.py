@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from retina_otel.bpf.links import DEFAULT_POD_INTERFACE_PATTERNS
+from retina_otel.bpf.ringsize import check_ring_size
 from retina_otel.component import ComponentConfig
 
 __all__ = ["DEFAULT_INTERFACE_PATTERNS", "PacketParserConfig"]
@@ -62,7 +63,10 @@ class PacketParserConfig(ComponentConfig):
     )
     ring_buffer_size: int = Field(
         default=8 * 1024 * 1024,
-        description="Ring buffer size in bytes, a power of two multiple of 4096. Default: 8 MiB.",
+        description=(
+            "Ring buffer size in bytes: a power of two, at least the node's page size (4 KiB on x86_64; "
+            "4, 16 or 64 KiB on arm64). Default: 8 MiB."
+        ),
     )
     filter_map_max_entries: int = Field(
         default=255, ge=1, description="Capacity of the LPM trie of IPs of interest (entries). Default: 255."
@@ -94,7 +98,5 @@ class PacketParserConfig(ComponentConfig):
 
     @field_validator("ring_buffer_size")
     @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        if v < 4096 or v & (v - 1):
-            raise ValueError("ring_buffer_size must be a power of two >= 4096")
-        return v
+    def _valid_ring_size(cls, v: int) -> int:
+        return check_ring_size(v)

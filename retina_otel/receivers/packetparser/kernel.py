@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from retina_otel.bpf.ringsize import PAGE_SIZE, check_ring_size
 from retina_otel.bpf.syscall import bpf
 
 __all__ = ["RingBufReader", "TestRunResult", "iter_batches", "lookup_batch", "prog_test_run", "update_batch"]
@@ -162,9 +163,8 @@ class RingBufReader:
     """
 
     def __init__(self, map_fd: int, size: int, record_dtype: np.dtype) -> None:
-        page = mmap.PAGESIZE
-        if size <= 0 or size & (size - 1) or size % page:
-            raise ValueError(f"ring buffer size {size} must be a power-of-two multiple of the page size")
+        page = PAGE_SIZE
+        check_ring_size(size)
         self._size = size
         self._rec = record_dtype
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)

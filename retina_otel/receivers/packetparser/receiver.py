@@ -32,6 +32,7 @@ from retina_otel.bpf.chain import OBSERVATION_POINTS, PendingChain
 from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
 from retina_otel.bpf.directchain import DirectChain
 from retina_otel.bpf.doublebuffer import DoubleBuffer
+from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch, ObservationPoint
@@ -97,7 +98,7 @@ def build_cflags(config: PacketParserConfig) -> list[str]:
         f"-DCT_MAX_ENTRIES={config.conntrack_max_entries}",
         f"-DFILTER_MAX_ENTRIES={config.filter_map_max_entries}",
         f"-DBYPASS_FILTER={1 if config.bypass_lookup_ip_of_interest else 0}",
-        f"-DRINGBUF_PAGES={config.ring_buffer_size // 4096}",
+        f"-DRINGBUF_PAGES={ring_pages(config.ring_buffer_size)}",
         f"-DFLUSH_BATCH={FLUSH_BATCH}",
         f"-DHOT_SLOTS={HOT_SLOTS}",
     ]
