@@ -329,7 +329,14 @@ def test_daemonset_shape(chart: Any) -> None:
     assert mounts["/lib/modules"] is True and mounts["/usr/src"] is True
     assert {"/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/debug"} <= set(mounts)
     hostpaths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert hostpaths == {"/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/debug", "/lib/modules", "/usr/src"}
+    assert hostpaths == {
+        "/sys/fs/bpf",
+        "/sys/kernel/tracing",
+        "/sys/kernel/debug",
+        "/lib/modules",
+        "/usr/src",
+        "/var/run/retina-otel",  # the observer's unix socket
+    }
 
 
 def test_agent_rbac_is_read_only(chart: Any) -> None:

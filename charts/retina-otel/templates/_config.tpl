@@ -69,6 +69,22 @@ tcplatency processor, which reads the receiver's table). */ -}}
 {{- if has "logs" $signals -}}{{- $logExporters = append $logExporters $type -}}{{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and $a.observer.enabled $flowReceivers -}}
+{{- $observer := dict "buffer_size" (int $a.observer.bufferSize) "socket" (printf "unix://%s/observer.sock" $a.observer.socketDir) -}}
+{{- if $a.observer.tcp.enabled -}}
+{{- $_ := set $observer "tcp_endpoint" (printf ":%d" (int $a.observer.tcp.port)) -}}
+{{- if $a.observer.tcp.insecure -}}
+{{- $_ := set $observer "tls" (dict "insecure" true) -}}
+{{- else -}}
+{{- $tls := dict "cert_file" "/etc/retina-otel/observer-tls/tls.crt" "key_file" "/etc/retina-otel/observer-tls/tls.key" -}}
+{{- $_ := required "agent.observer.tcp.tlsSecretName is required when agent.observer.tcp.enabled is true (or set insecure: true)" $a.observer.tcp.tlsSecretName -}}
+{{- if $a.observer.tcp.clientAuth -}}{{- $_ := set $tls "client_ca_file" "/etc/retina-otel/observer-tls/ca.crt" -}}{{- end -}}
+{{- $_ := set $observer "tls" $tls -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $exporters "observer" $observer -}}
+{{- $logExporters = append $logExporters "observer" -}}
+{{- end -}}
 {{- /* Flows only travel through logs pipelines (retina_otel/service.py). Without OTLP flow logs the
 logs pipeline ends in the nop exporter: the flowmetrics processor has already turned them into
 metrics. */ -}}
