@@ -229,3 +229,44 @@ def test_download_falls_back_to_host_path_per_node(
     monkeypatch.setattr(hostpath, "download_host_path", fake)
     assert download(url, "dl-hp", tmp_path / "out", "--helper-image", "busybox:stable") == 0
     assert calls == [(NS, "dl-hp", node, "/var/log/retina/captures/dbg", "busybox:stable") for node in NODES]
+
+
+# -- --all / --all-namespaces ---------------------------------------------------------------------------
+
+
+def test_download_all_and_all_namespaces(moto_s3: MotoS3, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every capture of a namespace (--all) or of the cluster (-A), each into its own directory."""
+    with EmulatedCluster() as emu:
+        c = KubeClient.from_options(api_url=emu.url)
+        c.create(kube.NODES, {"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}}})
+        s3 = moto_s3.client()
+        uploaded: dict[tuple[str, str], dict[str, bytes]] = {}
+        for ns, name in (("team-a", "cap-a1"), ("team-a", "cap-a2"), ("team-b", "cap-b1")):
+            assert main(["--api-url", emu.url, "capture", "create", "--name", name, "-n", ns, "--node-names", "n1",
+                         "--s3-bucket", moto_s3.bucket, "--s3-endpoint", moto_s3.endpoint, "--s3-region",
+                         "us-east-1", "--s3-path", f"all/{ns}", "--s3-access-key-id", moto_s3.access_key,
+                         "--s3-secret-access-key", moto_s3.secret_key]) == 0
+            file_name, data = tarball(name, "n1")
+            s3.put_object(Bucket=moto_s3.bucket, Key=f"all/{ns}/{file_name}", Body=data)
+            uploaded[(ns, name)] = {file_name: data}
+        capsys.readouterr()
+
+        out = tmp_path / "ns"
+        assert main(["--api-url", emu.url, "capture", "download", "--all", "-n", "team-a", "-o", str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["cap-a1", "cap-a2"]
+        for name in ("cap-a1", "cap-a2"):
+            assert files(out / name) == uploaded[("team-a", name)]
+
+        out = tmp_path / "everywhere"
+        assert main(["--api-url", emu.url, "capture", "download", "-A", "-o", str(out)]) == 0
+        for (ns, name), expected in uploaded.items():
+            assert files(out / ns / name) == expected
+        printed = capsys.readouterr()
+        assert "downloaded 3 file(s) of 3 capture(s)" in printed.out
+        assert moto_s3.secret_key not in printed.out + printed.err
+
+        # One of --name, --all, --all-namespaces.
+        assert main(["--api-url", emu.url, "capture", "download", "-o", str(out)]) == 2
+        assert main(["--api-url", emu.url, "capture", "download", "--name", "x", "--all"]) == 2
+        assert main(["--api-url", emu.url, "capture", "download", "--all", "-n", "empty"]) == 1
+        c.close()

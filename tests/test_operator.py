@@ -270,6 +270,26 @@ def test_delete_removes_jobs_and_generated_secrets(client: KubeClient, operator:
     assert client.get_or_none(kube.SECRETS, "blob-sas", NS) is not None  # user secrets stay
 
 
+def test_clean_up_after_upload(client: KubeClient, operator: None) -> None:
+    """Retina's cleanUpAfterUpload: once every Job succeeded the Capture, its Jobs and generated Secrets go."""
+    client.create(kube.SECRETS, {"metadata": {"name": "gen-cleanup", "namespace": NS, "labels": {
+        LABEL_CAPTURE: "auto-clean", "retina.sh/app": "capture", LABEL_GENERATED: "true"}},
+        "data": {"blob-upload-url": "eA=="}}, NS)
+    capture = _capture("auto-clean", {"nodeSelector": {"matchLabels": {"pool": "x"}}},
+                       output={"blobUpload": "gen-cleanup"})
+    capture["spec"]["cleanUpAfterUpload"] = True
+    client.create(kube.CAPTURES, capture, NS)
+    assert wait_for(lambda: len(_jobs(client, "auto-clean")) == 2, TIMEOUT)
+    first, second = _jobs(client, "auto-clean")
+    _set_job_status(client, first, "ok")
+    assert wait_for(lambda: _status(client, "auto-clean").get("succeeded") == 1, TIMEOUT)
+    assert client.get_or_none(kube.CAPTURES, "auto-clean", NS) is not None  # not before every Job is done
+    _set_job_status(client, second, "ok")
+    assert wait_for(lambda: client.get_or_none(kube.CAPTURES, "auto-clean", NS) is None, TIMEOUT)
+    assert wait_for(lambda: _jobs(client, "auto-clean") == [], TIMEOUT)
+    assert client.get_or_none(kube.SECRETS, "gen-cleanup", NS) is None
+
+
 def _mc(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "retina.sh/v1alpha1", "kind": "MetricsConfiguration", "metadata": {"name": name},
             "spec": spec}
