@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-url", default=os.environ.get("RETINA_API_URL"), help="API server URL (tests, proxies)")
     parser.add_argument("--insecure-skip-tls-verify", action="store_true", dest="insecure")
     top = parser.add_subparsers(dest="group", required=True)
+    from retina_otel.kubectl_plugin import observe
+
+    obs = top.add_parser("observe", help="live flows of a node's agent (retina-otel observe over port-forward)")
+    observe.add_arguments(obs)
+    obs.set_defaults(cmd="observe")
     cap = top.add_parser("capture", help="network packet captures").add_subparsers(dest="cmd", required=True)
 
     c = cap.add_parser("create", help="start a capture on nodes or pods")
@@ -534,6 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_url=args.api_url, kubeconfig=args.kubeconfig, context=args.context, insecure=args.insecure
     )
     try:
+        if args.cmd == "observe":
+            from retina_otel.kubectl_plugin import observe
+
+            return observe.run(client, args)
         handler = {"create": _create, "list": _list, "delete": _delete, "download": _download}[args.cmd]
         return handler(client, args)
     except ApiError as exc:
