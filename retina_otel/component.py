@@ -6,25 +6,32 @@ next consumer in the pipeline. Constructors do no I/O: :meth:`Component.start` a
 programs, opens sockets, starts threads) and :meth:`Component.shutdown` detaches; shutdown is
 idempotent and safe when start never ran or failed half-way.
 
-Signals:
+Signals (:mod:`retina_otel.signals`):
 
-* **flows** (the log signal) travel as :class:`~retina_otel.flows.FlowBatch` through
-  :class:`FlowConsumer` ``consume_flows`` calls: receiver -> processors -> exporters.
-* **metrics** live in the agent's :class:`~retina_otel.metrics.store.MetricStore`
-  (``host.metrics``): receivers and processors write aggregated values into it, metric exporters read
-  snapshots of it. One store per agent, so every metrics exporter sees every metric.
+* **logs** (flow records) travel as :class:`~retina_otel.flows.FlowBatch` through
+  :class:`FlowConsumer` ``consume_flows`` calls: receiver -> processors -> exporters (or connectors).
+* **metrics** live in the agent's :class:`~retina_otel.metrics.store.MetricStore`: each receiver,
+  connector and processor writes into ``host.metrics`` (its own view of the store, which tags the families
+  it declares with its id) and a metrics exporter's ``host.metrics.collect()`` returns only the families of
+  the receivers and connectors of the metrics pipelines it is in (plus the agent's own telemetry and,
+  for compatibility, metrics written by processors).
+
+A factory declares the signals its component handles (``signals``; a connector declares the
+``(from, to)`` pairs it ``connects``), whether it changes the batches it is given (``mutates_data``: the
+fan-out then hands it a copy when the batch is shared) and the extensions it offers (``provides``).
 """
 
 from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from retina_otel.extensions import ExtensionKey
 from retina_otel.flows import FlowBatch
 from retina_otel.metrics.store import MetricStore
 
@@ -41,7 +48,9 @@ __all__ = [
     "ProvidesExtensions",
 ]
 
-ComponentKind = Literal["receiver", "processor", "exporter"]
+ComponentKind = Literal["receiver", "processor", "exporter", "connector"]
+
+T = TypeVar("T")
 
 
 class ComponentConfig(BaseModel):
@@ -90,25 +99,38 @@ class Host(Protocol):
     def count_lost(self, event_type: str, reason: str, count: int = 1) -> None:
         """Add to ``controlplane_networkobservability_lost_events_counter{type, reason}``."""
 
-    def get_extension(self, name: str) -> object | None:
-        """A shared service by name (e.g. ``"k8s_cache"``, ``"ip_filter"``), or None."""
+    @overload
+    def get_extension(self, key: ExtensionKey[T]) -> T | None: ...
+
+    @overload
+    def get_extension(self, key: str) -> object | None: ...
+
+    def get_extension(self, key: ExtensionKey[Any] | str) -> object | None:
+        """A shared service by typed key (e.g. ``IP_FILTER``), or None; a bare name returns it untyped."""
 
 
 @runtime_checkable
 class ProvidesExtensions(Protocol):
     """A component that offers shared services to the others (packetparser's ``ip_filter``,
     tcplatency's ``tcp_latency``, k8sattributes' ``k8s_cache``). The agent registers them right after
-    creating the component, before anything starts; others find them with ``host.get_extension``."""
+    creating the component, before anything starts; others find them with ``host.get_extension``. Each
+    key must be listed in the factory's ``provides`` (duplicates between components are config errors)."""
 
-    def extensions(self) -> dict[str, object]: ...
+    def extensions(self) -> Mapping[ExtensionKey[Any] | str, object]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class CreateSettings:
-    """Identity of the component being created: ``type`` or ``type/name`` as in the config file."""
+    """Identity of the component being created: ``type`` or ``type/name`` as in the config file.
+
+    ``pipeline`` is the pipeline a processor instance belongs to (empty for the others, which are shared).
+    ``consumers`` maps each push signal the component emits into (``logs``, ...) to where it goes; the
+    factory's ``next_consumer`` argument is the one of its main output signal."""
 
     id: str
     kind: ComponentKind
+    pipeline: str = ""
+    consumers: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def type(self) -> str:
@@ -124,17 +146,39 @@ class Factory(Generic[ConfigT]):
 
     ``create(settings, config, next_consumer)``: ``next_consumer`` is where a receiver or processor sends
     flow batches (a fan-out to the rest of the pipeline, or a no-op when the component is only in metrics
-    pipelines); exporters get ``None``.
+    pipelines), and where a connector sends its output signal (``None`` when that is metrics); exporters
+    get ``None``.
+
+    ``signals``: the pipeline signals the component can be in (default: receivers and exporters logs and
+    metrics, processors logs). ``connects``: a connector's ``(from, to)`` signal pairs.
+    ``mutates_data``: the component changes batches in place (default: processors yes, others no).
+    ``provides``: the extension keys its ``extensions()`` offers.
     """
 
     type: str
     kind: ComponentKind
     config_model: builtins.type[ConfigT]
-    create: Callable[[CreateSettings, ConfigT, FlowConsumer | None], Lifecycle]
+    create: Callable[[CreateSettings, ConfigT, Any], Lifecycle]
     description: str = ""
+    signals: tuple[str, ...] | None = None
+    mutates_data: bool | None = None
+    provides: tuple[ExtensionKey[Any], ...] = ()
+    connects: tuple[tuple[str, str], ...] = ()
 
     def default_config(self) -> ConfigT:
         return self.config_model()
+
+    @property
+    def supported_signals(self) -> tuple[str, ...]:
+        if self.signals is not None:
+            return self.signals
+        if self.kind == "connector":
+            return tuple(dict.fromkeys(s for pair in self.connects for s in pair))
+        return ("logs",) if self.kind == "processor" else ("logs", "metrics")
+
+    @property
+    def mutates(self) -> bool:
+        return self.kind == "processor" if self.mutates_data is None else self.mutates_data
 
 
 class NopFlowConsumer:

@@ -4,6 +4,7 @@
 receivers:  {<type>[/<name>]: {...}}
 processors: {<type>[/<name>]: {...}}
 exporters:  {<type>[/<name>]: {...}}
+connectors: {<type>[/<name>]: {...}}   # exporter of one pipeline, receiver of another
 service:
   telemetry: {health: {endpoint: 0.0.0.0:18081}, logs: {level: info}}
   pipelines:
@@ -11,8 +12,9 @@ service:
     logs:    {receivers: [...], processors: [...], exporters: [...]}
 ```
 
-Everything is checked before anything starts: unknown component types, unknown keys, wrong types and
-pipeline references to undefined components. Every problem is reported at once, each with the full
+Everything is checked before anything starts: unknown component types, unknown keys, wrong types,
+pipeline references to undefined components, components in a pipeline of a signal they do not handle,
+connectors and extensions (:mod:`retina_otel.pipelinecheck`). Every problem is reported at once, each with the full
 path of the field (``receivers.packetparser.aggregation``) and what would be valid.
 ``${env:NAME}`` and ``${env:NAME:-default}`` in string values are replaced from the environment.
 """
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from retina_otel.component import ComponentConfig, ComponentKind, Factory
 from retina_otel.endpoints import parse_endpoint
+from retina_otel.pipelinecheck import check_pipelines
 from retina_otel.registry import available_types, get_factory
 
 __all__ = [
@@ -46,7 +49,12 @@ __all__ = [
     "parse_config",
 ]
 
-_SECTIONS: dict[str, ComponentKind] = {"receivers": "receiver", "processors": "processor", "exporters": "exporter"}
+_SECTIONS: dict[str, ComponentKind] = {
+    "receivers": "receiver",
+    "processors": "processor",
+    "exporters": "exporter",
+    "connectors": "connector",
+}
 _ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -115,8 +123,8 @@ class ServiceConfig(_Strict):
     )
     pipelines: dict[str, PipelineConfig] = Field(
         min_length=1,
-        description="pipelines by name: `logs[/name]` carry flow records, `metrics[/name]` the metric store; "
-        "each has receivers, processors, exporters",
+        description="pipelines by name: `logs[/name]` carry flow records, `metrics[/name]` metrics; each has "
+        "receivers (or connectors), processors, exporters (or connectors); see docs/pipelines.md",
     )
 
 
@@ -136,9 +144,15 @@ class AgentConfig:
     processors: dict[str, ComponentEntry] = field(default_factory=dict)
     exporters: dict[str, ComponentEntry] = field(default_factory=dict)
     service: ServiceConfig = field(default_factory=lambda: ServiceConfig(pipelines={}))
+    connectors: dict[str, ComponentEntry] = field(default_factory=dict)
 
     def section(self, kind: ComponentKind) -> dict[str, ComponentEntry]:
-        return {"receiver": self.receivers, "processor": self.processors, "exporter": self.exporters}[kind]
+        return {
+            "receiver": self.receivers,
+            "processor": self.processors,
+            "exporter": self.exporters,
+            "connector": self.connectors,
+        }[kind]
 
 
 def _substitute_env(value: Any, env: Mapping[str, str]) -> Any:
@@ -172,14 +186,14 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None) -> AgentConf
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem("", "the configuration must be a mapping with receivers, exporters, service")])
     raw = _substitute_env(raw, os.environ if env is None else env)
-    allowed_top = {*_SECTIONS, "service", "extensions", "connectors"}
+    allowed_top = {*_SECTIONS, "service", "extensions"}
     for key in raw:
         if key not in allowed_top:
             problems.append(ConfigProblem(str(key), f"unknown section; valid: {', '.join(sorted(allowed_top))}"))
-        elif key in ("extensions", "connectors") and raw[key]:
+        elif key == "extensions" and raw[key]:
             problems.append(ConfigProblem(str(key), "not supported by retina-otel; remove it"))
 
-    sections: dict[ComponentKind, dict[str, ComponentEntry]] = {"receiver": {}, "processor": {}, "exporter": {}}
+    sections: dict[ComponentKind, dict[str, ComponentEntry]] = {kind: {} for kind in _SECTIONS.values()}
     for section, kind in _SECTIONS.items():
         entries = raw.get(section) or {}
         if not isinstance(entries, dict):
@@ -230,32 +244,14 @@ def parse_config(raw: Any, *, env: Mapping[str, str] | None = None) -> AgentConf
             problems.extend(_pydantic_problems("service", exc))
 
     if service is not None:
-        for name, pipeline in service.pipelines.items():
-            signal = name.split("/", 1)[0]
-            if signal not in ("logs", "metrics"):
-                problems.append(
-                    ConfigProblem(f"service.pipelines.{name}", "pipeline names start with 'logs' or 'metrics'")
-                )
-            for kind, ids in (
-                ("receiver", pipeline.receivers),
-                ("processor", pipeline.processors),
-                ("exporter", pipeline.exporters),
-            ):
-                declared = sections[kind]  # type: ignore[index]
-                section = f"{kind}s"
-                for i, comp_id in enumerate(ids):
-                    if comp_id not in declared and comp_id not in (raw.get(section) or {}):
-                        problems.append(
-                            ConfigProblem(
-                                f"service.pipelines.{name}.{section}[{i}]",
-                                f"references {comp_id!r}, which is not defined under {section}; defined: "
-                                f"{', '.join(sorted(raw.get(section) or {})) or 'none'}",
-                            )
-                        )
+        by_section = {section: sections[kind] for section, kind in _SECTIONS.items()}
+        problems.extend(check_pipelines(service.pipelines, by_section, raw))
     if problems:
         raise ConfigError(problems)
     assert service is not None
-    return AgentConfig(sections["receiver"], sections["processor"], sections["exporter"], service)
+    return AgentConfig(
+        sections["receiver"], sections["processor"], sections["exporter"], service, sections["connector"]
+    )
 
 
 def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -287,6 +283,6 @@ def default_config_text(*, env: Mapping[str, str] | None = None) -> str:
     raw["exporters"]["otlp"] = {}
     for pipeline in raw["service"]["pipelines"].values():
         pipeline["exporters"] = [e for e in pipeline["exporters"] if e != "nop"] + ["otlp"]
-    del raw["exporters"]["nop"]
+    raw["exporters"].pop("nop", None)
     header = "# The embedded default with OTLP export (OTEL_EXPORTER_OTLP_ENDPOINT is set).\n"
     return header + yaml.safe_dump(raw, sort_keys=False)

@@ -79,7 +79,7 @@ def _model_table(model: type[BaseModel]) -> list[str]:
 def render_reference() -> str:
     """Markdown: the service section, then every component type with its settings."""
     out = ["### service", "", *_model_table(ServiceConfig), ""]
-    kinds: list[ComponentKind] = ["receiver", "processor", "exporter"]
+    kinds: list[ComponentKind] = ["receiver", "processor", "exporter", "connector"]
     for kind in kinds:
         out.append(f"### {kind}s")
         out.append("")
@@ -94,6 +94,11 @@ def render_reference() -> str:
             out.extend([f"#### `{type_name}`", ""])
             if factory.description:
                 out.extend([factory.description, ""])
+            if kind == "connector":
+                pairs = ", ".join(f"{a} -> {b}" for a, b in factory.connects)
+                out.extend([f"Connects: {pairs}.", ""])
+            else:
+                out.extend([f"Pipelines: {', '.join(factory.supported_signals)}.", ""])
             out.extend([*_model_table(factory.config_model), ""])
     return "\n".join(out).rstrip() + "\n"
 

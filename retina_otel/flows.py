@@ -30,6 +30,7 @@ __all__ = [
     "Direction",
     "EndpointTable",
     "Event",
+    "FieldMask",
     "FlowBatch",
     "ObservationPoint",
     "StringTable",
@@ -175,13 +176,45 @@ class EndpointTable:
     entries: Sequence[Mapping[str, Any]] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class FieldMask:
+    """Which attributes of a flow record an exporter writes (the ``transform`` processor's field mask).
+
+    ``keep`` (when set) lists the attributes to keep, ``drop`` the ones to remove; an entry ending in ``*``
+    is a prefix (``source.k8s.*``). ``event.name`` always stays (it names the record)."""
+
+    keep: frozenset[str] | None = None
+    drop: frozenset[str] = frozenset()
+
+    @staticmethod
+    def _matches(name: str, patterns: frozenset[str]) -> bool:
+        if name in patterns:
+            return True
+        return any(p.endswith("*") and name.startswith(p[:-1]) for p in patterns)
+
+    def allows(self, name: str) -> bool:
+        if name == "event.name":
+            return True
+        if self.keep is not None and not self._matches(name, self.keep):
+            return False
+        return not self._matches(name, self.drop)
+
+    def apply(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in attributes.items() if self.allows(k)}
+
+
 @dataclass(slots=True)
 class FlowBatch:
     """A batch of flow records from one receiver.
 
     ``records`` has dtype :data:`FLOW_DTYPE`. ``dns`` holds, when set, one entry per row (``None`` for
     rows without DNS data) with ``query`` (str), ``answers`` (list of str) and ``query_type`` name.
-    ``attributes`` are resource-level attributes (receiver name, node name, ...).
+    ``attributes`` are resource-level attributes (receiver name, node name, ...). ``masks`` are field
+    masks exporters apply, in order, to each record's attributes.
+
+    A batch handed to more than one consumer that does not change data is marked read-only
+    (:meth:`mark_read_only`: numpy refuses writes to ``records``); a consumer that changes data gets a
+    :meth:`copy` (see :class:`retina_otel.signals.FanOut`).
     """
 
     records: FlowArray
@@ -189,9 +222,48 @@ class FlowBatch:
     dns: list[Mapping[str, Any] | None] | None = None
     endpoints: EndpointTable = field(default_factory=EndpointTable)
     attributes: dict[str, str] = field(default_factory=dict)
+    masks: tuple[FieldMask, ...] = ()
 
     def __len__(self) -> int:
         return int(self.records.shape[0])
+
+    def copy(self) -> FlowBatch:
+        """A batch whose rows, DNS list and attributes can be changed without touching this one (the
+        endpoint table and masks are immutable and shared)."""
+        return FlowBatch(
+            records=self.records.copy(),
+            receiver=self.receiver,
+            dns=None if self.dns is None else list(self.dns),
+            endpoints=self.endpoints,
+            attributes=dict(self.attributes),
+            masks=self.masks,
+        )
+
+    def select(self, rows: npt.NDArray[np.bool_] | npt.NDArray[np.intp] | slice) -> FlowBatch:
+        """A new batch of some rows (a boolean mask, indices or a slice; a slice shares memory with this
+        batch, so it is read-only when this one is); metadata shared as in :meth:`copy`."""
+        dns = self.dns
+        if dns is not None:
+            if isinstance(rows, slice):
+                dns = dns[rows]
+            else:
+                index = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
+                dns = [dns[i] for i in index.tolist()]
+        return FlowBatch(
+            records=self.records[rows],
+            receiver=self.receiver,
+            dns=dns,
+            endpoints=self.endpoints,
+            attributes=dict(self.attributes),
+            masks=self.masks,
+        )
+
+    @property
+    def read_only(self) -> bool:
+        return not self.records.flags.writeable
+
+    def mark_read_only(self) -> None:
+        self.records.flags.writeable = False
 
     @classmethod
     def empty(cls, n: int, receiver: str = "") -> FlowBatch:

@@ -154,6 +154,8 @@ def record_attributes(batch: FlowBatch, i: int, interface_name: str | None = Non
         index = int(r[f"{side}_endpoint"])
         if 0 <= index < len(entries):
             _endpoint_attributes(entries[index], SIDE_PREFIX[side], attrs)
+    for mask in batch.masks:
+        attrs = mask.apply(attrs)
     return attrs
 
 

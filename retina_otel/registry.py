@@ -3,7 +3,7 @@
 Built-ins are listed as ``"module:attribute"`` strings so that importing the registry never imports
 bcc, kubernetes or the OTLP stack; a factory module is imported only when a config names its type.
 Third-party components register under the entry-point groups ``retina_otel.receivers``,
-``retina_otel.processors`` and ``retina_otel.exporters``.
+``retina_otel.processors``, ``retina_otel.exporters`` and ``retina_otel.connectors``.
 """
 
 from __future__ import annotations
@@ -43,12 +43,16 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
         "nop": "retina_otel.exporters.nop:FACTORY",
         "observer": "retina_otel.exporters.observer:FACTORY",
     },
+    "connector": {
+        "flowmetrics": "retina_otel.processors.flowmetrics:CONNECTOR_FACTORY",
+    },
 }
 
 _GROUPS: dict[ComponentKind, str] = {
     "receiver": "retina_otel.receivers",
     "processor": "retina_otel.processors",
     "exporter": "retina_otel.exporters",
+    "connector": "retina_otel.connectors",
 }
 
 

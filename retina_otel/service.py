@@ -1,9 +1,15 @@
 """The agent's service: builds the pipelines from a validated config, starts and stops them.
 
-Wiring follows the Collector: each receiver is created once and hands its flow batches to a fan-out
-over every logs pipeline that lists it; processors are created per pipeline (so two pipelines never
-share processor state) and chained; exporters are created once and fed by every pipeline that lists
-them. Metrics go through the agent's one :class:`MetricStore`.
+Wiring follows the Collector: each receiver is created once and hands its batches to a fan-out over
+every pipeline of that signal that lists it; processors are created per pipeline (so two pipelines
+never share processor state) and chained; exporters and connectors are created once and fed by every
+pipeline that lists them. A connector is the end of its input pipelines and a receiver of its output
+pipelines. Fan-outs copy a batch only for consumers that change data while others share it
+(:class:`retina_otel.signals.FanOut`).
+
+Every component gets its own :class:`~retina_otel.component.Host` view: its ``metrics`` tags what it
+declares with its id and, for an exporter, reads only the metrics of the receivers and connectors of
+its metrics pipelines; its status reports change only its own instance.
 
 Start order is exporters, processors, receivers (consumers before producers); shutdown is the
 reverse. A component whose ``start`` raises is recorded as failed (log line, metric, readiness detail)
@@ -17,42 +23,26 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from retina_otel.component import (
     ComponentStatus,
     CreateSettings,
-    FlowConsumer,
     Lifecycle,
-    NopFlowConsumer,
     ProvidesExtensions,
 )
-from retina_otel.config import AgentConfig, ComponentEntry
-from retina_otel.flows import FlowBatch
+from retina_otel.config import AgentConfig, ComponentEntry, ConfigError, ConfigProblem
+from retina_otel.extensions import DuplicateExtensionError, ExtensionKey, ExtensionRegistry
 from retina_otel.metrics.selfmetrics import SelfMetrics
-from retina_otel.metrics.store import MetricStore
+from retina_otel.metrics.store import AGENT_OWNER, MetricStore
+from retina_otel.signals import FanOut, NopConsumer, connect, get_signal, signal_of
 
-__all__ = ["Agent", "ComponentState", "FanOut"]
+__all__ = ["Agent", "ComponentHost", "ComponentState", "FanOut", "metric_sources"]
 
 log = logging.getLogger(__name__)
 
-
-class FanOut:
-    """Hands each batch to several consumers; one consumer's failure does not starve the others."""
-
-    def __init__(self, consumers: Sequence[FlowConsumer], on_error: SelfMetrics | None = None) -> None:
-        self._consumers = list(consumers)
-        self._self_metrics = on_error
-
-    def consume_flows(self, batch: FlowBatch) -> None:
-        for consumer in self._consumers:
-            try:
-                consumer.consume_flows(batch)
-            except Exception:
-                log.exception("flow consumer %r failed; batch of %d records dropped for it", consumer, len(batch))
-                if self._self_metrics is not None:
-                    self._self_metrics.lost("pipeline", "consumer_error", len(batch))
+_SECTION = {"receiver": "receivers", "processor": "processors", "exporter": "exporters", "connector": "connectors"}
 
 
 @dataclass
@@ -65,8 +55,64 @@ class ComponentState:
     pipelines: list[str] = field(default_factory=list)
 
 
+def _owner(kind: str, comp_id: str) -> str:
+    """How a component's metric families are tagged: its config path (``receivers.packetparser``)."""
+    return f"{_SECTION[kind]}.{comp_id}"
+
+
+def metric_sources(config: AgentConfig) -> dict[str, frozenset[str]]:
+    """Per exporter id: the owners of the metric families it publishes. The receivers and connectors of
+    the metrics pipelines it is in, the agent's own telemetry, and (the compatibility rule for the
+    processor form of flowmetrics) every processor; nothing for an exporter in no metrics pipeline."""
+    processors = {_owner("processor", p) for p in config.processors}
+    sources: dict[str, set[str]] = {}
+    for name, pipeline in config.service.pipelines.items():
+        if signal_of(name) != "metrics":
+            continue
+        owners = {AGENT_OWNER, *processors}
+        owners.update(
+            _owner("connector" if r in config.connectors else "receiver", r) for r in pipeline.receivers
+        )
+        for exp_id in pipeline.exporters:
+            if exp_id not in config.connectors:
+                sources.setdefault(exp_id, set()).update(owners)
+    return {exp_id: frozenset(owners) for exp_id, owners in sources.items()}
+
+
+class ComponentHost:
+    """The :class:`~retina_otel.component.Host` one component instance sees."""
+
+    def __init__(self, agent: Agent, key: str, metrics: MetricStore) -> None:
+        self._agent = agent
+        self.key = key
+        self._metrics = metrics
+
+    @property
+    def metrics(self) -> MetricStore:
+        return self._metrics
+
+    @property
+    def node_name(self) -> str:
+        return self._agent.node_name
+
+    @property
+    def cluster_name(self) -> str:
+        return self._agent.cluster_name
+
+    def report_status(self, component_id: str, status: ComponentStatus, detail: str = "") -> None:
+        """Applies to this instance only (a processor in two pipelines is two instances)."""
+        del component_id
+        self._agent.set_status(self.key, status, detail)
+
+    def count_lost(self, event_type: str, reason: str, count: int = 1) -> None:
+        self._agent.count_lost(event_type, reason, count)
+
+    def get_extension(self, key: Any) -> Any:
+        return self._agent.get_extension(key)
+
+
 class Agent:
-    """A running set of pipelines; also the :class:`~retina_otel.component.Host` of its components."""
+    """A running set of pipelines; also a :class:`~retina_otel.component.Host` (the agent's own view)."""
 
     def __init__(self, config: AgentConfig, *, store: MetricStore | None = None) -> None:
         self.config = config
@@ -77,8 +123,11 @@ class Agent:
         self._cluster_name = config.service.cluster_name or os.environ.get("CLUSTER_NAME", "")
         self._lock = threading.Lock()
         self._states: dict[str, ComponentState] = {}
+        self._hosts: dict[str, ComponentHost] = {}
         self._order: list[str] = []  # start order
-        self._extensions: dict[str, object] = {}
+        self._extensions = ExtensionRegistry()
+        self._sources = metric_sources(config)
+        self._heads: dict[str, tuple[object, bool]] = {}
         self._started = False
         self._stopped = False
         self._expiry_stop = threading.Event()
@@ -99,76 +148,131 @@ class Agent:
         return self._cluster_name
 
     def report_status(self, component_id: str, status: ComponentStatus, detail: str = "") -> None:
-        """A component's own report; processors are keyed per pipeline, so every instance with this id
-        takes it (each pipeline's instance reports for itself with the same id)."""
+        """A report by id from outside a component (every instance with this id takes it); components
+        report through their own :class:`ComponentHost`, which changes only their instance."""
         with self._lock:
-            state = self._states.get(component_id)
-            matches = [state] if state is not None else [s for s in self._states.values() if s.id == component_id]
-            for match in matches:
-                match.status = status
-                match.detail = detail
-        if matches:
-            self.self_metrics.component_status(component_id, status)
+            keys = [k for k, s in self._states.items() if k == component_id or s.id == component_id]
+        for key in keys:
+            self.set_status(key, status, detail)
+
+    def set_status(self, key: str, status: ComponentStatus, detail: str = "") -> None:
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return
+            state.status = status
+            state.detail = detail
+        self.self_metrics.component_status(key, status)
 
     def count_lost(self, event_type: str, reason: str, count: int = 1) -> None:
         self.self_metrics.lost(event_type, reason, count)
 
-    def get_extension(self, name: str) -> object | None:
-        return self._extensions.get(name)
+    def get_extension(self, key: ExtensionKey[Any] | str) -> Any:
+        return self._extensions.get(key)
 
-    def register_extension(self, name: str, service: object) -> None:
-        """Offer a shared service to other components (the packetparser's IP filter, the k8s cache)."""
-        self._extensions[name] = service
+    def register_extension(self, key: ExtensionKey[Any] | str, service: object, owner: str = "agent") -> None:
+        """Offer a shared service to the components (registered once; a second owner is an error)."""
+        self._extensions.register(key, service, owner)
+
+    def host_of(self, key: str) -> ComponentHost | None:
+        """The host view of one instance (``id``, or ``id@pipeline`` for a processor)."""
+        return self._hosts.get(key)
 
     # -- building -----------------------------------------------------------------------------------
-    def _create(self, entry: ComponentEntry, key: str, next_consumer: FlowConsumer | None, pipeline: str) -> Lifecycle:
+    def _create(
+        self, entry: ComponentEntry, key: str, pipeline: str, next_consumer: object, consumers: dict[str, object]
+    ) -> Lifecycle:
         state = self._states.get(key)
         if state is not None:
-            state.pipelines.append(pipeline)
+            if pipeline not in state.pipelines:
+                state.pipelines.append(pipeline)
             return state.component
-        component = entry.factory.create(CreateSettings(entry.id, entry.kind), entry.config, next_consumer)
+        owner = _owner(entry.kind, entry.id)
+        settings = CreateSettings(entry.id, entry.kind, pipeline if entry.kind == "processor" else "", consumers)
+        component = entry.factory.create(settings, entry.config, next_consumer)
         if isinstance(component, ProvidesExtensions):
-            for name, service in component.extensions().items():
-                self.register_extension(name, service)
+            try:
+                self._extensions.register_all(component.extensions(), owner)
+            except DuplicateExtensionError as exc:
+                raise ConfigError([ConfigProblem(owner, str(exc))]) from exc
+        view = self._metrics.view(owner, self._sources.get(entry.id, frozenset()) if entry.kind == "exporter" else None)
+        self._hosts[key] = ComponentHost(self, key, view)
         self._states[key] = ComponentState(entry.id, entry.kind, component, pipelines=[pipeline])
         self._order.append(key)
         return component
 
+    def _pipeline_head(self, name: str) -> tuple[object, bool]:
+        """The first consumer of a pipeline (its first processor, or its exporters' fan-out) and whether
+        anything in the pipeline changes data; builds the pipeline (and connectors it ends in) once."""
+        found = self._heads.get(name)
+        if found is not None:
+            return found
+        cfg = self.config
+        pipeline = cfg.service.pipelines[name]
+        signal = get_signal(signal_of(name))
+        assert signal is not None  # validated
+        ends: list[tuple[object, bool]] = []
+        for exp_id in pipeline.exporters:
+            if exp_id in cfg.connectors:
+                entry = cfg.connectors[exp_id]
+                component: object = self._connector(exp_id, name)
+            else:
+                entry = cfg.exporters[exp_id]
+                component = self._create(entry, exp_id, name, None, {})
+            if signal.pushed:
+                ends.append((component, entry.factory.mutates))
+        head: object = connect(signal, ends, self.count_lost) if signal.pushed else None
+        mutates = False
+        for proc_id in reversed(pipeline.processors):
+            entry = cfg.processors[proc_id]
+            consumers = {signal.name: head} if signal.pushed else {}
+            head = self._create(entry, f"{proc_id}@{name}", name, head, consumers)
+            mutates = mutates or entry.factory.mutates
+        self._heads[name] = (head, mutates)
+        return self._heads[name]
+
+    def _outputs(self, comp_id: str) -> tuple[list[str], dict[str, object]]:
+        """The pipelines listing ``comp_id`` as a receiver, and per pushed signal the consumer of them."""
+        names = [n for n, p in self.config.service.pipelines.items() if comp_id in p.receivers]
+        by_signal: dict[str, list[tuple[object, bool]]] = {}
+        for name in names:
+            signal = signal_of(name)
+            head = self._pipeline_head(name)
+            if head[0] is not None:
+                by_signal.setdefault(signal, []).append(head)
+        consumers: dict[str, object] = {}
+        for signal_name, heads in by_signal.items():
+            spec = get_signal(signal_name)
+            assert spec is not None
+            consumers[signal_name] = connect(spec, heads, self.count_lost)
+        return names, consumers
+
+    def _connector(self, comp_id: str, from_pipeline: str) -> Lifecycle:
+        entry = self.config.connectors[comp_id]
+        state = self._states.get(comp_id)
+        if state is not None:
+            state.pipelines.append(from_pipeline)
+            return state.component
+        names, consumers = self._outputs(comp_id)
+        outputs = [b for a, b in entry.factory.connects if a == signal_of(from_pipeline)]
+        pushed = [s for s in dict.fromkeys(outputs) if s in consumers]
+        next_consumer = consumers[pushed[0]] if pushed else None
+        component = self._create(entry, comp_id, from_pipeline, next_consumer, consumers)
+        self._states[comp_id].pipelines.extend(names)
+        return component
+
     def _build(self) -> None:
         cfg = self.config
-        pipelines = cfg.service.pipelines
-        # Exporters first (created once), then per-pipeline processor chains, then receivers.
-        pipeline_heads: dict[str, FlowConsumer] = {}
-        for name, pipeline in pipelines.items():
-            signal = name.split("/", 1)[0]
-            exporters: list[FlowConsumer] = []
-            for exp_id in pipeline.exporters:
-                exporter = self._create(cfg.exporters[exp_id], exp_id, None, name)
-                if signal == "logs" and isinstance(exporter, FlowConsumer):
-                    exporters.append(exporter)
-            head: FlowConsumer = FanOut(exporters, self.self_metrics) if exporters else NopFlowConsumer()
-            for proc_id in reversed(pipeline.processors):
-                key = f"{proc_id}@{name}"
-                processor = self._create(cfg.processors[proc_id], key, head, name)
-                if isinstance(processor, FlowConsumer):
-                    head = processor
-            pipeline_heads[name] = head
-        receivers: dict[str, list[str]] = {}
-        for name, pipeline in pipelines.items():
-            for rec_id in pipeline.receivers:
-                receivers.setdefault(rec_id, []).append(name)
-        for rec_id, names in receivers.items():
-            logs_heads = [pipeline_heads[n] for n in names if n.split("/", 1)[0] == "logs"]
-            next_consumer: FlowConsumer
-            if not logs_heads:
-                next_consumer = NopFlowConsumer()
-            elif len(logs_heads) == 1:
-                next_consumer = logs_heads[0]
-            else:
-                next_consumer = FanOut(logs_heads, self.self_metrics)
-            component = self._create(cfg.receivers[rec_id], rec_id, next_consumer, names[0])
+        for name in cfg.service.pipelines:
+            self._pipeline_head(name)
+        receivers: list[str] = []
+        for pipeline in cfg.service.pipelines.values():
+            receivers.extend(r for r in pipeline.receivers if r not in cfg.connectors and r not in receivers)
+        for rec_id in receivers:
+            names, consumers = self._outputs(rec_id)
+            next_consumer = consumers.get("logs", NopConsumer())
+            self._create(cfg.receivers[rec_id], rec_id, names[0], next_consumer, consumers)
             self._states[rec_id].pipelines = list(names)
-            del component
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -180,11 +284,11 @@ class Agent:
             state = self._states[key]
             started = time.monotonic()
             try:
-                state.component.start(self)
+                state.component.start(self._hosts[key])
             except Exception as exc:
                 log.error("%s %s failed to start: %s", state.kind, state.id, exc)
                 log.debug("start failure of %s", state.id, exc_info=True)
-                self.report_status(key, ComponentStatus.FAILED, str(exc))
+                self.set_status(key, ComponentStatus.FAILED, str(exc))
                 self.self_metrics.failed_to_start(state.id, type(exc).__name__)
                 continue
             with self._lock:

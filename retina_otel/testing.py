@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from retina_otel.component import ComponentStatus
+from retina_otel.extensions import ExtensionKey
 from retina_otel.flows import FLOW_DTYPE, FlowBatch
 from retina_otel.metrics.store import MetricStore
 
@@ -24,13 +26,16 @@ class TestHost:
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, node_name: str = "test-node", extensions: dict[str, object] | None = None, cluster_name: str = ""
+        self,
+        node_name: str = "test-node",
+        extensions: Mapping[ExtensionKey[Any] | str, object] | None = None,
+        cluster_name: str = "",
     ) -> None:
         self._metrics = MetricStore()
         self._node_name = node_name
         self._cluster_name = cluster_name
         self.statuses: list[tuple[str, ComponentStatus, str]] = []
-        self.extensions: dict[str, object] = dict(extensions or {})
+        self.extensions: dict[str, object] = {str(k): v for k, v in (extensions or {}).items()}
         self._lost = self._metrics.counter(
             "controlplane_networkobservability_lost_events_counter", "Events lost", ("type", "reason")
         )
@@ -53,8 +58,12 @@ class TestHost:
     def count_lost(self, event_type: str, reason: str, count: int = 1) -> None:
         self._lost.add((event_type, reason), count)
 
-    def get_extension(self, name: str) -> object | None:
-        return self.extensions.get(name)
+    def get_extension(self, key: ExtensionKey[Any] | str) -> Any:
+        """By name from ``extensions`` (keyed by name); a typed key also checks the service's type."""
+        if isinstance(key, str):
+            return self.extensions.get(key)
+        found = self.extensions.get(key.name)
+        return found if isinstance(found, key.type) else None
 
 
 class CollectingConsumer:

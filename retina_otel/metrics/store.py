@@ -5,6 +5,11 @@ Receivers and processors aggregate in Python (or in the kernel) and write into a
 one value per series per batch; the Prometheus exporter renders :meth:`MetricStore.collect` at scrape
 time and the OTLP exporter turns the same snapshot into SDK ``MetricsData``. One store, one truth.
 
+Every family records the components that declared it (its ``owners``). A component writes through
+its own view (:meth:`MetricStore.view`, the agent hands it out as ``host.metrics``) that tags the
+families it declares; an exporter reads through a view limited to the owners of its metrics
+pipelines, so one Prometheus endpoint can serve node metrics and another pod-level ones.
+
 Cardinality governance lives here, per family: a TTL that expires series not updated within it,
 a series budget past which new label sets fold into one overflow series, and removal of every series
 that carries a given label value (a deleted pod). What is expired or folded is counted in the store's
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AGENT_OWNER",
     "OVERFLOW_LABEL_VALUE",
     "Family",
     "FamilySnapshot",
@@ -36,6 +42,9 @@ OVERFLOW_LABEL_VALUE = "__overflow__"
 """Every label of the overflow series carries this value (Prometheus needs a fixed label set)."""
 
 LabelValues = tuple[str, ...]
+
+AGENT_OWNER = ""
+"""Owner of the agent's own families (lost events, component status, store bookkeeping)."""
 
 
 class MetricKind(Enum):
@@ -103,6 +112,7 @@ class Family:
         self._series: dict[LabelValues, _Series] = {}
         self._overflow_key: LabelValues = tuple(OVERFLOW_LABEL_VALUE for _ in self.label_names)
         self._np_bounds = np.asarray(self.bounds, dtype=np.float64)
+        self.owners: set[str] = set()
         self._folded = 0  # label sets folded into overflow by the current write, counted once after it
 
     # -- configuration --------------------------------------------------------------------------
@@ -259,7 +269,9 @@ class MetricStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._families: dict[str, Family] = {}
-        self._collect_hooks: list[Callable[[], None]] = []
+        self._collect_hooks: list[tuple[str, Callable[[], None]]] = []
+        self._owner = AGENT_OWNER
+        self._sources: frozenset[str] | None = None  # owners this view reads; None = every family
         self._expired = self._create(
             "controlplane_networkobservability_expired_metrics_counter",
             "Series removed because they were not updated within their metric's TTL",
@@ -275,8 +287,29 @@ class MetricStore:
 
     def _create(self, name: str, description: str, kind: MetricKind, labels: Sequence[str], **kw: Any) -> Family:
         family = Family(self, name, description, kind, labels, **kw)
+        family.owners.add(self._owner)
         self._families[name] = family
         return family
+
+    def view(self, owner: str, sources: Iterable[str] | None = None) -> MetricStore:
+        """The same store seen by one component: families it declares are tagged ``owner``; ``collect``,
+        ``families`` and collect hooks are limited to families of ``sources`` (None: all)."""
+        view = object.__new__(MetricStore)
+        view.__dict__.update(self.__dict__)  # shares the families, hooks and lock
+        view._owner = owner
+        view._sources = None if sources is None else frozenset(sources)
+        return view
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    def _visible(self, owners: set[str] | frozenset[str] | str) -> bool:
+        if self._sources is None:
+            return True
+        if isinstance(owners, str):
+            return owners in self._sources
+        return not self._sources.isdisjoint(owners)
 
     def family(
         self,
@@ -296,6 +329,7 @@ class MetricStore:
             if existing is not None:
                 if existing.kind is not kind or existing.label_names != tuple(label_names):
                     raise ValueError(f"metric {name!r} already declared as {existing.kind.value}{existing.label_names}")
+                existing.owners.add(self._owner)
                 return existing
             return self._create(
                 name,
@@ -328,19 +362,23 @@ class MetricStore:
             self._families.pop(name, None)
 
     def families(self) -> list[Family]:
+        """The families this view reads (all of them for a component's own view or the agent's store)."""
         with self._lock:
-            return list(self._families.values())
+            return [f for f in self._families.values() if self._visible(f.owners)]
 
     def add_collect_hook(self, hook: Callable[[], None]) -> None:
-        """Called before every :meth:`collect` (refresh values computed at read time, e.g. procfs)."""
-        self._collect_hooks.append(hook)
+        """Called before every :meth:`collect` of a view that reads this owner's families (refresh values
+        computed at read time, e.g. procfs)."""
+        self._collect_hooks.append((self._owner, hook))
 
     def _count_folded(self, metric: str, count: int) -> None:
         self._folded.add((metric,), count)
 
     def expire(self) -> int:
         total = 0
-        for family in self.families():
+        with self._lock:
+            everything = list(self._families.values())
+        for family in everything:
             n = family.expire()
             if n:
                 self._expired.add((family.name,), n)
@@ -348,7 +386,9 @@ class MetricStore:
         return total
 
     def collect(self) -> list[FamilySnapshot]:
-        for hook in list(self._collect_hooks):
+        for owner, hook in list(self._collect_hooks):
+            if not self._visible(owner):
+                continue
             try:
                 hook()
             except Exception:  # a broken hook must not break the scrape

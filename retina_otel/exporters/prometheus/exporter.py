@@ -242,4 +242,5 @@ FACTORY: Factory[PrometheusConfig] = Factory(
     config_model=PrometheusConfig,
     create=_create,
     description="Prometheus /metrics (text format) with Retina's metric names",
+    signals=("metrics",),
 )

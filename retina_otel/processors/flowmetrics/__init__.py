@@ -1,6 +1,8 @@
 """``flowmetrics``: Retina's advanced (adv_*) pod-level metrics from enriched flow batches.
 
-See ``docs/processors/flowmetrics.md`` for every metric, label and setting.
+A connector (``connectors: {flowmetrics: ...}``, the exporter of a logs pipeline and a receiver of the
+metrics pipelines whose exporters publish its metrics) or, for compatibility, a processor in a logs
+pipeline (its metrics then go to every metrics exporter). See ``docs/processors/flowmetrics.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from retina_otel.processors.flowmetrics.processor import FlowMetricsProcessor
 from retina_otel.processors.flowmetrics.spec import AdvMetric, Plan, build_plan
 
 __all__ = [
+    "CONNECTOR_FACTORY",
     "FACTORY",
     "AdvMetric",
     "ContextOptionConfig",
@@ -39,5 +42,16 @@ FACTORY: Factory[FlowMetricsConfig] = Factory(
     kind="processor",
     config_model=FlowMetricsConfig,
     create=_create,
-    description="Retina's adv_* pod-level metrics (forward, drop, tcpflags, tcpretrans, dns) from flows",
+    description="Retina's adv_* pod-level metrics (forward, drop, tcpflags, tcpretrans, dns) from flows "
+    "(the processor form; prefer the connector)",
+    mutates_data=False,
+)
+
+CONNECTOR_FACTORY: Factory[FlowMetricsConfig] = Factory(
+    type="flowmetrics",
+    kind="connector",
+    config_model=FlowMetricsConfig,
+    create=_create,
+    description="Retina's adv_* pod-level metrics from the flow records of logs pipelines into metrics pipelines",
+    connects=(("logs", "metrics"),),
 )

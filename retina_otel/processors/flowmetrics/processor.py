@@ -1,4 +1,5 @@
-"""The ``flowmetrics`` processor: Retina's pod-level (adv_*) metrics from enriched flow batches.
+"""The ``flowmetrics`` connector (logs -> metrics) and processor: Retina's pod-level (adv_*) metrics from
+enriched flow batches.
 
 ``consume_flows`` aggregates each batch with numpy (:mod:`.aggregate`), writes one value per series
 into the agent's :class:`~retina_otel.metrics.store.MetricStore`, then passes the batch on unchanged.
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
+from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.flows import FlowBatch
 from retina_otel.metrics.store import Family, MetricKind, MetricStore
 from retina_otel.processors.flowmetrics.aggregate import Aggregator, BatchResult
@@ -321,14 +323,10 @@ class FlowMetricsProcessor:
             log.exception("flowmetrics: namespace filter hook failed")
 
     def _hook_extensions(self, host: Host) -> None:
-        """Wire to k8sattributes' shared cache when present (both hooks are optional)."""
-        cache = host.get_extension("k8s_cache")
-        if cache is None:
+        """Wire to k8sattributes' shared metadata (namespace filter, pod deletions) when the agent has it."""
+        k8s = host.get_extension(K8S_CACHE)
+        if k8s is None:
             return
         if self._namespace_filter is None:
-            setter = getattr(cache, "set_namespace_filter", None)
-            if callable(setter):
-                self._namespace_filter = setter
-        subscribe = getattr(cache, "add_pod_deletion_listener", None)
-        if callable(subscribe):
-            subscribe(self.forget_pods)
+            self._namespace_filter = k8s.set_namespace_filter
+        k8s.add_pod_deletion_listener(self.forget_pods)

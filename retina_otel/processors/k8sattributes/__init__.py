@@ -9,6 +9,7 @@ extension (a :class:`retina_otel.k8s.IpFilter`) in sync with the observed pods' 
 from __future__ import annotations
 
 from retina_otel.component import CreateSettings, Factory, FlowConsumer, Lifecycle
+from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.processors.k8sattributes.config import DEFAULT_POD_LABELS, K8sAttributesConfig
 from retina_otel.processors.k8sattributes.processor import K8sAttributesProcessor, LookupTable
 
@@ -25,4 +26,6 @@ FACTORY: Factory[K8sAttributesConfig] = Factory(
     config_model=K8sAttributesConfig,
     create=_create,
     description="Kubernetes metadata (pod, workload, service, node, zone) on both ends of every flow",
+    mutates_data=True,
+    provides=(K8S_CACHE,),
 )

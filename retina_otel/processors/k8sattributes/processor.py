@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
+from retina_otel.extension_keys import IP_FILTER, K8S_CACHE
+from retina_otel.extensions import ExtensionKey
 from retina_otel.flows import EndpointTable, FlowBatch, bytes_to_ip
 from retina_otel.flowschema import (
     ENDPOINT_KIND,
@@ -37,7 +39,7 @@ from retina_otel.flowschema import (
     K8S_WORKLOAD_NAME,
     ZONE,
 )
-from retina_otel.k8s import CacheService, IpFilter, K8sCache, PodSelection, RefCountedIpSet
+from retina_otel.k8s import CacheService, K8sCache, PodSelection, RefCountedIpSet
 from retina_otel.k8s.models import NodeInfo, PodInfo, ServiceInfo
 from retina_otel.processors.k8sattributes.config import K8sAttributesConfig
 
@@ -257,6 +259,11 @@ class K8sAttributesProcessor:
         self._host = host
         self._node = self.config.node_name or host.node_name
         shared = host.get_extension("k8s_cache")
+        if isinstance(shared, K8sAttributesProcessor) and shared is not self and shared.cache is not None:
+            # The same processor id in another pipeline: one cache, one watch, one IP filter selection.
+            self.cache = shared.cache
+            host.report_status(self.settings.id, ComponentStatus.OK, "shares the cache of its first pipeline")
+            return
         if isinstance(shared, CacheService):
             self.cache = shared.cache
         elif isinstance(shared, K8sCache):
@@ -268,8 +275,7 @@ class K8sAttributesProcessor:
 
             self._own_service = build_cache_service(self.config, self._node, on_error)
             self.cache = self._own_service.cache
-        ip_filter = host.get_extension("ip_filter")
-        self.ipset = RefCountedIpSet(ip_filter if isinstance(ip_filter, IpFilter) else None)
+        self.ipset = RefCountedIpSet(host.get_extension(IP_FILTER))
         self.selection = PodSelection(
             self.cache,
             self.ipset,
@@ -324,10 +330,11 @@ class K8sAttributesProcessor:
 
     # -- control -------------------------------------------------------------------------------------------
 
-    def extensions(self) -> dict[str, object]:
+    def extensions(self) -> dict[ExtensionKey[Any] | str, object]:
         """What this processor offers the agent's other components: itself as ``k8s_cache`` (namespace
-        filter and pod-deletion notices for flowmetrics)."""
-        return {"k8s_cache": self}
+        filter and pod-deletion notices for flowmetrics). The first pipeline's instance is the one
+        registered; the others share its cache."""
+        return {K8S_CACHE: self}
 
     def api_settings(self) -> Any:
         """The :class:`~retina_otel.k8s.watch.ClientSettings` this processor watches the API server with,

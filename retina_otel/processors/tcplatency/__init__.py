@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
+from retina_otel.extension_keys import TCP_LATENCY, LatencySource
 from retina_otel.flows import FlowBatch
 
 __all__ = ["FACTORY", "TcpLatencyProcessor", "TcpLatencyProcessorConfig"]
@@ -29,10 +30,6 @@ class _Table(Protocol):
     ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.bool_]]: ...
 
 
-class _Source(Protocol):
-    def table(self) -> _Table: ...
-
-
 class TcpLatencyProcessorConfig(ComponentConfig):
     pass
 
@@ -41,13 +38,13 @@ class TcpLatencyProcessor:
     def __init__(self, settings: CreateSettings, next_consumer: FlowConsumer) -> None:
         self.id = settings.id
         self._next = next_consumer
-        self._source: _Source | None = None
+        self._source: LatencySource | None = None
 
     def start(self, host: Host) -> None:
-        found = host.get_extension("tcp_latency")
+        found = host.get_extension(TCP_LATENCY)
         if found is None:
             log.warning("%s: no tcplatency receiver in this agent; flow records get no RTT", self.id)
-        self._source = found  # type: ignore[assignment]
+        self._source = found
 
     def shutdown(self) -> None:
         self._source = None
@@ -90,4 +87,5 @@ FACTORY: Factory[TcpLatencyProcessorConfig] = Factory(
     TcpLatencyProcessorConfig,
     _create,
     "smoothed RTT and handshake latency on TCP flow records (needs the tcplatency receiver)",
+    mutates_data=True,
 )

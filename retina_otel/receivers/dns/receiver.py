@@ -14,6 +14,7 @@ from retina_otel.bpf.chain import ProgramChain
 from retina_otel.bpf.directchain import DirectChain
 from retina_otel.bpf.tc import FilterSpec, TcError
 from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
+from retina_otel.extension_keys import DNS_CHAIN
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import Family
 from retina_otel.receivers._periodic import Worker
@@ -26,7 +27,7 @@ __all__ = ["CHAIN_EXTENSION", "LATENCY_BOUNDS_MS", "DnsReceiver", "local_address
 log = logging.getLogger(__name__)
 
 LATENCY_BOUNDS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
-CHAIN_EXTENSION = "dns_chain"
+CHAIN_EXTENSION = DNS_CHAIN.name
 _MAX_WAIT_SECONDS = 5.0  # the reader re-checks its state at least this often
 """The extension packetparser offers for the TC source (a :class:`~retina_otel.bpf.chain.ProgramChain`)."""
 
@@ -54,8 +55,8 @@ def choose_chain(config: DnsConfig, host: Host, component_id: str = "dns") -> Pr
     receiver's own hooks on the same interfaces; None for ``source: socket``."""
     if config.source == "socket":
         return None
-    chain = host.get_extension(CHAIN_EXTENSION)
-    if isinstance(chain, ProgramChain):
+    chain = host.get_extension(DNS_CHAIN)
+    if chain is not None:
         return chain
     return DirectChain(
         DIRECT_FILTER_SPEC, config.pod_interfaces, config.host_interface, name=f"{component_id}-links"

@@ -23,4 +23,5 @@ FACTORY: Factory[LinuxUtilConfig] = Factory(
     config_model=LinuxUtilConfig,
     create=_create,
     description="TCP states, remote addresses, netstat/snmp statistics and ethtool interface statistics",
+    signals=("metrics",),
 )

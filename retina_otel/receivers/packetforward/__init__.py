@@ -26,4 +26,5 @@ FACTORY: Factory[PacketForwardConfig] = Factory(
     config_model=PacketForwardConfig,
     create=_create,
     description="Node totals of forwarded packets and bytes by direction (socket filter, per-CPU counters)",
+    signals=("metrics",),
 )

@@ -4,6 +4,7 @@ veths and the host interface), reported as flow records. See docs/receivers/pack
 from __future__ import annotations
 
 from retina_otel.component import CreateSettings, Factory, FlowConsumer, Lifecycle
+from retina_otel.extension_keys import DNS_CHAIN, IP_FILTER
 
 from .config import PacketParserConfig
 from .filtermap import IpFilter
@@ -23,4 +24,5 @@ FACTORY: Factory[PacketParserConfig] = Factory(
     config_model=PacketParserConfig,
     create=_create,
     description="Flow records of every pod and the host from TC eBPF programs, aggregated in the kernel",
+    provides=(IP_FILTER, DNS_CHAIN),
 )

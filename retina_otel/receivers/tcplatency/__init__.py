@@ -4,6 +4,7 @@ API-server latency metrics, from tracepoints (no kprobes)."""
 from __future__ import annotations
 
 from retina_otel.component import CreateSettings, Factory, FlowConsumer
+from retina_otel.extension_keys import TCP_LATENCY
 from retina_otel.receivers.tcplatency.config import TcpLatencyConfig
 from retina_otel.receivers.tcplatency.receiver import LatencyTable, TcpLatencyReceiver
 
@@ -20,4 +21,6 @@ FACTORY: Factory[TcpLatencyConfig] = Factory(
     TcpLatencyConfig,
     _create,
     "TCP handshake latency and smoothed RTT per flow; Retina's API-server latency (tracepoints)",
+    signals=("metrics",),
+    provides=(TCP_LATENCY,),
 )
