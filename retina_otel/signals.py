@@ -15,6 +15,7 @@ exporter queued is never changed after its ``consume`` returned, and one pipelin
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 from retina_otel.flows import FlowBatch
 
 __all__ = [
+    "BUILTIN_SIGNALS",
     "LOGS",
     "METRICS",
     "FanOut",
@@ -60,6 +62,10 @@ class Signal:
 
 _SIGNALS: dict[str, Signal] = {}
 
+BUILTIN_SIGNALS: dict[str, str] = {}
+"""Signals registered by a module imported on first use: ``{"traces": "retina_otel.traces.signal"}``
+(the module calls :func:`register_signal` at import). Keeps the batch types out of this module."""
+
 
 def register_signal(signal: Signal) -> Signal:
     """Make a signal known (pipelines ``<name>[/...]`` become valid). Registering a name twice is an error."""
@@ -70,11 +76,13 @@ def register_signal(signal: Signal) -> Signal:
 
 
 def get_signal(name: str) -> Signal | None:
+    if name not in _SIGNALS and name in BUILTIN_SIGNALS:
+        importlib.import_module(BUILTIN_SIGNALS[name])
     return _SIGNALS.get(name)
 
 
 def signal_names() -> list[str]:
-    return sorted(_SIGNALS)
+    return sorted({*_SIGNALS, *BUILTIN_SIGNALS})
 
 
 def signal_of(pipeline: str) -> str:
