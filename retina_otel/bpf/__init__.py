@@ -22,16 +22,18 @@ import ctypes
 import logging
 import os
 import platform
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BpfUnavailable", "check_environment", "load_bpf", "release_compiler_memory"]
+__all__ = ["BpfUnavailable", "check_environment", "load_bpf", "loaded_objects", "release_compiler_memory"]
 
 log = logging.getLogger(__name__)
 
 _MADV_PAGEOUT = 21
 _COMPILER_LIBRARIES = ("libLLVM", "libclang")
+_LOADED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 class BpfUnavailable(RuntimeError):
@@ -68,7 +70,14 @@ def load_bpf(src_file: Path, cflags: Sequence[str] = ()) -> Any:
         raise BpfUnavailable(f"failed to compile/load {src_file.name}: {exc}") from exc
     finally:
         release_compiler_memory()
+    _LOADED[bpf] = src_file.name.split(".", 1)[0]
     return bpf
+
+
+def loaded_objects() -> list[tuple[Any, str]]:
+    """The bcc objects :func:`load_bpf` made that are still alive, each with its source's name
+    (``packetparser``, ``dns_tc``, ...): how the agent's self-metrics name programs and maps."""
+    return list(_LOADED.items())
 
 
 def release_compiler_memory() -> None:

@@ -1,5 +1,6 @@
 """The agent's own metrics (``controlplane_networkobservability_*``): lost events, components that
-failed to start, component status, and the agent's own CPU and memory (its overhead, measured)."""
+failed to start, component status, the agent's own CPU and memory (its overhead, measured) and its
+eBPF programs' run time and maps' fullness (:mod:`retina_otel.metrics.bpfstats`)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ class SelfMetrics:
         self._rss.set((), float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
     def install_process_metrics(self) -> None:
+        """The process's CPU and memory, and its eBPF programs' cost and maps' fullness
+        (:mod:`retina_otel.metrics.bpfstats`), refreshed at every collection."""
         if not self._installed:
             self._installed = True
             self._store.add_collect_hook(self._refresh_process)
+            from retina_otel.metrics.bpfstats import BpfSelfMetrics
+
+            self._store.add_collect_hook(BpfSelfMetrics(self._store).refresh)
