@@ -1,7 +1,7 @@
 """The observer's flow buffer: the most recent flow records in a bounded columnar ring.
 
-Rows are kept as they travel (:data:`~retina_otel.flows.FLOW_DTYPE`), written with slice copies, so
-taking a batch costs one ``memcpy``-like copy per column block and no Python object per record. The
+Rows are kept as they travel (:data:`~retina_otel.flows.FLOW_DTYPE`), copied in as raw bytes, so
+taking a batch costs a ``memcpy`` and no Python object per record. The
 two side columns hold references, not copies: the batch's DNS entry per row (``None`` for most rows)
 and a small integer naming the batch's :class:`~retina_otel.flows.EndpointTable` (tables are shared
 between batches of one k8s cache generation, so there are only a few at a time).
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import FLOW_DTYPE, EndpointTable, FlowArray, FlowBatch
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FlowArray, FlowBatch
 
 __all__ = ["FlowRing", "RingView", "bytes_per_record"]
 
@@ -70,6 +70,7 @@ class FlowRing:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self._records = np.zeros(capacity, dtype=FLOW_DTYPE)
+        self._bytes = self._records.view(np.uint8).reshape(capacity, FLOW_DTYPE.itemsize)  # for plain copies
         self._table_ids = np.zeros(capacity, dtype="<u4")
         self._dns = np.full(capacity, None, dtype=object)
         self._tables: dict[int, EndpointTable] = {}
@@ -123,12 +124,17 @@ class FlowRing:
             while done < n:
                 count = min(n - done, self.capacity - start)
                 end = start + count
-                self._records[start:end] = records[done : done + count]
-                self._table_ids[start:end] = table_id
-                if dns is None:
-                    self._dns[start:end] = None
+                part = records[done : done + count]
+                if part.flags.c_contiguous and part.dtype == FLOW_DTYPE:
+                    self._bytes[start:end] = part.view(np.uint8).reshape(count, FLOW_DTYPE.itemsize)
                 else:
-                    self._dns[start:end] = _as_objects(dns[done : done + count])
+                    self._records[start:end] = part
+                self._table_ids[start:end] = table_id
+                self._dns[start:end] = None
+                if dns is not None:
+                    # Only DNS rows carry an entry: a reference per DNS row, no pass over the others.
+                    for i in np.flatnonzero(part["event"] == Event.DNS).tolist():
+                        self._dns[start + i] = dns[done + i]
                 done += count
                 start = end % self.capacity
             self._head += n
@@ -165,9 +171,3 @@ class FlowRing:
     def wake_all(self) -> None:
         with self._grown:
             self._grown.notify_all()
-
-
-def _as_objects(values: list[Any]) -> npt.NDArray[np.object_]:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
