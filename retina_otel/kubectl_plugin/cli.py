@@ -39,6 +39,7 @@ from retina_otel.crds.capturejob import (
     CaptureJobSpec,
 )
 from retina_otel.crds.models import CaptureSpec, SpecError, parse_duration, validate_spec
+from retina_otel.kubectl_plugin import shell
 
 __all__ = ["build_capture", "build_parser", "capture_file_matcher", "download_blob", "download_s3", "main"]
 
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("-o", "--output", default=".", help="directory to write into")
     dl.add_argument("--blob-url", default="", help="SAS URL (default: from the capture's secret)")
     dl.add_argument("--helper-image", default="busybox:1.36", help="image of the hostPath helper pod")
+    shell.add_parser(top)
     return parser
 
 
@@ -539,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_url=args.api_url, kubeconfig=args.kubeconfig, context=args.context, insecure=args.insecure
     )
     try:
+        if args.cmd == "shell":
+            return shell.run_shell(client, args)
         if args.cmd == "observe":
             from retina_otel.kubectl_plugin import observe
 
