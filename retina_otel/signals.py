@@ -62,7 +62,7 @@ class Signal:
 
 _SIGNALS: dict[str, Signal] = {}
 
-BUILTIN_SIGNALS: dict[str, str] = {}
+BUILTIN_SIGNALS: dict[str, str] = {"traces": "retina_otel.traces.spans"}
 """Signals registered by a module imported on first use: ``{"traces": "retina_otel.traces.signal"}``
 (the module calls :func:`register_signal` at import). Keeps the batch types out of this module."""
 

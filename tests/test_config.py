@@ -78,9 +78,9 @@ def test_all_problems_reported_at_once() -> None:
 
 def test_bad_pipeline_name_and_unknown_section() -> None:
     raw = yaml.safe_load(yaml.safe_dump(GOOD))
-    raw["service"]["pipelines"]["traces"] = {"receivers": ["synthetic"], "exporters": ["debug"]}
+    raw["service"]["pipelines"]["profiles"] = {"receivers": ["synthetic"], "exporters": ["debug"]}
     found = problems(raw)
-    assert any(p.startswith("service.pipelines.traces: pipeline names start with") for p in found)
+    assert any(p.startswith("service.pipelines.profiles: pipeline names start with") for p in found)
 
 
 def test_env_substitution() -> None:

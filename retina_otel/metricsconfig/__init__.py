@@ -7,6 +7,10 @@ spec changes and ``(None, None)`` when no Accepted object remains.
 
 The watcher is a thread with the synchronous ``kubernetes`` client: list, then watch; on any error it
 waits a little and lists again. ``shutdown`` closes the open watch response so it stops at once.
+
+The same watcher follows other cluster-scoped retina.sh objects with their own rule: ``plural`` and
+``select`` (e.g. TracesConfigurations, where every Accepted object applies:
+:mod:`retina_otel.traces.watch`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ PLURAL = "metricsconfigurations"
 ACCEPTED = "Accepted"
 
 SpecCallback = Callable[[str | None, Mapping[str, Any] | None], None]
+Selector = Callable[[Mapping[str, Mapping[str, Any]]], tuple[str | None, Mapping[str, Any] | None]]
 
 
 def effective_configuration(objects: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, Mapping[str, Any] | None]:
@@ -66,8 +71,15 @@ class MetricsConfigurationWatcher:
         relist_seconds: float = 300.0,
         watch_timeout_seconds: float = 60.0,
         retry_seconds: float = 1.0,
+        plural: str = PLURAL,
+        kind: str = "MetricsConfiguration",
+        select: Selector = effective_configuration,
     ) -> None:
+        """``select(objects by name)`` -> the effective ``(name, spec)``; ``kind`` names it in log lines."""
         self._on_change = on_change
+        self._plural = plural
+        self._kind = kind
+        self._select = select
         self._api_url = api_url
         self._kubeconfig = kubeconfig
         self._context = context
@@ -89,7 +101,7 @@ class MetricsConfigurationWatcher:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="metricsconfiguration-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self._kind.lower()}-watch", daemon=True)
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -137,11 +149,11 @@ class MetricsConfigurationWatcher:
                 if self._stop.is_set():
                     break
                 self.errors += 1
-                log.warning("MetricsConfiguration watch failed (%s); retrying in %.1fs", exc, self._retry)
+                log.warning("%s watch failed (%s); retrying in %.1fs", self._kind, exc, self._retry)
                 self._stop.wait(self._retry)
 
     def _list(self, api: Any) -> None:
-        listing = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=30)
+        listing = api.list_cluster_custom_object(GROUP, VERSION, self._plural, _request_timeout=30)
         objects: dict[str, Mapping[str, Any]] = {}
         for item in listing.get("items") or ():
             name = (item.get("metadata") or {}).get("name")
@@ -159,7 +171,7 @@ class MetricsConfigurationWatcher:
         response = api.list_cluster_custom_object(
             GROUP,
             VERSION,
-            PLURAL,
+            self._plural,
             watch=True,
             _preload_content=False,
             _request_timeout=(10, self._watch_timeout),
@@ -201,14 +213,14 @@ class MetricsConfigurationWatcher:
         self._evaluate()
 
     def _evaluate(self) -> None:
-        current = effective_configuration(self._objects)
+        current = self._select(self._objects)
         if self._reported and current == self._current:
             return
         self._current = current
         self._reported = True
         name, spec = current
-        log.info("MetricsConfiguration: %s", f"applying {name}" if name else "none Accepted")
+        log.info("%s: %s", self._kind, f"applying {name}" if name else "none Accepted")
         try:
             self._on_change(name, spec)
         except Exception:
-            log.exception("MetricsConfiguration callback failed")
+            log.exception("%s callback failed", self._kind)

@@ -20,10 +20,12 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.flows import FLOW_DTYPE, EndpointTable, FlowBatch
+from retina_otel.signals import Signal, register_signal
 
 __all__ = [
     "EVENT_DTYPE",
     "SPAN_DTYPE",
+    "TRACES",
     "CloseReason",
     "EventKind",
     "SpanBatch",
@@ -172,3 +174,16 @@ class SpanBatch:
 class SpanConsumer(Protocol):
     def consume_spans(self, batch: SpanBatch) -> None:
         """Take a batch of finished spans. Must not block for long (exporters queue)."""
+
+
+TRACES = register_signal(
+    Signal(
+        "traces",
+        "consume_spans",
+        copy=SpanBatch.copy,
+        mark_read_only=SpanBatch.mark_read_only,
+        is_read_only=SpanBatch.is_read_only,
+        size=len,
+    )
+)
+"""The traces signal: :class:`SpanBatch` through ``consume_spans`` (pipelines ``traces[/name]``)."""

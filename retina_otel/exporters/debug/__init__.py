@@ -136,4 +136,6 @@ def _create(settings: CreateSettings, config: DebugConfig, _next: FlowConsumer |
     return DebugExporter(settings, config)
 
 
-FACTORY: Factory[DebugConfig] = Factory("debug", "exporter", DebugConfig, _create, "human-readable output")
+FACTORY: Factory[DebugConfig] = Factory(
+    "debug", "exporter", DebugConfig, _create, "human-readable output", signals=("logs", "metrics", "traces")
+)

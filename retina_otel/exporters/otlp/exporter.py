@@ -70,9 +70,7 @@ class OtlpConfig(ComponentConfig):
         100_000, gt=0, description="flow records (and, separately, spans) held while the endpoint is slow or down"
     )
     batch_size: int = Field(2_000, gt=0, description="log records (spans) per export request")
-    flush_interval: float = Field(
-        1.0, gt=0, description="seconds before a partial batch of flow logs (spans) is sent"
-    )
+    flush_interval: float = Field(1.0, gt=0, description="seconds before a partial batch of flow logs (spans) is sent")
 
     @field_validator("endpoint")
     @classmethod
@@ -326,5 +324,8 @@ def _create_http(settings: CreateSettings, config: OtlpConfig, _next: FlowConsum
     return OtlpExporter(settings, config, "http/protobuf")
 
 
-FACTORY: Factory[OtlpConfig] = Factory("otlp", "exporter", OtlpConfig, _create_grpc, "OTLP over gRPC")
-HTTP_FACTORY: Factory[OtlpConfig] = Factory("otlphttp", "exporter", OtlpConfig, _create_http, "OTLP over HTTP/protobuf")
+_SIGNALS = ("logs", "metrics", "traces")
+FACTORY: Factory[OtlpConfig] = Factory("otlp", "exporter", OtlpConfig, _create_grpc, "OTLP over gRPC", signals=_SIGNALS)
+HTTP_FACTORY: Factory[OtlpConfig] = Factory(
+    "otlphttp", "exporter", OtlpConfig, _create_http, "OTLP over HTTP/protobuf", signals=_SIGNALS
+)
