@@ -96,7 +96,8 @@ def test_default_pod_and_attach(cluster: tuple[str, KubeClient], monkeypatch: py
 def test_flags(cluster: tuple[str, KubeClient], monkeypatch: pytest.MonkeyPatch) -> None:
     url, c = cluster
     rc, _, pod = run(url, c, monkeypatch, "node/node-1", "-n", "kube-system",
-                     "--capabilities", "SYS_CHROOT,cap_sys_admin", "--mount-host-filesystem", "--host-pid", "--apparmor-unconfined", "--seccomp-unconfined",
+                     "--capabilities", "SYS_CHROOT,cap_sys_admin", "--mount-host-filesystem", "--host-pid",
+                     "--apparmor-unconfined", "--seccomp-unconfined",
                      "--retina-shell-image-repo", "registry.example/tools", "--retina-shell-image-version", "v9",
                      ns="kube-system")
     assert rc == 0
