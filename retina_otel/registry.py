@@ -45,6 +45,7 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
     },
     "connector": {
         "flowmetrics": "retina_otel.processors.flowmetrics:CONNECTOR_FACTORY",
+        "spans": "retina_otel.connectors.spans:FACTORY",
     },
 }
 
