@@ -15,4 +15,6 @@ FACTORY: Factory[ObserverConfig] = Factory(
     ObserverConfig,
     create,
     "recent flow records over Hubble's Observer API (retina-otel observe, hubble observe)",
+    signals=("logs",),  # flow records only; it reads batches and never changes them
+    mutates_data=False,
 )
