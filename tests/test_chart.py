@@ -216,7 +216,8 @@ def test_defaults_deploy_every_receiver_the_agent_has(chart: Any) -> None:
     """Retina's default plugins (dns included) plus the agent's own: nothing is left off by default."""
     raw = yaml.safe_load(agent_config_text(render(chart, {})))
     assert set(raw["receivers"]) == {
-        "packetforward", "linuxutil", "packetparser", "dropreason", "tcpretrans", "dns", "tcplatency"}
+        "packetforward", "linuxutil", "packetparser", "dropreason", "tcpretrans", "dns", "tcplatency",
+        "nodeconnectivity"}
     pipelines = raw["service"]["pipelines"]
     assert "dns" in pipelines["logs"]["receivers"]
     # tcplatency publishes metrics (API-server latency) and feeds RTT to flows through its processor.
@@ -241,6 +242,17 @@ def test_apiserver_dashboard_is_fed_by_the_defaults(chart: Any) -> None:
     # The Service environment variables the receiver uses are injected into host-network pods too.
     (ds,) = by_kind(render(chart, {}), "DaemonSet")
     assert ds["spec"]["template"]["spec"].get("enableServiceLinks", True) is True
+
+
+def test_node_connectivity_probes_the_health_port_with_the_watch_cache(chart: Any) -> None:
+    raw = yaml.safe_load(agent_config_text(render(chart, {"agent": {"healthPort": 18099}})))
+    assert raw["receivers"]["nodeconnectivity"] == {"port": 18099}
+    assert "nodeconnectivity" in raw["service"]["pipelines"]["metrics"]["receivers"]
+    assert "k8sattributes" in raw["processors"]  # where its nodes come from
+    # Without podLevel there is no watch cache, so no nodes to probe: the receiver is left out.
+    raw = yaml.safe_load(agent_config_text(render(chart, CASES["node-level-only"])))
+    assert "nodeconnectivity" not in raw["receivers"]
+    assert "nodeconnectivity" not in raw["service"]["pipelines"]["metrics"]["receivers"]
 
 
 def test_tcplatency_is_configurable(chart: Any) -> None:

@@ -8,13 +8,18 @@ rendered ConfigMap for every values case.
 {{- $receivers := dict -}}
 {{- $nodeReceivers := list -}}
 {{- $flowReceivers := list -}}
-{{- range $name := list "packetforward" "linuxutil" "packetparser" "dropreason" "tcpretrans" "dns" "tcplatency" -}}
+{{- range $name := list "packetforward" "linuxutil" "packetparser" "dropreason" "tcpretrans" "dns" "tcplatency" "nodeconnectivity" -}}
 {{- $r := index $a.receivers $name -}}
 {{- if $r.enabled -}}
 {{- $derived := dict -}}
 {{- /* Node receivers publish metrics only (tcplatency too: RTT reaches flow records through the
 tcplatency processor, which reads the receiver's table). */ -}}
-{{- if or (eq $name "packetforward") (eq $name "linuxutil") (eq $name "tcplatency") -}}
+{{- if eq $name "nodeconnectivity" -}}
+{{- /* Probes the other agents' health port; its nodes come from k8sattributes' watch (dropped below
+without it). */ -}}
+{{- $_ := set $derived "port" (int $a.healthPort) -}}
+{{- $nodeReceivers = append $nodeReceivers $name -}}
+{{- else if or (eq $name "packetforward") (eq $name "linuxutil") (eq $name "tcplatency") -}}
 {{- $_ := set $derived "interval" $a.metricsInterval -}}
 {{- $nodeReceivers = append $nodeReceivers $name -}}
 {{- else -}}
@@ -45,6 +50,11 @@ tcplatency processor, which reads the receiver's table). */ -}}
 {{- $_ := set $processors "flowmetrics" (merge (deepCopy ($a.processors.flowmetrics.config | default dict)) $fm) -}}
 {{- $flowProcessors = append $flowProcessors "flowmetrics" -}}
 {{- end -}}
+{{- end -}}
+
+{{- if and (hasKey $receivers "nodeconnectivity") (not (hasKey $processors "k8sattributes")) -}}
+{{- $_ := unset $receivers "nodeconnectivity" -}}
+{{- $nodeReceivers = without $nodeReceivers "nodeconnectivity" -}}
 {{- end -}}
 
 {{- $exporters := dict "prometheus" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.metricsPort))) -}}
