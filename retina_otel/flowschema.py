@@ -40,8 +40,9 @@ K8S_WORKLOAD_NAME = "k8s.workload.name"
 K8S_SERVICE_NAME = "k8s.service.name"
 K8S_POD_LABEL_PREFIX = "k8s.pod.label."  # + label key, only allow-listed labels
 ZONE = "cloud.availability_zone"
-ENDPOINT_KIND = "retina.endpoint.kind"  # pod | service | node | external
+ENDPOINT_KIND = "retina.endpoint.kind"  # pod | service | node (k8sattributes), network | world (networks)
 ENDPOINT_LOCAL = "retina.endpoint.local"  # bool: a pod scheduled on this agent's node
+NETWORK_NAME = "network.name"  # the narrowest named CIDR holding the address (networks processor)
 
 ENDPOINT_KEYS = (
     K8S_NAMESPACE,

@@ -34,6 +34,10 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
         "flowmetrics": "retina_otel.processors.flowmetrics:FACTORY",
         "hubblemetrics": "retina_otel.processors.hubblemetrics:FACTORY",
         "tcplatency": "retina_otel.processors.tcplatency:FACTORY",
+        "filter": "retina_otel.processors.filter:FACTORY",
+        "transform": "retina_otel.processors.transform:FACTORY",
+        "ratelimit": "retina_otel.processors.ratelimit:FACTORY",
+        "networks": "retina_otel.processors.networks:FACTORY",
     },
     "exporter": {
         "prometheus": "retina_otel.exporters.prometheus:FACTORY",
