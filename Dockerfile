@@ -32,7 +32,7 @@ LABEL org.opencontainers.image.title="retina-otel" \
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
        python3 python3-venv ca-certificates \
-       python3-bpfcc bpfcc-tools libbpfcc \
+       python3-bpfcc bpfcc-tools libbpfcc libatomic1 \
        tcpdump iproute2 nftables iptables ethtool procps kmod \
     && rm -rf /var/lib/apt/lists/*
 # The venv sees only Debian's bcc module (as scripts/setup.sh does), not every Debian package.

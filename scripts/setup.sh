@@ -14,7 +14,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages -------------------------------------------------------------------------------
-APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc linux-headers-amd64 iproute2 tcpdump iperf3 nftables
+APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc libatomic1 linux-headers-amd64 iproute2 tcpdump iperf3 nftables
   iptables dnsmasq-base iputils-ping ethtool procps kmod bpftool)
 [[ $DEV -eq 1 ]] && APT_PACKAGES+=(prometheus kubectl)
 missing=()

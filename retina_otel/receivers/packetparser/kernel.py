@@ -15,12 +15,12 @@ import ctypes
 import errno
 import mmap
 import os
-import struct
 from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
 
+from retina_otel.bpf import atomics
 from retina_otel.bpf.ringsize import PAGE_SIZE, check_ring_size
 from retina_otel.bpf.syscall import bpf
 
@@ -160,6 +160,21 @@ class RingBufReader:
     contiguous in our mapping. We copy the run ``[consumer, producer)`` in one go, stop at the first
     record still being written (BUSY bit), skip discarded ones, and advance the consumer position.
     Single consumer: callers serialise :meth:`read`.
+
+    Memory ordering (the kernel's side is ``kernel/bpf/ringbuf.c``: reserve publishes ``producer_pos``
+    with ``smp_store_release`` and a header with the BUSY bit; commit clears the bit with ``xchg``, a
+    full barrier after the record's data; reserve reads ``consumer_pos`` with ``smp_load_acquire``):
+
+    1. ``producer_pos`` is read with an acquire load, so the headers read next are at least as new;
+    2. the headers of the run are read, and the run ends at the first BUSY one;
+    3. an acquire fence, then the records up to there are copied: the fence orders the header loads
+       that saw BUSY clear before the loads of the data, so the copy holds what the program committed
+       (without it arm64 may load the data first and see it half written);
+    4. ``consumer_pos`` is stored with a release store, so the copy is complete before the kernel may
+       reuse the space.
+
+    The operations come from libatomic (:mod:`retina_otel.bpf.atomics`); without it the reader does
+    not start.
     """
 
     def __init__(self, map_fd: int, size: int, record_dtype: np.dtype) -> None:
@@ -171,27 +186,34 @@ class RingBufReader:
         self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._page = page
         self._data = np.frombuffer(self._producer, dtype=np.uint8)
+        self._atomics = atomics.load()
+        self._consumer_addr = np.frombuffer(self._consumer, dtype=np.uint8).ctypes.data
+        self._producer_addr = self._data.ctypes.data
+        if record_dtype.fields is None or record_dtype.fields["hdr_len"][1] != 0 or record_dtype.itemsize % 8:
+            raise ValueError("record_dtype must start with the 4-byte hdr_len and be a multiple of 8 bytes")
 
     def read(self, max_records: int | None = None) -> npt.NDArray[np.void]:
-        cons = struct.unpack_from("<Q", self._consumer, 0)[0]
-        prod = struct.unpack_from("<Q", self._producer, 0)[0]
+        rec = self._rec.itemsize
+        cons = self._atomics.load_acquire(self._consumer_addr)  # only we write it
+        prod = self._atomics.load_acquire(self._producer_addr)
         avail = prod - cons
         if avail <= 0:
             return np.zeros(0, dtype=self._rec)
-        n = avail // self._rec.itemsize
-        if avail % self._rec.itemsize:
+        n = avail // rec
+        if avail % rec:
             raise RuntimeError("ring buffer holds records of an unexpected size")
         if max_records is not None:
             n = min(n, max_records)
         start = self._page + (cons & (self._size - 1))
-        chunk = self._data[start : start + n * self._rec.itemsize].copy().view(self._rec)
-        busy = (chunk["hdr_len"] & _BUSY) != 0
+        headers = np.ndarray((n,), dtype="<u4", buffer=self._data, offset=start, strides=(rec,))
+        busy = (headers & _BUSY) != 0  # one aligned 4-byte load per header
         if busy.any():
             n = int(np.argmax(busy))
-            chunk = chunk[:n]
         if n == 0:
-            return chunk
-        struct.pack_into("<Q", self._consumer, 0, cons + n * self._rec.itemsize)
+            return np.zeros(0, dtype=self._rec)
+        self._atomics.fence_acquire()
+        chunk = self._data[start : start + n * rec].copy().view(self._rec)
+        self._atomics.store_release(self._consumer_addr, cons + n * rec)
         keep = (chunk["hdr_len"] & _DISCARD) == 0
         return chunk if keep.all() else chunk[keep]
 
