@@ -3,7 +3,7 @@
 Names are collected statically from ``retina_otel/**/*.py``:
 
 * string literals that are a whole family name (``"networkobservability_forward_count"``);
-* f-string templates (``f"networkobservability_conntrack_{name}"``), expanded with the table below;
+* f-string templates (``f"networkobservability_{kind}_{suffix}"``), expanded with the table below;
   every substituted value must itself appear as a string literal in that file, and a template the
   table does not know fails the test, so a new one cannot slip by;
 * bare prefix constants (``PREFIX = "networkobservability_"``) are only allowed where the test knows
@@ -29,10 +29,6 @@ DOC_TOKEN = re.compile(rf"(?<![\w]){_NAME}")
 
 # f-string template -> (file, the expansions of its placeholders)
 TEMPLATES: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
-    "networkobservability_conntrack_{name}": (
-        "receivers/packetparser/receiver.py",
-        {"name": ("packets_tx", "packets_rx", "bytes_tx", "bytes_rx")},
-    ),
     "networkobservability_{kind}_{suffix}": (
         "processors/flowmetrics/aggregate.py",
         {"kind": ("forward", "drop"), "suffix": ("count", "bytes")},

@@ -79,7 +79,9 @@ class PacketParserConfig(ComponentConfig):
     )
     enable_conntrack_metrics: bool = Field(
         default=True,
-        description="Publish networkobservability_conntrack_* metrics. Default: true.",
+        description="Publish Retina's networkobservability_conntrack_* gauges (the live connection table; the "
+        "kernel then keeps per-connection lifetime totals) and the networkobservability_packetparser_* counters "
+        "(sums of the flow records). Default: true.",
     )
     batch_interval: float = Field(
         default=0.5,

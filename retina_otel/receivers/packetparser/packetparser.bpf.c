@@ -7,7 +7,7 @@
 //
 // Parameters (-D): AGG_HIGH (0/1), FAST_PATH (0/1: receiver.uses_fast_path), SAMPLING_RATE, REPORT_INTERVAL_NS, CT_MAX_ENTRIES,
 // FILTER_MAX_ENTRIES, BYPASS_FILTER (0/1), RINGBUF_PAGES, FLUSH_BATCH, HOT_SLOTS (power of two), JIFFY_NS
-// (0 = unknown tick rate).
+// (0 = unknown tick rate), CT_TOTALS (0/1: per-connection lifetime totals for the conntrack_* gauges).
 // Only UAPI structures are used: the build headers may be older than the running kernel.
 
 #include <uapi/linux/bpf.h>
@@ -84,6 +84,8 @@ struct ct_dir {  // one direction of a connection at one interface
     u16 flags_seen;
     u8 obs;
     u8 pad;
+    u64 total_packets;  // since the connection began (CT_TOTALS: Retina's conntrack_* gauges), never reset by
+    u64 total_bytes;    // a report; zeroed when the entry is reused for a new connection
 };
 
 struct ct_entry {
@@ -632,6 +634,10 @@ static __always_inline void hot_merge(struct ct_entry *e, struct hot_slot *s) {
     __sync_fetch_and_add(&d->bytes, b);
     __sync_fetch_and_add(&o->rev_packets, n);
     __sync_fetch_and_add(&o->rev_bytes, b);
+#if CT_TOTALS
+    __sync_fetch_and_add(&d->total_packets, n);
+    __sync_fetch_and_add(&d->total_bytes, b);
+#endif
     if (s->n_ack)
         __sync_fetch_and_add(&d->flags[3], s->n_ack);  // F_ACK
     if (s->n_psh)
@@ -768,6 +774,10 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
         e->closing = 0;
         e->d[0].flags_seen = 0;
         e->d[1].flags_seen = 0;
+#if CT_TOTALS
+        e->d[0].total_packets = e->d[0].total_bytes = 0;
+        e->d[1].total_packets = e->d[1].total_bytes = 0;
+#endif
         report = 1;
     }
     int dir = (src_is_a == (e->init_is_a != 0)) ? 0 : 1;
@@ -777,6 +787,10 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
     __sync_fetch_and_add(&d->bytes, p->len);
     __sync_fetch_and_add(&o->rev_packets, 1);
     __sync_fetch_and_add(&o->rev_bytes, p->len);
+#if CT_TOTALS
+    __sync_fetch_and_add(&d->total_packets, 1);
+    __sync_fetch_and_add(&d->total_bytes, p->len);
+#endif
     u16 m = p->flags;
     if (m) {
 #pragma unroll

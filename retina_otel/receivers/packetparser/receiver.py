@@ -35,10 +35,11 @@ from retina_otel.bpf.doublebuffer import DoubleBuffer
 from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
-from retina_otel.flows import FlowBatch, ObservationPoint
+from retina_otel.flows import FlowBatch
 from retina_otel.metrics.store import Family
 
 from .config import PacketParserConfig
+from .ctmetrics import ConntrackMetrics
 from .filtermap import lpm_keys
 from .kernel import RingBufReader, iter_batches, lookup_batch, prog_test_run, update_batch
 from .records import (
@@ -72,7 +73,6 @@ _READ_CHUNK = 8192  # connection-table entries read at a time when flushing (~3 
 
 _POINTS = OBSERVATION_POINTS
 """Observation points in the order of their numbers (OBS_* in packetparser.bpf.c, 1-based)."""
-_TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
 
 
 def _jiffy_ns(config: PacketParserConfig) -> int:
@@ -101,6 +101,7 @@ def build_cflags(config: PacketParserConfig) -> list[str]:
         f"-DRINGBUF_PAGES={ring_pages(config.ring_buffer_size)}",
         f"-DFLUSH_BATCH={FLUSH_BATCH}",
         f"-DHOT_SLOTS={HOT_SLOTS}",
+        f"-DCT_TOTALS={1 if config.enable_conntrack_metrics else 0}",
     ]
 
 
@@ -148,7 +149,7 @@ class PacketParserReceiver:
         self._hot: DoubleBuffer | None = None  # high aggregation: the flow cache's two arrays
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
-        self._metrics: dict[str, Family] = {}
+        self._ct_metrics: ConntrackMetrics | None = None
         self._parsed: Family | None = None
         self._dns_chain = PendingChain()  # offered as the "dns_chain" extension
         self._started = False
@@ -202,18 +203,7 @@ class PacketParserReceiver:
         self._parsed = host.metrics.counter(PARSED_PACKETS, "Number of packets parsed by the packetparser plugin")
         self._parsed.add((), 0.0)  # the series exists from the start, at 0
         if self.config.enable_conntrack_metrics:
-            m = host.metrics
-            for name, desc in (
-                ("packets_tx", "Packets leaving pods (veth ingress) and the node (host egress)"),
-                ("packets_rx", "Packets entering pods (veth egress) and the node (host ingress)"),
-                ("bytes_tx", "IP bytes leaving pods and the node"),
-                ("bytes_rx", "IP bytes entering pods and the node"),
-            ):
-                self._metrics[name] = m.counter(f"networkobservability_conntrack_{name}", desc)
-            self._metrics["total_connections"] = m.gauge(
-                "networkobservability_conntrack_total_connections",
-                "Live entries of packetparser's connection table (one per flow per interface)",
-            )
+            self._ct_metrics = ConntrackMetrics(host.metrics)
         self._dns_chain.bind(self._write_dns_slot)  # plugged programs are in pp_dns before any attachment
         self._hooks.plug(self._entry)
         self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
@@ -342,22 +332,14 @@ class PacketParserReceiver:
         batch = FlowBatch(records=records, receiver=self.settings.id)
         if self._host is not None:
             batch.attributes["k8s.node.name"] = self._host.node_name
-        self._update_metrics(records)
+        if self._ct_metrics is not None:
+            self._ct_metrics.count_records(records)
         self.rows_emitted += len(batch)
         if self._next is not None:
             try:
                 self._next.consume_flows(batch)
             except Exception:
                 log.exception("packetparser: next consumer failed")
-
-    def _update_metrics(self, records: npt.NDArray[np.void]) -> None:
-        if not self._metrics:
-            return
-        tx = np.isin(records["observation_point"], _TX_POINTS)
-        self._metrics["packets_tx"].add((), float(records["packets"][tx].sum()))
-        self._metrics["packets_rx"].add((), float(records["packets"][~tx].sum()))
-        self._metrics["bytes_tx"].add((), float(records["bytes"][tx].sum()))
-        self._metrics["bytes_rx"].add((), float(records["bytes"][~tx].sum()))
 
     def _run_batched(self, program: str, input_map: str, rows: npt.NDArray[np.void]) -> None:
         """Run a user-space-driven program (pp_flush, pp_merge) over ``rows``: FLUSH_BATCH at a time
@@ -410,15 +392,18 @@ class PacketParserReceiver:
                 self._sweep_flow_cache()
         self._sample_clock()
         now = time.monotonic_ns() + self._table_minus_mono_ns
-        live = 0
+        ct = self._ct_metrics
+        if ct is not None:
+            ct.begin()
         wanted: list[npt.NDArray[np.void]] = []  # keys only: the entries are read a chunk at a time
         for keys, values in iter_batches(self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, _READ_CHUNK):
             expired = values["eviction_ns"] < now
-            live += int((~expired).sum())
+            if ct is not None:
+                ct.add_entries(keys[~expired], values[~expired])
             need = (values["d"]["packets"] > 0).any(axis=1) | expired
             wanted.append(keys[need])  # boolean indexing copies
-        if "total_connections" in self._metrics:
-            self._metrics["total_connections"].set((), float(live))
+        if ct is not None:
+            ct.publish()
         if wanted:
             self._run_batched("pp_flush", "flush_keys", np.concatenate(wanted))
 

@@ -97,6 +97,8 @@ CT_DIR_DTYPE = np.dtype(
         ("flags_seen", "<u2"),
         ("obs", "u1"),
         ("pad", "u1"),
+        ("total_packets", "<u8"),  # since the connection began (CT_TOTALS), for the conntrack_* gauges
+        ("total_bytes", "<u8"),
     ]
 )
 CT_ENTRY_DTYPE = np.dtype(
@@ -109,7 +111,7 @@ CT_ENTRY_DTYPE = np.dtype(
         ("pad", "V5"),
     ]
 )
-assert CT_ENTRY_DTYPE.itemsize == 304
+assert CT_ENTRY_DTYPE.itemsize == 336
 
 # Index -> name of the kernel's per-CPU statistics (ST_* in the C source).
 STAT_NAMES = (
