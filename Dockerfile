@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# One image for the retina-otel agent, the operator and the capture workload.
-#   docker build -t retina-otel:dev .
+# One image for the retina-otel agent, the operator and the capture workload, for linux/amd64 and
+# linux/arm64 (docs/image.md, "Architectures"):
+#   docker build -t retina-otel:dev .                                   # the build machine's architecture
+#   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/retina-otel:<tag> --push .
 #   agent:    docker run --privileged --network host -v /lib/modules:/lib/modules:ro -v /usr/src:/usr/src:ro \
 #                 -v /sys/kernel/tracing:/sys/kernel/tracing -v /sys/fs/bpf:/sys/fs/bpf retina-otel:dev agent
 #   operator: retina-otel operator
@@ -10,7 +12,15 @@
 ARG DEBIAN_RELEASE=bookworm
 
 # --- build: a wheel of the package from source -------------------------------------------------------
+# Built on the target platform (buildx's default for a FROM without --platform; emulated when it is not
+# the build machine's): `pip wheel` also collects the dependencies' binary wheels (numpy, pydantic-core,
+# grpcio), which must be the target's.
 FROM debian:${DEBIAN_RELEASE}-slim AS build
+ARG TARGETARCH
+RUN case "${TARGETARCH:-$(dpkg --print-architecture)}" in \
+      amd64|arm64) ;; \
+      *) echo "retina-otel supports linux/amd64 and linux/arm64, not ${TARGETARCH}" >&2; exit 1 ;; \
+    esac
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
        python3 python3-venv python3-pip \
@@ -27,8 +37,9 @@ FROM debian:${DEBIAN_RELEASE}-slim
 LABEL org.opencontainers.image.title="retina-otel" \
       org.opencontainers.image.description="OpenTelemetry-native Kubernetes network observability with eBPF" \
       org.opencontainers.image.licenses="MIT"
-# bcc (python3-bpfcc + libbpfcc, which bundles its LLVM/clang), the capture workload's tools, and what
-# the capture metadata bundle runs (ip, nft, iptables, ss, ethtool).
+# bcc (python3-bpfcc + libbpfcc, which bundles its LLVM/clang), libatomic1 (the ring-buffer reader's
+# acquire/release ordering, needed on arm64), the capture workload's tools, and what the capture metadata
+# bundle runs (ip, nft, iptables, ss, ethtool). Debian builds all of them for amd64 and arm64.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
        python3 python3-venv ca-certificates \

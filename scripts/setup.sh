@@ -14,7 +14,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages -------------------------------------------------------------------------------
-APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc libatomic1 linux-headers-amd64 iproute2 tcpdump iperf3 nftables
+DEB_ARCH=$(dpkg --print-architecture)  # amd64 or arm64: the headers package and directories are per architecture
+APT_PACKAGES=(python3-bpfcc bpfcc-tools libbpfcc libatomic1 "linux-headers-$DEB_ARCH" iproute2 tcpdump iperf3 nftables
   iptables dnsmasq-base iputils-ping ethtool procps kmod bpftool)
 [[ $DEV -eq 1 ]] && APT_PACKAGES+=(prometheus kubectl)
 missing=()
@@ -32,9 +33,9 @@ fi
 # newest Debian headers package in (older than the kernel: our BPF code uses only UAPI-stable types).
 KREL=$(uname -r)
 if [[ ! -e /lib/modules/$KREL/build/include ]]; then
-  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+  hdr=$(ls -d /usr/src/linux-headers-*-"$DEB_ARCH" 2>/dev/null | sort -V | tail -n 1 || true)
   if [[ -n "$hdr" ]]; then
-    common=${hdr%-amd64}-common
+    common=${hdr%-"$DEB_ARCH"}-common
     log "linking kernel headers $hdr into /lib/modules/$KREL"
     as_root mkdir -p "/lib/modules/$KREL"
     as_root ln -sfn "$hdr" "/lib/modules/$KREL/build"
