@@ -45,6 +45,8 @@ LabelColumn = tuple[Sequence[LabelValues], I64 | None]  # label table, codes per
 DIRECTION_LABELS: tuple[LabelValues, ...] = (("unknown",), ("ingress",), ("egress",))
 IS_REPLY_LABELS: tuple[LabelValues, ...] = (("false",), ("true",))
 _INGRESS, _EGRESS = 1, 2
+_PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 1: "ICMPv4", 58: "ICMPv6", 132: "SCTP"}  # Hubble's protocol label
+_VERDICT_LABELS: list[tuple[str, ...]] = [("UNKNOWN",), ("FORWARDED",), ("DROPPED",)]  # Hubble's verdict names
 _PORT_UNKNOWN = 65536
 _FLAG_NAMES = tuple(f.name for f in TcpFlag)
 
@@ -515,6 +517,11 @@ class Aggregator:
             retrans_rows = np.flatnonzero(event == Event.RETRANSMIT)
             self._counts(result, cols, plan, retrans_rows, [(AdvMetric.TCPRETRANS, "retransmits")])
 
+        if AdvMetric.FLOWS_TO_WORLD in metrics:
+            self._flows_to_world(result, cols, plan, metrics[AdvMetric.FLOWS_TO_WORLD])
+        if AdvMetric.ZONE_BYTES in metrics:
+            self._zone_bytes(result, cols, plan, metrics[AdvMetric.ZONE_BYTES], forward_rows)
+
         dns_metrics = [m for m in (AdvMetric.DNS_REQUEST, AdvMetric.DNS_RESPONSE, AdvMetric.DNS_LATENCY)
                        if m in metrics]
         if dns_metrics or self.node_metrics:
@@ -708,6 +715,48 @@ class Aggregator:
         if self.node_metrics:
             result.add("networkobservability_dns_request_count", (), float(request_rows.shape[0]))
             result.add("networkobservability_dns_response_count", (), float(response_rows.shape[0]))
+
+    def _flows_to_world(self, result: BatchResult, cols: _Columns, plan: Plan, mp: MetricPlan) -> None:
+        """Hubble's flows-to-world: non-reply flow and drop rows whose destination is outside the cluster
+        (unknown to k8sattributes, or ``world`` for the networks processor); labels protocol, verdict."""
+        event = cols.col("event")
+        verdict = cols.col("verdict")
+        counted = ((event == Event.FLOW) | (event == Event.DROP)) & (verdict != Verdict.UNKNOWN)
+        rows = np.flatnonzero(counted & (cols.is_reply() == 0) & cols.index.world[cols.slot(1)])
+        flat = _Flat(cols, self._context_segments(cols, plan, rows, mp.remote))
+        if flat.n == 0:
+            return
+        proto = flat.column("proto").astype(np.int64)
+        protos, proto_codes = np.unique(proto, return_inverse=True)
+        proto_table = [(_PROTOCOL_NAMES.get(int(p), str(int(p))),) for p in protos.tolist()]
+        verdicts = flat.column("verdict").astype(np.int64)
+        parts: list[tuple[npt.NDArray[np.integer], int]] = [(proto_codes, len(proto_table)), (verdicts, 3)]
+        columns: list[LabelColumn] = [(proto_table, proto_codes), (_VERDICT_LABELS, verdicts)]
+        self._add_contexts(flat, mp, parts, columns)
+        grouping = group_rows(flat.n, parts)
+        labels = _compose(grouping.rep, columns)
+        values = np.maximum(flat.column("packets"), 1)
+        _merge(result.counters.setdefault(mp.name, {}), labels, grouping.sums(values))
+
+    def _zone_bytes(self, result: BatchResult, cols: _Columns, plan: Plan, mp: MetricPlan, rows: I64) -> None:
+        """Forwarded bytes by (source zone, destination zone), each packet once (the remote-context rule)."""
+        flat = _Flat(cols, self._context_segments(cols, plan, rows, True))
+        if flat.n == 0:
+            return
+        index = cols.index
+        zone_codes: dict[str, int] = {}
+        per_slot = np.asarray([zone_codes.setdefault(z, len(zone_codes)) for z in index.zones], dtype=np.int64)
+        table = [(z,) for z in zone_codes]
+        flat_rows = flat.rows()
+        src = per_slot[cols.slot(0)[flat_rows]]
+        dst = per_slot[cols.slot(1)[flat_rows]]
+        parts: list[tuple[npt.NDArray[np.integer], int]] = [(src, len(table)), (dst, len(table))]
+        columns: list[LabelColumn] = [(table, src), (table, dst)]
+        if mp.remote:
+            self._add_contexts(flat, mp, parts, columns)
+        grouping = group_rows(flat.n, parts)
+        labels = _compose(grouping.rep, columns)
+        _merge(result.counters.setdefault(mp.name, {}), labels, grouping.sums(flat.column("bytes")))
 
     def _node(self, result: BatchResult, cols: _Columns, rows: I64, kind: str) -> None:
         """Basic node-level counters from flows (only when no receiver writes them)."""

@@ -43,14 +43,14 @@ class ContextOptionConfig(_Strict):
     metric_name: str = Field(
         alias="metricName",
         description="Retina metric name (forward_count, forward_bytes, drop_count, drop_bytes, tcp_flag_gauges, "
-        "tcp_retransmission_count, dns_request_count, dns_response_count) or the exported adv_* name; "
-        "dns_latency_ms adds the DNS latency histogram (beyond Retina)",
+        "tcp_retransmission_count, dns_request_count, dns_response_count, flows_to_world) or the exported adv_* "
+        "name; dns_latency_ms adds the DNS latency histogram and zone_bytes the bytes between zones (beyond Retina)",
     )
     source_labels: list[str] = Field(
         default_factory=list,
         alias="sourceLabels",
-        description="context labels of the source side (ip, namespace, podname, workload, service, port, zone); "
-        "in local context the labels of the local pod; default none",
+        description="context labels of the source side (ip, namespace, podname, workload, service, port, zone, "
+        "network); in local context the labels of the local pod; default none",
     )
     destination_labels: list[str] = Field(
         default_factory=list,

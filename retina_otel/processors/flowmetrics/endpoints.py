@@ -15,9 +15,10 @@ import numpy.typing as npt
 from retina_otel import flowschema as fs
 from retina_otel.processors.flowmetrics.spec import ContextOptions, Plan
 
-__all__ = ["LABEL_CACHE_LIMIT", "UNKNOWN", "EndpointIndex"]
+__all__ = ["LABEL_CACHE_LIMIT", "UNKNOWN", "WORLD", "EndpointIndex"]
 
 UNKNOWN = "unknown"
+WORLD = "world"  # retina.endpoint.kind of addresses outside the cluster (the networks processor)
 LABEL_CACHE_LIMIT = 1 << 18  # label tuples kept per ContextOptions and EndpointTable generation
 
 _FIELD_KEYS = {
@@ -37,6 +38,14 @@ def _text(entry: Mapping[str, Any], key: str) -> str:
     return str(value)
 
 
+def _network(entry: Mapping[str, Any]) -> str:
+    """The ``network`` label: the named network, ``world`` outside the cluster, else unknown."""
+    name = entry.get(fs.NETWORK_NAME)
+    if name:
+        return str(name)
+    return WORLD if entry.get(fs.ENDPOINT_KIND) == WORLD else UNKNOWN
+
+
 def _truthy(value: object) -> bool:
     if isinstance(value, str):
         return value.lower() in ("true", "1", "yes")
@@ -50,12 +59,19 @@ class EndpointIndex:
         self.entries = entries
         self.size = len(entries) + 1
         local = np.zeros(self.size, dtype=bool)
+        world = np.zeros(self.size, dtype=bool)
+        world[0] = True  # an address k8sattributes does not know (and no networks processor named)
         namespaces: list[str] = [UNKNOWN]
+        zones: list[str] = [UNKNOWN]
         for i, entry in enumerate(entries, start=1):
             local[i] = _truthy(entry.get(fs.ENDPOINT_LOCAL, False))
+            world[i] = entry.get(fs.ENDPOINT_KIND) == WORLD
             namespaces.append(_text(entry, fs.K8S_NAMESPACE))
+            zones.append(_text(entry, fs.ZONE))
         self.local = local
+        self.world = world
         self.namespaces = namespaces
+        self.zones = zones
         self._allowed: tuple[Plan, npt.NDArray[np.bool_]] | None = None
         self._labels: dict[tuple[str, ...], dict[int, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
         self._label_caches: dict[ContextOptions, dict[tuple[int, int, int, int], tuple[str, ...]]] = {}
@@ -82,8 +98,10 @@ class EndpointIndex:
         found = per_slot.get(slot)
         if found is None:
             entry: Mapping[str, Any] = self.entries[slot - 1] if slot > 0 else {}
-            head = tuple(_text(entry, _FIELD_KEYS[f]) for f in fields if f != "zone")
+            head = tuple(_text(entry, _FIELD_KEYS[f]) for f in fields if f not in ("zone", "network"))
             tail = (_text(entry, fs.ZONE),) if opts.zone else ()
+            if opts.network:
+                tail = (*tail, _network(entry))
             found = per_slot[slot] = (head, tail)
         return found
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -49,6 +49,8 @@ class AdvMetric(enum.Enum):
     DNS_REQUEST = "adv_dns_request_count"
     DNS_RESPONSE = "adv_dns_response_count"
     DNS_LATENCY = "adv_dns_latency_ms"  # beyond Retina: histogram of query -> response latency
+    FLOWS_TO_WORLD = "adv_flows_to_world_count"  # Hubble's flows-to-world: non-reply flows leaving the cluster
+    ZONE_BYTES = "adv_zone_bytes"  # beyond Retina: bytes between availability zones
 
     @property
     def full_name(self) -> str:
@@ -65,6 +67,8 @@ BASE_LABELS: dict[AdvMetric, tuple[str, ...]] = {
     AdvMetric.DNS_REQUEST: ("query_type", "query"),
     AdvMetric.DNS_RESPONSE: ("return_code", "query_type", "query", "response", "num_response"),
     AdvMetric.DNS_LATENCY: ("return_code", "query_type"),
+    AdvMetric.FLOWS_TO_WORLD: ("protocol", "verdict"),
+    AdvMetric.ZONE_BYTES: ("source_zone", "destination_zone"),
 }
 
 DESCRIPTIONS: dict[AdvMetric, str] = {
@@ -77,6 +81,9 @@ DESCRIPTIONS: dict[AdvMetric, str] = {
     AdvMetric.DNS_REQUEST: "Total number of DNS query packets",
     AdvMetric.DNS_RESPONSE: "Total number of DNS response packets",
     AdvMetric.DNS_LATENCY: "DNS query to response latency in milliseconds (retina-otel, beyond Retina)",
+    AdvMetric.FLOWS_TO_WORLD: "Packets of non-reply flows to addresses outside the cluster and its named networks "
+    "(Hubble's flows-to-world)",
+    AdvMetric.ZONE_BYTES: "Forwarded bytes by source and destination availability zone (retina-otel, beyond Retina)",
 }
 
 # Retina's names (pkg/utils metric names) as written in MetricsConfiguration contextOptions.
@@ -90,6 +97,8 @@ RETINA_NAMES: dict[AdvMetric, str] = {
     AdvMetric.DNS_REQUEST: "dns_request_count",
     AdvMetric.DNS_RESPONSE: "dns_response_count",
     AdvMetric.DNS_LATENCY: "dns_latency_ms",
+    AdvMetric.FLOWS_TO_WORLD: "flows_to_world",
+    AdvMetric.ZONE_BYTES: "zone_bytes",
 }
 
 # Retina's annotation defaults (pkg/module/metrics DefaultMetrics / DefaultCtxOptions): every advanced
@@ -112,7 +121,7 @@ ANNOTATION_DEFAULT_CONTEXT: tuple[str, ...] = ("ip", "namespace", "podname", "wo
 # Metric names that belong to other components (apiserverlatency); accepted and skipped here.
 FOREIGN_SUBSTRINGS = ("node_apiserver",)
 
-CONTEXT_OPTIONS = ("ip", "namespace", "podname", "workload", "service", "port", "zone")
+CONTEXT_OPTIONS = ("ip", "namespace", "podname", "workload", "service", "port", "zone", "network")
 
 
 def resolve_metric_name(name: str) -> AdvMetric | None:
@@ -121,6 +130,10 @@ def resolve_metric_name(name: str) -> AdvMetric | None:
     text = text.removeprefix(PREFIX).removeprefix("adv_")
     if any(s in text for s in FOREIGN_SUBSTRINGS):
         return None
+    if "world" in text:
+        return AdvMetric.FLOWS_TO_WORLD
+    if "zone" in text:
+        return AdvMetric.ZONE_BYTES
     if "forward" in text:
         return AdvMetric.FORWARD_BYTES if "bytes" in text else AdvMetric.FORWARD_COUNT
     if "drop" in text:
@@ -184,6 +197,7 @@ class ContextOptions:
     service: bool = False
     port: bool = False
     zone: bool = False
+    network: bool = False  # the networks processor's network.name ("world" outside the cluster)
 
     @classmethod
     def parse(cls, options: Iterable[str] | None) -> ContextOptions:
@@ -199,7 +213,9 @@ class ContextOptions:
 
     @property
     def any(self) -> bool:
-        return any((self.ip, self.namespace, self.podname, self.workload, self.service, self.port, self.zone))
+        return any(
+            (self.ip, self.namespace, self.podname, self.workload, self.service, self.port, self.zone, self.network)
+        )
 
     @property
     def entry_fields(self) -> tuple[str, ...]:
@@ -222,6 +238,8 @@ class ContextOptions:
             out.append("port")
         if self.zone:
             out.append("zone")
+        if self.network:
+            out.append("network")
         return tuple(prefix + name for name in out)
 
 
@@ -304,11 +322,16 @@ def build_plan(
         ttl = parse_duration(ttl_raw) if ttl_raw not in (None, "") else default_ttl
         additional = [str(a).strip().lower() for a in (_get(option, "additionalLabels", "additional_labels") or ())]
         per_metric_budget = _get(option, "maxSeries", "max_series")
+        src_opts = ContextOptions.parse(_get(option, "sourceLabels", "source_labels"))
+        dst_opts = ContextOptions.parse(_get(option, "destinationLabels", "destination_labels"))
+        if metric is AdvMetric.ZONE_BYTES:  # its base labels are the zones; context only in remote context
+            src_opts = replace(src_opts, zone=False) if remote else ContextOptions()
+            dst_opts = replace(dst_opts, zone=False) if remote else ContextOptions()
         metrics[metric] = MetricPlan(
             metric=metric,
             remote=remote,
-            source=ContextOptions.parse(_get(option, "sourceLabels", "source_labels")),
-            destination=ContextOptions.parse(_get(option, "destinationLabels", "destination_labels")),
+            source=src_opts,
+            destination=dst_opts,
             is_reply="is_reply" in additional and metric in (AdvMetric.FORWARD_COUNT, AdvMetric.FORWARD_BYTES),
             ttl_seconds=ttl,
             max_series=int(per_metric_budget) if per_metric_budget else max_series,
