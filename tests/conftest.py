@@ -1,25 +1,20 @@
-"""Shared fixtures. Kernel tests run as root; in CI a missing privilege is a failure, not a skip."""
+"""Shared fixtures. Kernel tests run as root; under CI=true a missing privilege or tool fails the test
+(tests/support/requirements.py), locally it is skipped with the reason in the summary."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import wait_for
+from tests.support.requirements import kernel_problems, unavailable
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() == 0:
-        return
-    for item in items:
-        if item.get_closest_marker("kernel"):
-            if os.environ.get("CI"):
-                item.add_marker(pytest.mark.xfail(reason="kernel test without root in CI", strict=True, run=False))
-            else:
-                item.add_marker(pytest.mark.skip(reason="needs root (runs in CI)"))
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kernel") and kernel_problems():
+        unavailable(f"kernel test: {'; '.join(kernel_problems())}")
 
 
 @pytest.fixture
