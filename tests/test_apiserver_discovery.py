@@ -72,17 +72,18 @@ def test_locator_follows_the_kubernetes_endpoint_slices(
     locator.start()
     try:
         assert locator.watching
-        wait_for(lambda: "198.18.7.1" in locator.addresses(), timeout=10)
+        assert wait_for(lambda: "198.18.7.1" in locator.addresses(), timeout=10)
         now = set(locator.addresses())
         assert "127.0.0.1" in now  # the resolved name
         assert not now & {"198.18.7.9", "198.18.8.1"}
         # A second control-plane slice, then a move: each reaches the set through the watch.
         cluster.create("endpointslices", endpoint_slice("kubernetes-2", "198.18.7.2"))
-        wait_for(lambda: "198.18.7.2" in locator.addresses(), timeout=10)
+        assert wait_for(lambda: "198.18.7.2" in locator.addresses(), timeout=10)
         cluster.replace("endpointslices", endpoint_slice("kubernetes", "198.18.7.3"))
-        wait_for(lambda: "198.18.7.3" in locator.addresses() and "198.18.7.1" not in locator.addresses(), timeout=10)
+        moved = {"198.18.7.2", "198.18.7.3"}
+        assert wait_for(lambda: set(locator.addresses()) - {"127.0.0.1", "::1"} == moved, timeout=10)
         cluster.delete("endpointslices", "default", "kubernetes-2")
-        wait_for(lambda: "198.18.7.2" not in locator.addresses(), timeout=10)
+        assert wait_for(lambda: "198.18.7.2" not in locator.addresses(), timeout=10)
         # Only changes are published, each a complete sorted set.
         assert all(a != b for a, b in itertools.pairwise(seen))
         assert all(s == sorted(s) for s in seen)
@@ -149,13 +150,13 @@ def test_receiver_measures_the_apiserver_the_endpoint_slices_name(
     assert isinstance(r, TcpLatencyReceiver)
     r.start(host)
     try:
-        wait_for(lambda: _kernel_addresses(r) == {first.ipv4}, timeout=15)
+        assert wait_for(lambda: _kernel_addresses(r) == {first.ipv4}, timeout=15)
         _connect(client, first, 6443, 3)
         r.poll()
         assert _handshakes(host) == 3
         # The control plane moves: the slice changes, the kernel follows, the old address no longer counts.
         cluster.replace("endpointslices", endpoint_slice("kubernetes", second.ipv4))
-        wait_for(lambda: _kernel_addresses(r) == {second.ipv4}, timeout=15)
+        assert wait_for(lambda: _kernel_addresses(r) == {second.ipv4}, timeout=15)
         assert r.apiserver_ips() == [second.ipv4]
         _connect(client, first, 6444, 2)
         _connect(client, second, 6443, 4)
@@ -164,3 +165,49 @@ def test_receiver_measures_the_apiserver_the_endpoint_slices_name(
     finally:
         r.shutdown()
     assert not [t for t in threading.enumerate() if t.name == "k8s-watch-apiserver-endpointslices"]
+
+
+def test_discovery_modes_choose_the_watch_and_its_settings(
+    cluster: EmulatedCluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cluster.create("endpointslices", endpoint_slice("kubernetes", "198.18.7.5"))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
+        f"clusters: [{{name: kmock, cluster: {{server: '{cluster.url}'}}}}]\n"
+        "users: [{name: kmock, user: {token: t}}]\n"
+        "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+    def locator(extensions: dict[str, object], **config: Any) -> ApiServerLocator:
+        r = FACTORY.create(CreateSettings("tcplatency", "receiver"), FACTORY.config_model(**config), None)
+        assert isinstance(r, TcpLatencyReceiver)
+        return r._make_locator(TestHost(extensions=extensions))
+
+    file_source = K8S_FACTORY.create(
+        CreateSettings("k8sattributes", "processor"),
+        K8S_FACTORY.config_model(source="file", file_path=str(tmp_path / "none.yaml")),
+        None,  # type: ignore[arg-type]
+    )
+    api_source = K8S_FACTORY.create(
+        CreateSettings("k8sattributes", "processor"), K8S_FACTORY.config_model(api_url=cluster.url), None  # type: ignore[arg-type]
+    )
+    cases = [
+        ({}, {}, False),  # auto, no Kubernetes source in the agent: no watch, no kubernetes import needed
+        ({"k8s_cache": file_source}, {}, False),  # auto with a file source: still none
+        ({"k8s_cache": api_source}, {}, True),  # auto with a Kubernetes source: its settings
+        ({"k8s_cache": api_source}, {"apiserver_discovery": "off"}, False),
+        ({}, {"apiserver_discovery": "kubernetes"}, True),  # always: the kubeconfig ($KUBECONFIG) here
+        ({"k8s_cache": api_source}, {"apiserver_ips": ["198.18.9.1"]}, False),  # the override wins
+    ]
+    for extensions, config, watches in cases:
+        found = locator(extensions, **config)
+        found.start()
+        try:
+            assert found.watching is watches, (extensions, config)
+            if watches:
+                assert wait_for(lambda f=found: f.addresses() == ["198.18.7.5"], timeout=10), (extensions, config)
+        finally:
+            found.shutdown()
