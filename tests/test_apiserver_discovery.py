@@ -180,6 +180,8 @@ def test_discovery_modes_choose_the_watch_and_its_settings(
         "contexts: [{name: kmock, context: {cluster: kmock, user: kmock}}]\n"
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    # The client reads $KUBECONFIG once, when it is first imported (maybe by an earlier test).
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
 
     def locator(extensions: dict[str, object], **config: Any) -> ApiServerLocator:
         r = FACTORY.create(CreateSettings("tcplatency", "receiver"), FACTORY.config_model(**config), None)
