@@ -452,3 +452,21 @@ def test_tcpdump_accepts_every_option_together(tmp_path: Path) -> None:
     assert run.stop_reason == "duration"
     for option in flags.args():
         assert option in run.commands[0]
+
+
+def test_retina_cli_defaults(cluster: tuple[str, KubeClient]) -> None:
+    """`kubectl retina capture create` with no target and no output: Retina's defaults (Linux nodes, 1 minute,
+    100 MB, into <base>/retina on each node); another target replaces the default node selector."""
+    url, c = cluster
+    assert main(["--api-url", url, "capture", "create", "--name", "defaults", "-n", "default"]) == 0
+    jobs = c.list(kube.JOBS, "default", labels={LABEL_CAPTURE: "defaults"})
+    assert sorted(job_view(j)[0] for j in jobs) == ["n1", "n2"]  # kubernetes.io/os=linux
+    _, spec, vols = job_view(jobs[0])
+    assert (spec.duration, spec.max_capture_size_mb, spec.include_metadata) == (60.0, 100, True)
+    assert vols["hostpath"]["hostPath"]["path"] == f"{BASE}/retina"
+    assert main(["--api-url", url, "capture", "create", "--name", "by-pod", "-n", "myapp",
+                 "--pod-names", "my-app-pod-def456", "--host-path-base-dir", "/data/caps"]) == 0
+    (job,) = c.list(kube.JOBS, "myapp", labels={LABEL_CAPTURE: "by-pod"})
+    node, spec, vols = job_view(job)
+    assert (node, spec.pod_ips) == ("n2", ("198.18.5.2",))
+    assert vols["hostpath"]["hostPath"]["path"] == "/data/caps/retina"

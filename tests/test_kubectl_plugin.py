@@ -112,8 +112,9 @@ def test_wait_until_jobs_finish(env: tuple[str, KubeClient], capsys: pytest.Capt
         (["--host-path", "x", "--timestamp-format", "iso"], "captureOption.timestampFormat"),
         (["--host-path", "x", "--print-data", "binary"], "captureOption.printDataFormat"),
         (["--host-path", "x", "--source-ips", "198.18.0.300"], "not an IP address"),
-        (["--host-path", "x", "--cleanup-after-upload"], "cleanUpAfterUpload needs a remote output"),
-        ([], "outputConfiguration needs at least one"),
+        (["--cleanup-after-upload"], "cleanUpAfterUpload needs a remote output"),
+        (["--host-path", ""], "outputConfiguration needs at least one"),
+        (["--host-path-base-dir", "captures"], "must be an absolute directory"),
         (["--host-path", "x", "--include-filter", "not-an-ip:80"], "not an IP address"),
     ],
 )

@@ -71,8 +71,10 @@ def tarball(capture: str, node: str) -> tuple[str, bytes]:
 
 
 def create(url: str, name: str, *flags: str) -> None:
+    # Only the output under test: no hostPath copy unless asked (Retina's CLI default would add 'retina').
+    host_path = [] if "--host-path" in flags else ["--host-path", ""]
     rc = main(["--api-url", url, "capture", "create", "--name", name, "-n", NS, "--node-selectors", "pool=dl",
-               "--duration", "10s", "--no-wait", *flags])
+               "--duration", "10s", "--no-wait", *host_path, *flags])
     assert rc == 0
 
 
@@ -200,7 +202,8 @@ def test_helper_pod_spec() -> None:
 
 
 def test_helper_pod_validates_as_a_pod() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate
+
     pod = hostpath.helper_pod(NS, "cap", "node-1", "/var/log/retina/captures/dbg", "busybox:1.36")
     kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
 
@@ -245,7 +248,7 @@ def test_download_all_and_all_namespaces(moto_s3: MotoS3, tmp_path: Path, capsys
             assert main(["--api-url", emu.url, "capture", "create", "--name", name, "-n", ns, "--node-names", "n1",
                          "--s3-bucket", moto_s3.bucket, "--s3-endpoint", moto_s3.endpoint, "--s3-region",
                          "us-east-1", "--s3-path", f"all/{ns}", "--s3-access-key-id", moto_s3.access_key,
-                         "--s3-secret-access-key", moto_s3.secret_key]) == 0
+                         "--s3-secret-access-key", moto_s3.secret_key, "--host-path", ""]) == 0
             file_name, data = tarball(name, "n1")
             s3.put_object(Bucket=moto_s3.bucket, Key=f"all/{ns}/{file_name}", Body=data)
             uploaded[(ns, name)] = {file_name: data}

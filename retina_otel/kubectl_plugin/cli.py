@@ -38,12 +38,15 @@ from retina_otel.crds.capturejob import (
     S3_SECRET_ACCESS_KEY_KEY,
     CaptureJobSpec,
 )
-from retina_otel.crds.models import CaptureSpec, SpecError, parse_duration, validate_spec
+from retina_otel.crds.models import DEFAULT_HOST_PATH_BASE, CaptureSpec, SpecError, parse_duration, validate_spec
 from retina_otel.kubectl_plugin import shell
 
 __all__ = ["build_capture", "build_parser", "capture_file_matcher", "download_blob", "download_s3", "main"]
 
 DEFAULT_WAIT = 300.0
+#: Retina's CLI defaults: capture on Linux nodes into <base>/retina when nothing else is said.
+DEFAULT_NODE_SELECTORS = "kubernetes.io/os=linux"
+DEFAULT_HOST_PATH = "retina"
 #: Seconds finished Jobs are kept with --cleanup-after-upload and --no-wait (Retina's TTL).
 CLEANUP_TTL = 300
 
@@ -108,11 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--file-count", type=int, default=0)
     c.add_argument("--packet-size", type=int, default=0)
     c.add_argument("--node-names", default="")
-    c.add_argument("--node-selectors", default="")
+    c.add_argument("--node-selectors", default=None,
+                   help=f"node labels (default {DEFAULT_NODE_SELECTORS} when no other target is given, as Retina)")
     c.add_argument("--pod-selectors", default="")
     c.add_argument("--namespace-selectors", default="")
     c.add_argument("--pod-names", default="", help="pods by name: name or namespace/name, comma separated")
-    c.add_argument("--host-path", default="", help="subdirectory of the node's capture base directory")
+    c.add_argument("--host-path", default=DEFAULT_HOST_PATH,
+                   help="subdirectory of --host-path-base-dir on the node (Retina's default 'retina'; '' for none)")
+    c.add_argument("--host-path-base-dir", default=DEFAULT_HOST_PATH_BASE, help="absolute base directory on the node")
     c.add_argument("--pvc", default="")
     c.add_argument("--blob-upload", default="", help="container SAS URL (stored in a Secret)")
     c.add_argument("--s3-bucket", default="")
@@ -178,8 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 def build_capture(args: argparse.Namespace) -> Obj:
     """The Capture object the flags describe (secret names filled in later); raises SpecError."""
     name = args.name or f"retina-capture-{os.urandom(3).hex()}"
+    if not os.path.isabs(args.host_path_base_dir):
+        raise SpecError(f"--host-path-base-dir {args.host_path_base_dir!r} must be an absolute directory")
     target: Obj = {}
-    node_labels = _selector(args.node_selectors)
+    node_selectors = args.node_selectors
+    if node_selectors is None:  # Retina's default applies only when nothing else is targeted
+        other = args.node_names or args.pod_selectors or args.namespace_selectors or args.pod_names
+        node_selectors = "" if other else DEFAULT_NODE_SELECTORS
+    node_labels = _selector(node_selectors)
     if node_labels or args.node_names:
         target["nodeSelector"] = {"matchLabels": node_labels}
         if args.node_names:
@@ -280,7 +292,8 @@ def _create(client: KubeClient, args: argparse.Namespace) -> int:
         if args.debug:
             image = os.environ.get("RETINA_AGENT_IMAGE") or image
             print(f"debug: capture jobs run {image}")
-        settings = CaptureSettings(image=image, job_num_limit=args.job_num_limit)
+        settings = CaptureSettings(image=image, job_num_limit=args.job_num_limit,
+                                   host_path_base=args.host_path_base_dir)
         planned = plan_jobs(client, capture, settings)
         if args.cleanup_after_upload and args.no_wait:
             # Retina's --cleanup-after-upload without waiting: Kubernetes removes finished Jobs after a TTL
