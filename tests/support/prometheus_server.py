@@ -40,10 +40,20 @@ def _free_port() -> int:
 class PrometheusServer:
     """One Prometheus process with its own config and TSDB directory."""
 
-    def __init__(self, targets: Sequence[str], *, job: str = "retina-otel", scrape_interval: str = "1s") -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        job: str = "retina-otel",
+        scrape_interval: str = "1s",
+        labels: dict[str, str] | None = None,
+        honor_labels: bool = False,
+    ) -> None:
         self.targets = list(targets)
         self.job = job
         self.scrape_interval = scrape_interval
+        self.labels = dict(labels or {})  # target labels (on `up` too), as a scrape config adds them
+        self.honor_labels = honor_labels
         self.port = 0
         self.workdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,7 +70,13 @@ class PrometheusServer:
                 "scrape_timeout": self.scrape_interval,
                 "evaluation_interval": self.scrape_interval,
             },
-            "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": [
+                {
+                    "job_name": self.job,
+                    "honor_labels": self.honor_labels,
+                    "static_configs": [{"targets": self.targets, "labels": self.labels}],
+                }
+            ],
         }
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
