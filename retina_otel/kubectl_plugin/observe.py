@@ -18,9 +18,9 @@ from contextlib import contextmanager
 
 from retina_otel.controller.kube import PODS, KubeClient, Obj
 
-__all__ = ["add_arguments", "find_agent_pod", "port_forward", "run"]
+__all__ = ["AGENT_SELECTOR", "add_arguments", "find_agent_pod", "port_forward", "run"]
 
-AGENT_LABELS = {"app.kubernetes.io/component": "agent"}
+AGENT_SELECTOR = "app.kubernetes.io/name=retina-otel,app.kubernetes.io/component=agent"  # the chart's labels
 _FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
 
 
@@ -31,15 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--node", help="the node whose agent to ask (default: the only agent, if there is one)")
     target.add_argument("--agent-pod", help="the agent pod by name (instead of --node)")
     target.add_argument("-n", "--agent-namespace", default="kube-system", help="the agents' namespace")
+    target.add_argument(
+        "--agent-selector", default=AGENT_SELECTOR, help=f"labels of the agent pods (default {AGENT_SELECTOR})"
+    )
     target.add_argument("--agent-port", type=int, default=4244, help="the agents' observer port (default 4244)")
     add_observe_arguments(parser)
 
 
-def find_agent_pod(client: KubeClient, namespace: str, node: str | None) -> str:
+def find_agent_pod(client: KubeClient, namespace: str, node: str | None, selector: str = AGENT_SELECTOR) -> str:
+    labels = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
     pods: list[Obj] = [
-        p
-        for p in client.list(PODS, namespace, labels=AGENT_LABELS)
-        if p.get("status", {}).get("phase") == "Running" and "retina" in p["metadata"]["name"]
+        p for p in client.list(PODS, namespace, labels=labels) if p.get("status", {}).get("phase") == "Running"
     ]
     if node:
         pods = [p for p in pods if p.get("spec", {}).get("nodeName") == node]
@@ -84,7 +86,7 @@ def run(client: KubeClient, args: argparse.Namespace) -> int:
     from retina_otel.observe.cli import main_from_args
 
     try:
-        pod = args.agent_pod or find_agent_pod(client, args.agent_namespace, args.node)
+        pod = args.agent_pod or find_agent_pod(client, args.agent_namespace, args.node, args.agent_selector)
         with port_forward(
             args.agent_namespace, pod, args.agent_port, kubeconfig=args.kubeconfig, context=args.context
         ) as local:

@@ -1,0 +1,401 @@
+"""The observer exporter's API without the kernel: the ring, GetFlows semantics, slow clients, the
+listeners' security (socket mode, TLS, mTLS), configuration errors and ``kubectl retina observe``.
+
+Flow batches are built here (known rows), the server is the real gRPC server on a real unix socket or
+TCP port, and clients are real gRPC clients (``retina-otel observe``'s, or the raw stub).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import socket
+import stat
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from retina_otel.component import CreateSettings
+from retina_otel.config import ConfigError, parse_config
+from retina_otel.exporters.observer import FACTORY, ObserverExporter
+from retina_otel.exporters.observer.ring import FlowRing, bytes_per_record
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FlowBatch, ip_to_bytes
+from retina_otel.hubble import flow_pb2, observer_pb2
+from retina_otel.hubble.api import ObserverStub
+from retina_otel.observe.cli import add_arguments, main_from_args
+from retina_otel.testing import TestHost
+
+T0 = 1_796_000_000_000_000_000  # a fixed wall clock (ns) for the rows' times
+
+
+def batch(n: int, first_port: int = 1, *, table: EndpointTable | None = None, t0: int = T0) -> FlowBatch:
+    """``n`` UDP rows 198.18.0.1:<first_port + i> -> 198.18.0.2:53, one second apart from ``t0``."""
+    b = FlowBatch.empty(n)
+    r = b.records
+    r["src_ip"] = ip_to_bytes("198.18.0.1")
+    r["dst_ip"] = ip_to_bytes("198.18.0.2")
+    r["proto"], r["ip_version"], r["event"], r["verdict"] = 17, 4, Event.FLOW, 1
+    r["src_port"] = np.arange(first_port, first_port + n) % 65536
+    r["dst_port"] = 53
+    r["packets"], r["bytes"] = 1, 100
+    r["time_end_ns"] = t0 + np.arange(n, dtype=np.uint64) * 1_000_000_000
+    if table is not None:
+        b.endpoints = table
+        r["src_endpoint"] = 0
+    return b
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[tuple[ObserverExporter, TestHost, str]]:
+    sock = tmp_path / "run" / "observer.sock"
+    config = FACTORY.config_model.model_validate({"socket": f"unix://{sock}", "buffer_size": 100})
+    exp = FACTORY.create(CreateSettings("observer", "exporter"), config, None)
+    assert isinstance(exp, ObserverExporter)
+    host = TestHost()
+    exp.start(host)
+    try:
+        yield exp, host, f"unix://{sock}"
+    finally:
+        exp.shutdown()
+
+
+def ports(responses: list[observer_pb2.GetFlowsResponse]) -> list[int]:
+    return [r.flow.l4.UDP.source_port for r in responses if r.WhichOneof("response_types") == "flow"]
+
+
+# -- the ring ---------------------------------------------------------------------------------------------
+
+
+def test_ring_keeps_the_newest_records_and_counts_what_a_reader_missed() -> None:
+    ring = FlowRing(10)
+    assert ring.nbytes == 10 * bytes_per_record() and bytes_per_record() == FLOW_DTYPE.itemsize + 12
+    ring.write(batch(7, 1))
+    ring.write(batch(7, 8))  # wraps
+    assert ring.head == 14 and len(ring) == 10
+    missed, view = ring.read(0)
+    assert missed == 4 and view.first_seq == 4
+    assert view.records["src_port"].tolist() == list(range(5, 15))
+    ring.write(batch(25, 100))  # larger than the ring: only its tail stays
+    missed, view = ring.read(14)
+    assert missed == 15 and view.records["src_port"].tolist() == list(range(115, 125))
+    missed, view = ring.read(37, limit=2)
+    assert missed == 0 and view.records["src_port"].tolist() == [123, 124]
+
+
+def test_ring_references_dns_entries_and_endpoint_tables_without_copying_them() -> None:
+    ring = FlowRing(8)
+    table = EndpointTable([{"k8s.pod.name": "a"}])
+    b = batch(3, table=table)
+    b.records["event"][1] = Event.DNS
+    entry = {"query": "x.test."}
+    b.dns = [None, entry, None]
+    ring.write(b)
+    _, view = ring.read(0)
+    assert view.dns[1] is entry and view.dns[0] is None
+    assert view.endpoint(0, "src") is table.entries[0] and view.endpoint(0, "dst") is None
+
+
+def test_ring_forgets_endpoint_tables_no_row_refers_to() -> None:
+    ring = FlowRing(4)
+    for i in range(FlowRing.MAX_TABLES + 10):
+        ring.write(batch(1, table=EndpointTable([{"k8s.pod.name": f"p{i}"}])))
+    assert len(ring._tables) <= FlowRing.MAX_TABLES
+    _, view = ring.read(0)
+    assert [view.endpoint(i, "src")["k8s.pod.name"] for i in range(4)] == [  # type: ignore[index]
+        f"p{FlowRing.MAX_TABLES + 10 - 4 + i}" for i in range(4)
+    ]
+
+
+# -- GetFlows ---------------------------------------------------------------------------------------------
+
+
+def test_number_first_since_until(exporter: tuple[ObserverExporter, TestHost, str]) -> None:
+    exp, _, target = exporter
+    exp.consume_flows(batch(30, 1))
+    with grpc.insecure_channel(target) as channel:
+        stub = ObserverStub(channel)
+
+        def get(**kw: Any) -> list[int]:
+            return ports(list(stub.GetFlows(observer_pb2.GetFlowsRequest(**kw))))
+
+        assert get(number=3) == [28, 29, 30]
+        assert get(number=3, first=True) == [1, 2, 3]
+        assert get() == list(range(1, 31))
+        since = {"seconds": (T0 + 10 * 10**9) // 10**9}
+        until = {"seconds": (T0 + 12 * 10**9) // 10**9}
+        assert get(since=since, until=until) == [11, 12, 13]
+        assert get(since=since, number=2) == [29, 30]
+        whitelist = [flow_pb2.FlowFilter(source_port=["5-7"]), flow_pb2.FlowFilter(source_port=["20"])]
+        blacklist = [flow_pb2.FlowFilter(source_port=["6"])]
+        assert get(whitelist=whitelist, blacklist=blacklist) == [5, 7, 20]
+        with pytest.raises(grpc.RpcError) as err:
+            get(first=True, follow=True)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_hubble_filters_this_agent_cannot_evaluate_are_rejected(
+    exporter: tuple[ObserverExporter, TestHost, str],
+) -> None:
+    exp, _, target = exporter
+    exp.consume_flows(batch(3))
+    # FlowFilter field 9 (http_status_code "404"), as Hubble's client would send it.
+    http = flow_pb2.FlowFilter.FromString(bytes([9 << 3 | 2, 3]) + b"404")
+    with grpc.insecure_channel(target) as channel:
+        call = ObserverStub(channel).GetFlows(observer_pb2.GetFlowsRequest(whitelist=[http]))
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "9" in str(err.value.details()) and "not supported" in str(err.value.details())
+
+
+@pytest.mark.timeout(60)
+def test_follow_gets_every_record_or_an_exact_lost_count(exporter: tuple[ObserverExporter, TestHost, str]) -> None:
+    """A client that stops reading while the ring (100 records) turns over many times: what it reads
+    afterwards adds up, flows plus lost markers, to exactly what was produced, and the losses are counted."""
+    exp, host, target = exporter
+    with grpc.insecure_channel(target) as channel:
+        exp.consume_flows(batch(1, 1))
+        # since the beginning: the buffered record, then everything after it (no gap while the call opens)
+        call = ObserverStub(channel).GetFlows(observer_pb2.GetFlowsRequest(follow=True, since={"seconds": 1}))
+        first = next(call)
+        produced = 1
+        started = time.perf_counter()
+        for i in range(200):  # 20,000 records while the client reads nothing
+            exp.consume_flows(batch(100, 2 + i * 100))
+            produced += 100
+        assert time.perf_counter() - started < 5  # the pipeline never waited for the client
+        flows, lost = 1 if first.HasField("flow") else 0, 0
+        while flows + lost < produced:
+            response = next(call)
+            if response.HasField("lost_events"):
+                assert response.lost_events.source == flow_pb2.HUBBLE_RING_BUFFER
+                lost += response.lost_events.num_events_lost
+            else:
+                flows += 1
+        call.cancel()
+    assert flows + lost == produced and lost > 0
+    counted = host.metrics.get("controlplane_networkobservability_lost_events_counter")
+    assert counted is not None and counted.value(("observer", "client_too_slow")) == lost
+
+
+def test_server_status_nodes_and_the_socket(exporter: tuple[ObserverExporter, TestHost, str], tmp_path: Path) -> None:
+    exp, host, target = exporter
+    exp.consume_flows(batch(150))
+    with grpc.insecure_channel(target) as channel:
+        stub = ObserverStub(channel)
+        status = stub.ServerStatus(observer_pb2.ServerStatusRequest())
+        nodes = stub.GetNodes(observer_pb2.GetNodesRequest())
+    assert (status.num_flows, status.max_flows, status.seen_flows) == (100, 100, 150)
+    assert [(n.name, n.num_flows, n.tls.enabled) for n in nodes.nodes] == [("test-node", 100, False)]
+    path = target.removeprefix("unix://")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    memory = host.metrics.get("controlplane_networkobservability_observer_buffer_bytes")
+    assert memory is not None and memory.value(()) == 100 * bytes_per_record()
+    # A second agent on the same socket is refused, with the reason.
+    other = FACTORY.create(CreateSettings("observer", "exporter"), exp.config, None)
+    with pytest.raises(RuntimeError, match="in use"):
+        other.start(TestHost())
+    exp.shutdown()
+    assert not os.path.exists(path)
+    # A stale socket file (an agent that died) is replaced.
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(path)
+    other.start(TestHost())
+    other.shutdown()
+
+
+# -- TLS and mTLS -----------------------------------------------------------------------------------------
+
+
+def _certificates(tmp: Path) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def make(name: str, issuer: tuple[Any, Any] | None, *, ca: bool, san: str | None = None) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer[0].subject if issuer else subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+        return cert, key
+
+    ca = make("test-ca", None, ca=True)
+    server = make("agent", ca, ca=False, san="agent.test")
+    client = make("client", ca, ca=False, san="client.test")
+    out: dict[str, Path] = {}
+    for name, (cert, key) in {"ca": ca, "server": server, "client": client}.items():
+        out[f"{name}.crt"] = tmp / f"{name}.crt"
+        out[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{name}.key"] = tmp / f"{name}.key"
+        out[f"{name}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return out
+
+
+def _observe(*argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = main_from_args(parser.parse_args(list(argv)), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("mtls", [False, True])
+def test_tcp_listener_with_tls_and_client_certificates(tmp_path: Path, mtls: bool) -> None:
+    files = _certificates(tmp_path)
+    tls = {"cert_file": str(files["server.crt"]), "key_file": str(files["server.key"])}
+    if mtls:
+        tls["client_ca_file"] = str(files["ca.crt"])
+    config = FACTORY.config_model.model_validate({"socket": "", "tcp_endpoint": "127.0.0.1:0", "tls": tls})
+    exp = FACTORY.create(CreateSettings("observer", "exporter"), config, None)
+    assert isinstance(exp, ObserverExporter)
+    exp.start(TestHost())
+    try:
+        exp.consume_flows(batch(5))
+        server = f"127.0.0.1:{exp.tcp_port}"
+        common = ["--server", server, "--tls-ca-cert-file", str(files["ca.crt"]), "--tls-server-name", "agent.test"]
+        client_cert = [
+            "--tls-client-cert-file",
+            str(files["client.crt"]),
+            "--tls-client-key-file",
+            str(files["client.key"]),
+        ]
+        code, out, err = _observe(*common, *client_cert, "--last", "2", "-o", "json")
+        assert code == 0, err
+        assert [json.loads(line)["flow"]["l4"]["UDP"]["sourcePort"] for line in out.splitlines()] == [4, 5]
+        code, _, err = _observe(*common, "--last", "2", "--timeout", "3")
+        assert (code == 0) is (not mtls), err  # without a client certificate: refused only under mTLS
+        code, _, err = _observe("--server", server, "--last", "1", "--timeout", "2")  # plain text to a TLS port
+        assert code == 1
+    finally:
+        exp.shutdown()
+
+
+def test_configuration_errors_name_the_field() -> None:
+    def problems(observer: dict[str, Any]) -> str:
+        raw = {
+            "receivers": {"synthetic": {}},
+            "exporters": {"observer": observer},
+            "service": {"pipelines": {"logs": {"receivers": ["synthetic"], "exporters": ["observer"]}}},
+        }
+        with pytest.raises(ConfigError) as err:
+            parse_config(raw, env={})
+        return str(err.value)
+
+    assert "exporters.observer" in problems({"tcp_endpoint": ":4244"})
+    assert "tls.cert_file" in problems({"tcp_endpoint": ":4244"})
+    assert "exporters.observer.socket_mode" in problems({"socket_mode": "rw"})
+    assert "exporters.observer.socket" in problems({"socket": "/var/run/x.sock"})
+    assert "exporters.observer.buffer_size" in problems({"buffer_size": 0})
+    assert "no listener" in problems({"socket": ""})
+    ok = parse_config(
+        {
+            "receivers": {"synthetic": {}},
+            "exporters": {"observer": {"tcp_endpoint": ":4244", "tls": {"insecure": True}}},
+            "service": {"pipelines": {"logs": {"receivers": ["synthetic"], "exporters": ["observer"]}}},
+        },
+        env={},
+    )
+    assert ok.exporters["observer"].config.tcp_endpoint == ":4244"  # type: ignore[attr-defined]
+
+
+def test_observe_rejects_bad_flags() -> None:
+    assert _observe("--server", "unix:///nonexistent", "--first", "3", "--follow")[0] == 2
+    code, _, err = _observe("--server", "unix:///nonexistent", "--group-by", "colour")
+    assert code == 2 and "valid:" in err
+    with pytest.raises(SystemExit):
+        _observe("--tcp-flags", "SYN,BOGUS")
+
+
+# -- kubectl retina observe -------------------------------------------------------------------------------
+
+FAKE_KUBECTL = textwrap.dedent(
+    """\
+    #!{python}
+    # Stands in for `kubectl port-forward` (kmock has no pods to forward to): records its arguments and
+    # forwards nothing itself; the test points it at the exporter's real TCP port.
+    import os, sys, time
+    with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
+        log.write(" ".join(sys.argv[1:]) + "\\n")
+    print("Forwarding from 127.0.0.1:" + os.environ["FAKE_KUBECTL_PORT"] + " -> 4244", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_kubectl_retina_observe_finds_the_nodes_agent_and_forwards_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retina_otel.controller import kube
+    from retina_otel.controller.kube import KubeClient
+    from retina_otel.kubectl_plugin.cli import main
+    from retina_otel.testing_k8s import EmulatedCluster
+
+    config = FACTORY.config_model.model_validate(
+        {"socket": "", "tcp_endpoint": "127.0.0.1:0", "tls": {"insecure": True}}
+    )
+    exp = FACTORY.create(CreateSettings("observer", "exporter"), config, None)
+    assert isinstance(exp, ObserverExporter)
+    exp.start(TestHost(node_name="n2"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "kubectl"
+    fake.write_text(FAKE_KUBECTL.format(python=sys.executable))
+    fake.chmod(0o755)
+    log = tmp_path / "kubectl.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KUBECTL_LOG", str(log))
+    monkeypatch.setenv("FAKE_KUBECTL_PORT", str(exp.tcp_port))
+    labels = {"app.kubernetes.io/name": "retina-otel", "app.kubernetes.io/component": "agent"}
+    try:
+        exp.consume_flows(batch(4))
+        with EmulatedCluster() as emu:
+            client = KubeClient.from_options(api_url=emu.url)
+            for node in ("n1", "n2"):
+                client.create(
+                    kube.PODS,
+                    {
+                        "metadata": {"name": f"retina-otel-agent-{node}", "namespace": "kube-system", "labels": labels},
+                        "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "x"}]},
+                        "status": {"phase": "Running"},
+                    },
+                    "kube-system",
+                )
+            client.close()
+            code = main(["--api-url", emu.url, "observe", "--node", "n2", "--last", "2"])
+            out = capsys.readouterr()
+            assert code == 0, out.err
+            assert len(out.out.splitlines()) == 2 and "[n2]" in out.out and ":4 -> " in out.out
+            assert "port-forward -n kube-system pod/retina-otel-agent-n2 :4244" in log.read_text()
+            # Several agents and no --node: the choice is the user's.
+            assert main(["--api-url", emu.url, "observe", "--last", "1"]) == 1
+            assert "2 running agent pods" in capsys.readouterr().err
+    finally:
+        exp.shutdown()
