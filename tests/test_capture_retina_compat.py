@@ -470,3 +470,9 @@ def test_retina_cli_defaults(cluster: tuple[str, KubeClient]) -> None:
     node, spec, vols = job_view(job)
     assert (node, spec.pod_ips) == ("n2", ("198.18.5.2",))
     assert vols["hostpath"]["hostPath"]["path"] == "/data/caps/retina"
+
+
+def test_tcpdump_filter_and_pcap_filter_flags(cluster: tuple[str, KubeClient]) -> None:
+    url, c = cluster
+    job = created_job(url, c, "two-filters", "--tcpdump-filter", "udp port 53", "--pcap-filter", "host 198.18.0.9")
+    assert argv_of(job)[-2:] == ["--", "((udp port 53) and (host 198.18.0.9))"]

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--s3-path", default="retina/captures")
     c.add_argument("--s3-access-key-id", default="")
     c.add_argument("--s3-secret-access-key", default="")
-    c.add_argument("--pcap-filter", "--tcpdump-filter", dest="pcap_filter", default="")
+    c.add_argument("--pcap-filter", default="", help="BPF filter expression (captureOption.pcapFilter)")
+    c.add_argument("--tcpdump-filter", default="", help="Retina's deprecated raw filter (tcpdumpFilter); ANDed")
     c.add_argument("--include-filter", default="")
     c.add_argument("--exclude-filter", default="")
     c.add_argument("--interfaces", default="")
@@ -224,6 +225,8 @@ def build_capture(args: argparse.Namespace) -> Obj:
     if args.pcap_filter:
         option["pcapFilter"] = args.pcap_filter
     conf: Obj = {"captureTarget": target, "captureOption": option, "includeMetadata": args.include_metadata}
+    if args.tcpdump_filter:
+        conf["tcpdumpFilter"] = args.tcpdump_filter
     if args.include_filter or args.exclude_filter:
         conf["filters"] = {"include": _csv(args.include_filter), "exclude": _csv(args.exclude_filter)}
     if args.job_num_limit:
