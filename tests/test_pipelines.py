@@ -324,3 +324,14 @@ def test_node_and_pod_metrics_on_two_prometheus_endpoints(tmp_path: Path) -> Non
     assert "networkobservability_adv_forward_count" not in node
     assert "synthetic_records" not in pods
     assert 'podname="pod-1"' in pods
+
+
+def test_the_pipelines_page_example_is_valid() -> None:
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "pipelines.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", page, re.S)
+    assert example is not None
+    config = parse_config(yaml.safe_load(example.group(1)), env={})
+    assert set(config.connectors) == {"flowmetrics"}
+    assert config.service.pipelines["metrics/pods"].receivers == ["flowmetrics"]
