@@ -86,7 +86,8 @@ def test_agent_values_match_collector_receiver(collector: dict[str, Any], agent_
 
 
 def test_agent_values_render_to_matching_agent_config(agent_values: dict[str, Any]) -> None:
-    helm = pytest.importorskip("helm_python")
+    import helm_python as helm
+
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(agent_values)
         rendered = chart.render(values=agent_values, name="retina-otel", namespace="kube-system")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytest
 
 from retina_otel.component import CreateSettings
 from retina_otel.flows import Direction, EndpointTable, Event, FlowBatch, ObservationPoint, Verdict, ip_to_bytes
@@ -75,7 +74,8 @@ def test_one_packet_seen_at_two_veths_counts_once_per_pod() -> None:
 
 
 def test_request_and_response_at_one_veth_count_once() -> None:
-    records = pytest.importorskip("retina_otel.receivers.packetparser.records")
+    from retina_otel.receivers.packetparser import records
+
     # The kernel's two reports at the client's veth for one UDP request and its response (packetparser.bpf.c:
     # the request is added to d[0].packets and d[1].rev_packets; the response's report takes both).
     reports = np.zeros(2, dtype=records.REPORT_DTYPE)

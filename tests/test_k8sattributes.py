@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import threading
 import time
@@ -286,9 +285,6 @@ def test_enrichment_cost_per_record() -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(
-    importlib.util.find_spec("retina_otel.receivers.packetparser") is None, reason="packetparser not in this tree"
-)
 def test_end_to_end_real_traffic(cluster: EmulatedCluster, sandbox: Any) -> None:
     """Sandbox pods whose IPs are pods in the emulator; packetparser -> k8sattributes -> consumer."""
     from retina_otel.receivers.packetparser import FACTORY as PP_FACTORY

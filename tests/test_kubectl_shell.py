@@ -117,7 +117,8 @@ def test_flags(cluster: tuple[str, KubeClient], monkeypatch: pytest.MonkeyPatch)
 
 
 def test_pod_validates_as_a_pod() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate
+
     args = shell_args("--capabilities", "SYS_ADMIN", "--allow-host-filesystem-write", "--host-pid",
                       "--seccomp-unconfined", "--apparmor-unconfined")
     kubernetes_validate.validate(shell.shell_pod(args, "node-1", "retina-shell-abcde"),
