@@ -20,9 +20,7 @@ puts ``srtt_us`` and ``handshake_us`` on packetparser's flow records.
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import numpy.typing as npt
 from retina_otel.bpf import load_bpf
 from retina_otel.component import CreateSettings, Host
 from retina_otel.flows import ip_to_bytes
+from retina_otel.k8s.apiserver import ApiServerLocator
 from retina_otel.metrics.store import Family
 from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.tcplatency.config import TcpLatencyConfig
@@ -119,6 +118,7 @@ class TcpLatencyReceiver:
         self._latency: Family | None = None
         self._handshake: Family | None = None
         self._no_response: Family | None = None
+        self._locator: ApiServerLocator | None = None
 
     # -- the extension other components use ---------------------------------------------------------
     def table(self) -> LatencyTable:
@@ -129,20 +129,39 @@ class TcpLatencyReceiver:
         return {"tcp_latency": self}
 
     def apiserver_ips(self) -> list[str]:
-        ips = list(self.config.apiserver_ips)
-        host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
-        if self.config.use_kubernetes_service_host and host:
-            try:
-                ipaddress.ip_address(host)
-                ips.append(host)
-            except ValueError:
-                log.warning("KUBERNETES_SERVICE_HOST=%r is not an IP address; ignored", host)
-        return sorted(set(ips))
+        """The API server's addresses in the kernel now (see :mod:`retina_otel.k8s.apiserver`)."""
+        return self._locator.addresses() if self._locator is not None else []
+
+    def _make_locator(self, host: Host) -> ApiServerLocator:
+        """Override, EndpointSlice watch (with the agent's Kubernetes source settings) and
+        $KUBERNETES_SERVICE_HOST, as the config asks."""
+        config = self.config
+        watch: Any = None
+        if not config.apiserver_ips and config.apiserver_discovery != "off":
+            shared = host.get_extension("k8s_cache")
+            settings = getattr(shared, "api_settings", None)
+            watch = settings() if callable(settings) else None
+            if watch is None and config.apiserver_discovery == "kubernetes":
+                from retina_otel.k8s.watch import ClientSettings
+
+                watch = ClientSettings()
+
+        def on_error(resource: str, reason: str) -> None:
+            host.count_lost("k8s_watch", f"{resource}:{reason}", 1)
+
+        return ApiServerLocator(
+            self.set_apiserver_ips,
+            override=config.apiserver_ips,
+            use_service_host=config.use_kubernetes_service_host,
+            watch=watch,
+            on_error=on_error,
+        )
 
     def set_apiserver_ips(self, ips: list[str]) -> None:
         """Replace the API server's addresses in the kernel (e.g. from the k8s cache)."""
         if self._bpf is None:
             return
+        log.info("%s: API server addresses %s", self.id, ", ".join(ips) or "(none)")
         table = self._bpf["apiserver_ips"]
         table.clear()
         one = ct.c_ubyte(1)
@@ -162,7 +181,8 @@ class TcpLatencyReceiver:
         self._host = host
         cflags = [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}", *_btf_cflags()]
         self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches both RAW_TRACEPOINT_PROBEs on load
-        self.set_apiserver_ips(self.apiserver_ips())
+        self._locator = self._make_locator(host)
+        self._locator.start()
         if self.config.apiserver_metrics:
             store = host.metrics
             self._latency = store.histogram(
@@ -222,6 +242,9 @@ class TcpLatencyReceiver:
         family.observe_many((), values)
 
     def shutdown(self) -> None:
+        if self._locator is not None:
+            self._locator.shutdown()
+            self._locator = None
         self._poller.stop(timeout=5)
         if self._bpf is not None:
             try:
