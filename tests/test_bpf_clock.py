@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from retina_otel.bpf.clock import _hz_from_config, _hz_from_timer_list, kernel_hz, wall_offset_ns
 
 
+@pytest.mark.kernel  # /proc/timer_list is readable by root only
 def test_kernel_hz_from_config_and_measured_agree() -> None:
     configured = _hz_from_config(Path("/proc/config.gz"))
     measured = _hz_from_timer_list(Path("/proc/timer_list"), 0.3)

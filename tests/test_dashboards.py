@@ -2,16 +2,16 @@
 names the agent exports.
 
 The expected names come from :func:`expected_metric_names`. Without an argument it gathers them
-statically (metric-name literals in the package plus the tables of the feature contract); given the
-text of a real ``/metrics`` scrape of the agent it uses exactly the names in that scrape, so a live test
-can call ``check_dashboards(expected_metric_names(scrape_text))``.
+statically (metric-name literals in the package plus the feature contract,
+tests/fixtures/metric_contract.txt); given the text of a real ``/metrics`` scrape of the agent it uses
+exactly the names in that scrape, so a live test can call ``check_dashboards(expected_metric_names(scrape_text))``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "charts" / "retina-otel" / "dashboards"
-FEATURES = [ROOT.parent / "shared" / "spec" / "features.md", ROOT / "docs" / "features.md"]
+CONTRACT = ROOT / "tests" / "fixtures" / "metric_contract.txt"
 
 PREFIX = "networkobservability_"
 CONTROL_PREFIX = "controlplane_networkobservability_"
@@ -62,26 +62,9 @@ def names_from_code(package: Path = ROOT / "retina_otel") -> set[str]:
     return names
 
 
-def names_from_features(paths: Iterable[Path] = FEATURES) -> set[str]:
-    """Metric names in the feature contract's tables (first column, comma separated)."""
-    names: set[str] = set()
-    for path in paths:
-        if not path.exists():
-            continue
-        text = path.read_text()
-        control = re.search(r"^Control plane:(.*?)(?:\n\n|\Z)", text, re.M | re.S)
-        if control:
-            names.update(CONTROL_PREFIX + n for n in re.findall(r"([a-z_]+)(?:\{[^}]*\})?", control.group(1)))
-        section = ""
-        for line in text.splitlines():
-            if line.startswith(("Basic", "Advanced")):
-                section = "metrics"
-            elif line.startswith("## "):
-                section = ""
-            if section and line.startswith("| ") and not line.startswith(("| metric", "|---")):
-                first = line.split("|")[1]
-                names.update(PREFIX + n.strip() for n in first.split(",") if re.fullmatch(r"\s*[a-z_]+\s*", n))
-    return names
+def names_from_contract(path: Path = CONTRACT) -> set[str]:
+    """The metric names of the feature contract (tests/fixtures/metric_contract.txt, one a line)."""
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
 
 
 def expected_metric_names(scrape_text: str | None = None) -> set[str]:
@@ -91,7 +74,7 @@ def expected_metric_names(scrape_text: str | None = None) -> set[str]:
     """
     if scrape_text is not None:
         return names_from_scrape(scrape_text)
-    base = names_from_code() | names_from_features()
+    base = names_from_code() | names_from_contract()
     return base | {n + s for n in base for s in HISTOGRAM_SUFFIXES}
 
 
@@ -214,3 +197,9 @@ def test_checker_catches_unknown_names() -> None:
     assert expected_metric_names(scrape) == {
         "networkobservability_forward_count", "networkobservability_adv_node_apiserver_latency_bucket"}
     assert metric_names_in(expr) - expected_metric_names(scrape)
+
+
+def test_the_agent_exports_every_metric_of_the_contract() -> None:
+    contract = names_from_contract()
+    assert len(contract) >= 30
+    assert contract <= names_from_code(), sorted(contract - names_from_code())
