@@ -129,7 +129,8 @@ def _status_message(status: int, close: int, drops: int, attrs: Mapping[str, Any
     elif close == CloseReason.DNS:
         parts.append(f"DNS response code {attrs.get('dns.response_code_name') or attrs.get('dns.response_code')}")
     if drops:
-        parts.append(f"{drops} packets dropped ({attrs.get('retina.drop.reason', 'unknown reason')})")
+        noun = "packet" if drops == 1 else "packets"
+        parts.append(f"{drops} {noun} dropped ({attrs.get('retina.drop.reason', 'unknown reason')})")
     return "; ".join(parts)
 
 
