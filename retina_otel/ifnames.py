@@ -16,6 +16,7 @@ Names are those of the agent's network namespace (the host's, where the receiver
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -60,7 +61,11 @@ class InterfaceNames:
         changed = False
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while True:
-                sock.recv(65536)
+                try:
+                    sock.recv(65536)
+                except OSError as exc:  # ENOBUFS: more link messages came than the socket holds
+                    if exc.errno != errno.ENOBUFS:
+                        raise
                 changed = True
         return changed
 
