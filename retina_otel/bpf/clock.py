@@ -39,16 +39,20 @@ def _hz_from_config(path: Path) -> int | None:
 
 
 def _timer_list_sample(path: Path) -> tuple[int, int] | None:
-    """``(now ns, jiffies)`` from /proc/timer_list (root only)."""
+    """``(now ns, jiffies)`` from /proc/timer_list (root only). The ``jiffies:`` line follows CPU 0's
+    list of active timers, which can run to many KB on a busy node: read lines until both are seen."""
+    now: int | None = None
     try:
-        text = path.read_text()[:4096]
-    except OSError:
+        with path.open() as f:
+            for line in f:
+                if now is None:
+                    found = re.match(r"now at (\d+) nsecs", line)
+                    now = int(found.group(1)) if found else None
+                elif line.startswith("jiffies: "):
+                    return now, int(line.split()[1])
+    except (OSError, ValueError):
         return None
-    now = re.search(r"^now at (\d+) nsecs", text, re.M)
-    jiffies = re.search(r"^jiffies: (\d+)", text, re.M)
-    if not now or not jiffies:
-        return None
-    return int(now.group(1)), int(jiffies.group(1))
+    return None
 
 
 def _hz_from_timer_list(path: Path, seconds: float) -> int | None:
