@@ -26,6 +26,9 @@ def test_names_resolve_a_whole_column_at_once() -> None:
         # Bulk cost: one searchsorted per batch, not Python per record.
         big = np.resize(np.array([LO, UNKNOWN], np.uint32), 100_000)
         cache.names(big)  # an unknown index: at most one rebuild per min_refresh_interval
+        assert cache._sock is not None  # other tests' links come and go on this host: stop listening,
+        cache._sock.close()  # so only the unknown index could cause rebuilds below
+        cache._sock = None
         builds = cache.builds
         started = time.perf_counter()
         for _ in range(10):
@@ -76,3 +79,18 @@ def test_otlp_log_records_carry_the_name() -> None:
     records = flows_to_log_records(batch, Resource({}))
     assert records[0].log_record.attributes["network.interface.name"] == "lo"  # type: ignore[index]
     assert "network.interface.name" not in records[1].log_record.attributes  # type: ignore[operator]
+
+
+@pytest.mark.kernel
+def test_an_overflowing_netlink_socket_still_invalidates_instead_of_failing() -> None:
+    """More link messages than the socket buffer holds make recv fail with ENOBUFS: that is a change too."""
+    cache = InterfaceNames(min_refresh_interval=3600)
+    try:
+        cache.names(np.array([LO], np.uint32))
+        assert cache._sock is not None
+        cache._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum: ~2 KB
+        with Sandbox() as other:
+            pods = [other.add_pod(f"ifo{i}") for i in range(3)]  # dozens of link messages
+            assert [cache.name(p.host_ifindex) for p in pods] == [p.host_veth for p in pods]
+    finally:
+        cache.close()
