@@ -172,9 +172,9 @@ class ApiServerLocator:
             self._publish()
             return
         host = os.environ.get("KUBERNETES_SERVICE_HOST", "") if self._use_service_host else ""
-        self._from_env = resolve_host(host) if host else set()
+        self._from_env = resolve_host(host) if host and _is_ip(host) else set()
         self._publish()
-        if host and not _is_ip(host):
+        if host and not _is_ip(host):  # a name: resolved in the background (DNS may be slow or down)
             self._resolver = threading.Thread(
                 target=self._resolve_loop, args=(host,), name="apiserver-resolve", daemon=True
             )
@@ -206,11 +206,13 @@ class ApiServerLocator:
         self._informer.start()
 
     def _resolve_loop(self, host: str) -> None:
-        while not self._stop.wait(self._resolve_interval):
+        while not self._stop.is_set():
             found = resolve_host(host)
             if found:  # a failed look-up keeps the last good answer
                 self._from_env = found
                 self._publish()
+            if self._stop.wait(self._resolve_interval):
+                return
 
     def _publish(self) -> None:
         found = list(self._override) if self._override else sorted(self._from_env | self.slices.addresses())
