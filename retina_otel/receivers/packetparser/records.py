@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import FLOW_DTYPE, Direction, Event, FlowBatch, ObservationPoint, Verdict
+from retina_otel.flows import FLOW_DTYPE, Direction, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict
 
 __all__ = [
     "CT_ENTRY_DTYPE",
@@ -164,7 +164,11 @@ _DIRECTION_OF_OBS = np.array(
     dtype=np.uint8,
 )
 
-# Columns of the kernel's flag counters are already in TcpFlag order.
+# The kernel's flag counters: column i counts packets with flag F_<name> = 1 << i (packetparser.bpf.c),
+# the same order as TcpFlag's columns, so reports_to_batch copies them as they are.
+KERNEL_FLAG_COLUMNS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
+assert [TcpFlag[name].value for name in KERNEL_FLAG_COLUMNS] == list(range(N_FLAGS))
+# ObservationPoint values index _DIRECTION_OF_OBS.
 assert [f.value for f in ObservationPoint][:5] == [0, 1, 2, 3, 4]
 
 
