@@ -61,7 +61,7 @@ class _Resource(NamedTuple):
 
 _STATUS = frozenset({"status"})
 _CORE = [
-    _Resource("v1/pods", "Pod", True, _STATUS, "pod"),
+    _Resource("v1/pods", "Pod", True, frozenset({"status", "ephemeralcontainers"}), "pod"),
     _Resource("v1/services", "Service", True, _STATUS, "service"),
     _Resource("v1/nodes", "Node", False, _STATUS, "node"),
     _Resource("v1/namespaces", "Namespace", False, _STATUS, "namespace"),

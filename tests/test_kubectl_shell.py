@@ -155,3 +155,55 @@ def test_bad_input(cluster: tuple[str, KubeClient], capsys: pytest.CaptureFixtur
     assert main(["--api-url", url, "shell", "node-1", "--capabilities", "ALL; rm -rf /"]) == 2
     assert "--capabilities" in capsys.readouterr().err
     assert shell_pods(c, "default") == []
+
+
+# -- pod/NAME: an ephemeral container in the pod --------------------------------------------------------
+
+
+def test_pod_target_adds_an_ephemeral_container(cluster: tuple[str, KubeClient],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    url, c = cluster
+    c.create(kube.PODS, {"metadata": {"name": "web-1", "namespace": "shop"},
+                         "spec": {"nodeName": "node-1", "containers": [{"name": "web", "image": "nginx"}]},
+                         "status": {"phase": "Running"}}, "shop")
+    stop = threading.Event()
+
+    def kubelet() -> None:  # reports every ephemeral container running
+        while not stop.is_set():
+            pod = c.get(kube.PODS, "web-1", "shop")
+            names = [e["name"] for e in pod["spec"].get("ephemeralContainers") or []]
+            if names and len((pod.get("status") or {}).get("ephemeralContainerStatuses") or []) != len(names):
+                c.patch_status(kube.PODS, "web-1", {"phase": "Running", "ephemeralContainerStatuses": [
+                    {"name": n, "state": {"running": {}}} for n in names]}, "shop")
+            stop.wait(0.05)
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(shell, "_subprocess_attach", lambda cmd: seen.append(cmd) or 0)
+    thread = threading.Thread(target=kubelet, daemon=True)
+    thread.start()
+    try:
+        assert main(["--api-url", url, "shell", "-n", "shop", "pod/web-1", "--capabilities", "SYS_PTRACE"]) == 0
+        assert main(["--api-url", url, "shell", "-n", "shop", "pods/web-1"]) == 0
+    finally:
+        stop.set()
+        thread.join(5)
+    ephemeral = c.get(kube.PODS, "web-1", "shop")["spec"]["ephemeralContainers"]
+    assert len(ephemeral) == 2  # the first one is kept, as Kubernetes keeps ephemeral containers
+    first = ephemeral[0]
+    assert first["name"].startswith("retina-shell-") and first["image"] == DEFAULT_IMAGE
+    assert first["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "SYS_PTRACE"]}
+    assert first["stdin"] and first["tty"]
+    assert seen[0][1:] == ["attach", "-it", "-n", "shop", "web-1", "-c", first["name"], "--server", url]
+
+
+def test_pod_target_errors(cluster: tuple[str, KubeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    url, c = cluster
+    assert main(["--api-url", url, "shell", "pod/missing"]) == 1
+    assert "pod default/missing not found" in capsys.readouterr().err
+    assert main(["--api-url", url, "shell", "pod/x", "--mount-host-filesystem"]) == 2
+    assert "applies to nodes only" in capsys.readouterr().err
+    assert main(["--api-url", url, "shell", "deployment/x"]) == 2
+    c.create(kube.PODS, {"metadata": {"name": "idle", "namespace": "default"},
+                         "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}]}}, "default")
+    assert main(["--api-url", url, "shell", "pod/idle", "--timeout", "1s"]) == 1  # never reported running
+    assert "not running after 1s" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""``kubectl retina shell NODE``: an interactive debugging pod on one node, removed when the shell exits.
+"""``kubectl retina shell NODE | pod/NAME``: an interactive debugging shell on a node or inside a pod.
+
+For a node, a pod on that node, removed when the shell exits. For ``pod/NAME`` (as in Retina), an
+ephemeral container in that pod's network namespace (Kubernetes keeps it in the pod's spec after it
+exits; it cannot be removed).
 
 The pod runs the agent's image (tcpdump, ip, ss, nft, iptables, ethtool, bpftool, bcc tools) in the node's
 network namespace, with ``NET_ADMIN`` and ``NET_RAW`` only (``--capabilities`` adds more), no service
@@ -35,7 +39,7 @@ Attach = Callable[[list[str]], int]
 
 def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = top.add_parser("shell", help="an interactive debugging shell on a node (removed on exit)")
-    s.add_argument("node", help="node name (or node/NAME)")
+    s.add_argument("node", metavar="NODE | pod/NAME", help="node name (or node/NAME), or pod/NAME in -n's namespace")
     s.add_argument("-n", "--namespace", default="default", help="namespace of the debugging pod")
     s.add_argument("-c", "--capabilities", default="",
                    help=f"capabilities to add to {', '.join(DEFAULT_CAPABILITIES)} (comma separated)")
@@ -122,10 +126,10 @@ def shell_pod(args: argparse.Namespace, node: str, name: str) -> Obj:
     }
 
 
-def attach_command(args: argparse.Namespace, namespace: str, pod: str) -> list[str]:
+def attach_command(args: argparse.Namespace, namespace: str, pod: str, container: str = CONTAINER) -> list[str]:
     """``kubectl attach -it`` with the plugin's own connection options."""
     kubectl = shutil.which("kubectl") or "kubectl"
-    cmd = [kubectl, "attach", "-it", "-n", namespace, pod, "-c", CONTAINER]
+    cmd = [kubectl, "attach", "-it", "-n", namespace, pod, "-c", container]
     for flag, value in (("--kubeconfig", args.kubeconfig), ("--context", args.context), ("--server", args.api_url)):
         if value:
             cmd += [flag, value]
@@ -138,18 +142,25 @@ def _subprocess_attach(cmd: list[str]) -> int:
     return subprocess.call(cmd)
 
 
-def _wait_running(client: KubeClient, namespace: str, name: str, timeout: float, interval: float = 0.5) -> None:
+def _wait_running(client: KubeClient, namespace: str, name: str, timeout: float, interval: float = 0.5,
+                  ephemeral: str | None = None) -> None:
+    """Until the pod runs (or, with ``ephemeral``, that ephemeral container of it runs)."""
     deadline = time.monotonic() + timeout
     while True:
         pod = client.get_or_none(kube.PODS, name, namespace) or {}
         status = pod.get("status") or {}
         phase = status.get("phase")
-        if phase == "Running":
+        statuses = status.get("containerStatuses") or []
+        if ephemeral is not None:
+            statuses = [s for s in status.get("ephemeralContainerStatuses") or [] if s.get("name") == ephemeral]
+            if any((s.get("state") or {}).get("running") is not None for s in statuses):
+                return
+        elif phase == "Running":
             return
         if phase in ("Failed", "Succeeded"):
             raise RuntimeError(f"pod {namespace}/{name} ended ({phase}) before the shell started; "
                                f"see `kubectl describe pod -n {namespace} {name}`")
-        for cs in status.get("containerStatuses") or []:
+        for cs in statuses:
             reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
             if reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"):
                 raise RuntimeError(f"pod {namespace}/{name} cannot start: {reason}; set --image to an image "
@@ -161,19 +172,26 @@ def _wait_running(client: KubeClient, namespace: str, name: str, timeout: float,
 
 
 def run_shell(client: KubeClient, args: argparse.Namespace, attach: Attach | None = None) -> int:
-    """Create the pod, wait for it, attach the terminal, always delete the pod; the shell's exit status."""
+    """Node: create the pod, wait for it, attach the terminal, always delete the pod. ``pod/NAME``: add an
+    ephemeral container to that pod and attach to it. Returns the shell's exit status."""
     attach = attach or _subprocess_attach
-    node = args.node.removeprefix("node/").removeprefix("nodes/")
+    kind, _, target = args.node.rpartition("/")
+    name = f"retina-shell-{os.urandom(3).hex()[:5]}"
     try:
         timeout = parse_duration(args.timeout)
-        pod = shell_pod(args, node, f"retina-shell-{os.urandom(3).hex()[:5]}")
+        if kind in ("pod", "pods", "po"):
+            return _run_in_pod(client, args, target, name, timeout, attach)
+        if kind not in ("", "node", "nodes", "no"):
+            raise ValueError(f"{args.node!r}: give a node name, node/NAME or pod/NAME")
+        node = target
+        pod = shell_pod(args, node, name)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if client.get_or_none(kube.NODES, node) is None:
         print(f"error: node {node!r} not found", file=sys.stderr)
         return 1
-    name, ns = pod["metadata"]["name"], args.namespace
+    ns = args.namespace
     print(f"Starting host networking pod {ns}/{name} on node {node} ({pod['spec']['containers'][0]['image']})")
     client.create(kube.PODS, pod, ns)
     try:
@@ -191,3 +209,39 @@ def run_shell(client: KubeClient, args: argparse.Namespace, attach: Attach | Non
         except ApiError as exc:
             if not exc.not_found:
                 print(f"warning: could not delete pod {ns}/{name}: {exc}; delete it by hand", file=sys.stderr)
+
+
+def ephemeral_container(args: argparse.Namespace, name: str) -> Obj:
+    """The shell as an ephemeral container: the pod's network namespace, the same capabilities and image."""
+    for flag in ("mount_host_filesystem", "allow_host_filesystem_write", "host_pid"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} applies to nodes only, not to pod/NAME")
+    security: Obj = {"capabilities": {"drop": ["ALL"], "add": _capabilities(args.capabilities)}}
+    if args.apparmor_unconfined:
+        security["appArmorProfile"] = {"type": "Unconfined"}
+    if args.seccomp_unconfined:
+        security["seccompProfile"] = {"type": "Unconfined"}
+    return {"name": name, "image": shell_image(args), "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/bash", "-l"], "stdin": True, "stdinOnce": True, "tty": True, "securityContext": security}
+
+
+def _run_in_pod(client: KubeClient, args: argparse.Namespace, pod_name: str, name: str, timeout: float,
+                attach: Attach) -> int:
+    ns = args.namespace
+    container = ephemeral_container(args, name)
+    pod = client.get_or_none(kube.PODS, pod_name, ns)
+    if pod is None:
+        print(f"error: pod {ns}/{pod_name} not found", file=sys.stderr)
+        return 1
+    existing = list((pod.get("spec") or {}).get("ephemeralContainers") or [])
+    print(f"Starting ephemeral container {name} in pod {ns}/{pod_name} ({container['image']})")
+    client.patch(kube.PODS, pod_name, {"spec": {"ephemeralContainers": [*existing, container]}}, ns,
+                 sub="ephemeralcontainers")
+    try:
+        _wait_running(client, ns, pod_name, timeout, ephemeral=name)
+        return attach(attach_command(args, ns, pod_name, name))
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
