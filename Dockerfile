@@ -30,7 +30,7 @@ COPY pyproject.toml README.md ./
 COPY retina_otel ./retina_otel
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --upgrade pip wheel \
-    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels .
+    && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels ".[all]"
 
 # --- runtime ----------------------------------------------------------------------------------------------
 FROM debian:${DEBIAN_RELEASE}-slim
@@ -53,9 +53,9 @@ RUN python3 -m venv /opt/retina-otel \
     && ln -s /usr/lib/python3/dist-packages/bcc /usr/lib/python3/dist-packages/retina-otel-bcc/bcc \
     && echo /usr/lib/python3/dist-packages/retina-otel-bcc \
        > "$(/opt/retina-otel/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/debian-bcc.pth" \
-    && /opt/retina-otel/bin/pip install --no-cache-dir --no-index --find-links /wheels retina-otel \
+    && /opt/retina-otel/bin/pip install --no-cache-dir --no-index --find-links /wheels "retina-otel[all]" \
     && rm -rf /wheels \
-    && /opt/retina-otel/bin/python -c "import bcc, retina_otel.cli" \
+    && /opt/retina-otel/bin/python -c "import bcc, kopf, boto3, azure.storage.blob, retina_otel.cli" \
     && ln -s /opt/retina-otel/bin/kubectl-retina /usr/local/bin/kubectl-retina
 ENV PATH=/opt/retina-otel/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -182,6 +182,14 @@ class _LazyParser(argparse.ArgumentParser):
 
 
 def _populate_operator(parser: argparse.ArgumentParser) -> None:
+    from retina_otel.extras import MissingExtraError, require_extra
+
+    try:
+        require_extra("operator", "retina-otel operator", "kopf")
+    except MissingExtraError as exc:
+        message = str(exc)
+        parser.set_defaults(func=lambda _args: _fail(message))
+        return
     from retina_otel.controller import cli as controller_cli
 
     controller_cli.add_arguments(parser)
@@ -213,6 +221,11 @@ def _add_optional_commands(sub: argparse._SubParsersAction[_LazyParser]) -> None
         capture_sub.add_parser(
             "run", help="run one capture (what a Capture Job executes)", populate=_populate_capture_run
         )
+
+
+def _fail(message: str) -> int:
+    print(f"retina-otel: {message}", file=sys.stderr)
+    return 2
 
 
 def _cmd_crds(_args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from retina_otel.extras import require_extra
+
 from .redact import redact, redact_error, register_secret
 from .spec import CaptureOutputs, S3Output
 
@@ -120,6 +122,7 @@ def upload_blob(tarball: Path, sas_url_file: str, *, timeout: float = 120) -> Ou
 
 
 def _blob_put(url: str, tarball: Path, timeout: float) -> None:
+    require_extra("capture", "the blob upload", "azure.storage.blob")
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -205,6 +208,7 @@ def upload_s3(tarball: Path, s3: S3Output, *, timeout: float = 120) -> OutputRes
 def _s3_put(
     tarball: Path, s3: S3Output, key: str, access_key: str, secret_key: str, token: str | None, timeout: float
 ) -> None:
+    require_extra("capture", "the S3 upload", "boto3")
     import boto3
     from boto3.exceptions import S3UploadFailedError
     from botocore.config import Config

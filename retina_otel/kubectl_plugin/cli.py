@@ -39,6 +39,7 @@ from retina_otel.crds.capturejob import (
     CaptureJobSpec,
 )
 from retina_otel.crds.models import DEFAULT_HOST_PATH_BASE, CaptureSpec, SpecError, parse_duration, validate_spec
+from retina_otel.extras import require_extra
 from retina_otel.kubectl_plugin import shell
 
 __all__ = ["build_capture", "build_parser", "capture_file_matcher", "download_blob", "download_s3", "main"]
@@ -512,6 +513,7 @@ def capture_file_matcher(capture: str, nodes: Sequence[str] = ()) -> Callable[[s
 
 def download_blob(sas_url: str, capture: str, dest: str, nodes: Sequence[str] = ()) -> int:
     """Download the capture's tarballs (blobs named ``<capture>-<node>-...``) from a container SAS URL."""
+    require_extra("capture", "kubectl retina capture download from blob storage", "azure.storage.blob")
     from azure.storage.blob import ContainerClient
 
     match = capture_file_matcher(capture, nodes)
@@ -531,6 +533,7 @@ def download_blob(sas_url: str, capture: str, dest: str, nodes: Sequence[str] = 
 def download_s3(bucket: str, path: str, capture: str, dest: str, *, endpoint: str | None, region: str | None,
                 key_id: str, secret_key: str, nodes: Sequence[str] = ()) -> int:
     """Download the capture's tarballs (objects ``<path>/<capture>-<node>-...``) from an S3 bucket."""
+    require_extra("capture", "kubectl retina capture download from S3", "boto3")
     import boto3
     from botocore.config import Config
 
