@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from retina_otel.receivers._periodic import DrainConfig
+from retina_otel.receivers.dropreason.retinanames import ReasonNames
 
 __all__ = ["DropReasonConfig"]
 
@@ -21,6 +22,16 @@ class DropReasonConfig(DrainConfig):
             "interval still count in the metrics (a separate per-reason map) but get no flow record; they "
             "are "
             "counted as lost events {type=dropreason, reason=flow_map_full}."
+        ),
+    )
+    reason_names: ReasonNames = Field(
+        default="kernel",
+        description=(
+            "kernel (default): the kernel's skb_drop_reason names (NETFILTER_DROP, NO_SOCKET, ...) and the "
+            "observed direction. retina: Retina's names for Retina users' alerts (NETFILTER_DROP -> "
+            "IPTABLE_RULE_DROP, TCP_LISTEN_OVERFLOW -> TCP_ACCEPT_BASIC, any other -> UNKNOWN_DROP) on "
+            "metrics and flow records, and Retina's direction on drop_count/drop_bytes (unknown, except "
+            "TCP_ACCEPT_BASIC: ingress); see docs/receivers/dropreason.md"
         ),
     )
     exclude_reasons: tuple[str, ...] = Field(

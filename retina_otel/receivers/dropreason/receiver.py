@@ -16,6 +16,7 @@ from retina_otel.metrics.store import Family
 from retina_otel.receivers._periodic import DrainingReceiver
 from retina_otel.receivers.dropreason.config import DropReasonConfig
 from retina_otel.receivers.dropreason.reasons import DropReasons, resolve_reasons
+from retina_otel.receivers.dropreason.retinanames import retina_direction, retina_reason
 
 __all__ = ["FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "DropReasonReceiver"]
 
@@ -139,12 +140,29 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         if len(keys) == 0:
             return
         labels = [
-            (self._reasons.name(int(r)), _DIRECTION_LABEL.get(int(d), "unknown"))
+            self._label(self._reasons.name(int(r)), _DIRECTION_LABEL.get(int(d), "unknown"))
             for r, d in zip(keys["reason"].tolist(), keys["direction"].tolist(), strict=True)
         ]
         # Cumulative totals read from the kernel (never deleted there), so nothing is lost between reads.
-        self._count.set_many(zip(labels, values["packets"].tolist(), strict=True))
-        self._bytes.set_many(zip(labels, values["bytes"].tolist(), strict=True))
+        # Several kernel (reason, direction) pairs can share a Retina label: their totals add up.
+        packets: dict[tuple[str, str], float] = {}
+        size: dict[tuple[str, str], float] = {}
+        for label, p, b in zip(labels, values["packets"].tolist(), values["bytes"].tolist(), strict=True):
+            packets[label] = packets.get(label, 0.0) + p
+            size[label] = size.get(label, 0.0) + b
+        self._count.set_many(packets.items())
+        self._bytes.set_many(size.items())
+
+    def _label(self, reason: str, direction: str) -> tuple[str, str]:
+        if self.config.reason_names == "retina":
+            reason = retina_reason(reason)
+            return reason, retina_direction(reason)
+        return reason, direction
+
+    def _reason_name(self, value: int) -> str:
+        assert self._reasons is not None
+        name = self._reasons.name(value)
+        return retina_reason(name) if self.config.reason_names == "retina" else name
 
     def _count_lost(self, bpf: Any) -> None:
         assert self._host is not None
@@ -174,7 +192,7 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         r["packets"] = values["packets"]
         r["bytes"] = values["bytes"]
         unique, inverse = np.unique(keys["reason"], return_inverse=True)
-        ids = np.array([STRINGS.intern(self._reasons.name(int(v))) for v in unique.tolist()], dtype=np.uint32)
+        ids = np.array([STRINGS.intern(self._reason_name(int(v))) for v in unique.tolist()], dtype=np.uint32)
         r["drop_reason"] = ids[inverse]
         batch.attributes["k8s.node.name"] = self._host.node_name
         return batch
