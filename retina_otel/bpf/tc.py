@@ -19,6 +19,7 @@ one of the two by a component's ``attach_mode``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -81,12 +82,29 @@ def _filter_name(msg: Any) -> str:
         return ""
 
 
-def list_filters(ipr: Any, ifindex: int, hook: Hook) -> list[tuple[int, int, str, str]]:
-    """``(prio, handle, kind, name)`` of every filter on one clsact hook (empty without clsact)."""
+_GONE = (errno.ENODEV, errno.ENOENT, errno.EINVAL)  # link, filter or clsact qdisc no longer there
+
+
+def _log_detach_failure(what: str, exc: Exception) -> None:
+    """A failed removal is logged: at debug when what it removes is already gone (a deleted veth), as a
+    warning otherwise (a filter may be left behind: the clean-shutdown promise needs to know)."""
+    if getattr(exc, "code", None) in _GONE:
+        log.debug("%s: already gone (%s)", what, exc)
+    else:
+        log.warning("%s failed; it may be left attached: %s", what, exc)
+
+
+def list_filters(
+    ipr: Any, ifindex: int, hook: Hook, *, detaching: bool = False
+) -> list[tuple[int, int, str, str]]:
+    """``(prio, handle, kind, name)`` of every filter on one clsact hook (empty without clsact). When
+    ``detaching``, a failure to list is logged (see :func:`_log_detach_failure`)."""
     out: list[tuple[int, int, str, str]] = []
     try:
         msgs = ipr.get_filters(index=ifindex, parent=_parent(hook))
-    except Exception:  # no clsact qdisc / link gone
+    except Exception as exc:  # no clsact qdisc / link gone
+        if detaching:
+            _log_detach_failure(f"listing filters on ifindex {ifindex} {hook} to detach", exc)
         return out
     for msg in msgs:
         handle = int(msg["handle"])
@@ -165,9 +183,9 @@ class TcAttacher:
 
     def _detach_locked(self, ifindex: int, hook: Hook) -> None:
         ipr = self._iproute()
-        for prio, handle, _kind, name in list_filters(ipr, ifindex, hook):
+        for prio, handle, _kind, name in list_filters(ipr, ifindex, hook, detaching=True):
             if self._is_ours(prio, handle, name):
-                with contextlib.suppress(Exception):
+                try:
                     ipr.tc(
                         "del-filter",
                         "bpf",
@@ -177,6 +195,8 @@ class TcAttacher:
                         prio=prio,
                         protocol=_ETH_P_ALL,
                     )
+                except Exception as exc:
+                    _log_detach_failure(f"detaching {self.spec.name} from ifindex {ifindex} {hook}", exc)
         self._attached.discard(_Attached(ifindex, hook))
 
     def _maybe_remove_clsact(self, ifindex: int) -> None:
@@ -184,8 +204,10 @@ class TcAttacher:
             return
         ipr = self._iproute()
         if not list_filters(ipr, ifindex, "ingress") and not list_filters(ipr, ifindex, "egress"):
-            with contextlib.suppress(Exception):
+            try:
                 ipr.tc("del", "clsact", ifindex)
+            except Exception as exc:
+                _log_detach_failure(f"removing the clsact qdisc {self.spec.name} added to ifindex {ifindex}", exc)
         self._created_clsact.discard(ifindex)
 
     def detach(self, ifindex: int) -> None:
@@ -208,11 +230,15 @@ class TcAttacher:
             if self._ipr is None:
                 return
             for a in list(self._attached):
-                with contextlib.suppress(Exception):
+                try:
                     self._detach_locked(a.ifindex, a.hook)
+                except Exception as exc:
+                    _log_detach_failure(f"detaching {self.spec.name} from ifindex {a.ifindex} {a.hook}", exc)
             for ifindex in list(self._created_clsact):
-                with contextlib.suppress(Exception):
+                try:
                     self._maybe_remove_clsact(ifindex)
+                except Exception as exc:
+                    _log_detach_failure(f"removing the clsact qdisc added to ifindex {ifindex}", exc)
             self._attached.clear()
             self._created_clsact.clear()
 
