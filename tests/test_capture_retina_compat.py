@@ -190,7 +190,60 @@ spec:
       secretName: capture-s3-upload-secret
 """
 
-MANIFESTS = {m["metadata"]["name"]: m for m in yaml.safe_load_all(RETINA_DOC_MANIFESTS)}
+# Two of Retina's samples/capture/ files (node-s3upload-minio.yaml without its placeholder Secret;
+# podblobupload.yaml, renamed so both fit one dict).
+RETINA_SAMPLES = """
+apiVersion: retina.sh/v1alpha1
+kind: Capture
+metadata:
+  name: capture-node-blobupload
+spec:
+  captureConfiguration:
+    captureOption:
+      duration: 10m
+    captureTarget:
+      nodeSelector:
+        matchExpressions:
+          - {
+              key: kubernetes.io/hostname,
+              operator: In,
+              values:
+                [
+                  aks-nodepool1-11396069-vmss000001,
+                  aks-nodepool1-11396069-vmss000000,
+                ],
+            }
+  outputConfiguration:
+    hostPath: "retina"
+    s3Upload:
+      bucket: retina-bucket
+      endpoint: https://play.min.io:9000
+      path: retina/captures
+      secretName: capture-s3-upload-secret
+---
+apiVersion: retina.sh/v1alpha1
+kind: Capture
+metadata:
+  name: sample-capture-pod-blobupload
+spec:
+  captureConfiguration:
+    captureOption:
+      duration: 10m
+    captureTarget:
+      podSelector:
+        matchLabels:
+          k8s-app: cloud-node-manager
+      namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+  outputConfiguration:
+    # the artifact will be copied to hostpath
+    # and uploaded to azure storage account
+    hostPath: "/tmp/retina"
+    blobUpload: blobsassecret
+"""
+
+MANIFESTS = {m["metadata"]["name"]: m for m in yaml.safe_load_all(RETINA_DOC_MANIFESTS + "---" + RETINA_SAMPLES)}
 BASE = "/var/log/retina/captures"
 
 
@@ -201,6 +254,8 @@ def cluster() -> Iterator[tuple[str, KubeClient]]:
         for name, os_ in (("n1", "linux"), ("n2", "linux"), ("w1", "windows")):
             c.create(kube.NODES, {"metadata": {"name": name, "labels": {
                 "kubernetes.io/os": os_, "kubernetes.io/hostname": name}}})
+        for name in ("aks-nodepool1-11396069-vmss000000", "aks-nodepool1-11396069-vmss000001"):  # the samples'
+            c.create(kube.NODES, {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})
         for ns in ("default", "myapp"):
             c.create(kube.NAMESPACES, {"metadata": {"name": ns}})
         for name, node, ip in (("my-app-pod-abc123", "n1", "198.18.5.1"), ("my-app-pod-def456", "n2", "198.18.5.2")):
@@ -209,6 +264,8 @@ def cluster() -> Iterator[tuple[str, KubeClient]]:
                                  "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}, "myapp")
         c.create(kube.SECRETS, {"metadata": {"name": "capture-blob-sas", "namespace": "default"},
                                 "data": {"blob-upload-url": "aHR0cHM6Ly94"}}, "default")
+        c.create(kube.SECRETS, {"metadata": {"name": "capture-s3-upload-secret", "namespace": "default"},
+                                "data": {"s3-access-key-id": "QQ==", "s3-secret-access-key": "Qg=="}}, "default")
         yield emu.url, c
         c.close()
 
@@ -281,6 +338,7 @@ def test_pod_name_manifests(cluster: tuple[str, KubeClient]) -> None:
         # needs a podSelector ("Neither NodeSelector nor NamespaceSelector&PodSelector is set").
         ("example-rotating-capture", "outputConfiguration.hostPath '/mnt/retina/captures' is absolute"),
         ("example-capture", "captureTarget needs exactly one of"),
+        ("sample-capture-pod-blobupload", "outputConfiguration.hostPath '/tmp/retina' is absolute"),
     ],
 )
 def test_manifests_retina_also_refuses(cluster: tuple[str, KubeClient], name: str, words: str) -> None:
@@ -476,3 +534,18 @@ def test_tcpdump_filter_and_pcap_filter_flags(cluster: tuple[str, KubeClient]) -
     url, c = cluster
     job = created_job(url, c, "two-filters", "--tcpdump-filter", "udp port 53", "--pcap-filter", "host 198.18.0.9")
     assert argv_of(job)[-2:] == ["--", "((udp port 53) and (host 198.18.0.9))"]
+
+
+def test_minio_sample(cluster: tuple[str, KubeClient]) -> None:
+    """samples/capture/node-s3upload-minio.yaml: two nodes by hostname, 10 minutes, hostPath and S3."""
+    _, c = cluster
+    jobs = submit(c, MANIFESTS["capture-node-blobupload"])
+    assert sorted(job_view(j)[0] for j in jobs) == ["aks-nodepool1-11396069-vmss000000",
+                                                    "aks-nodepool1-11396069-vmss000001"]
+    _, spec, vols = job_view(jobs[0])
+    assert (spec.duration, spec.max_capture_size_mb) == (600.0, 100)
+    assert vols["hostpath"]["hostPath"]["path"] == f"{BASE}/retina"
+    assert vols["s3-secret"]["secret"]["secretName"] == "capture-s3-upload-secret"
+    assert spec.outputs.s3 is not None
+    assert (spec.outputs.s3.bucket, spec.outputs.s3.endpoint, spec.outputs.s3.path) == (
+        "retina-bucket", "https://play.min.io:9000", "retina/captures")
