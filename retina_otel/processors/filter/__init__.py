@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
+from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer
 from retina_otel.flows import FlowBatch
+from retina_otel.processors._flowstep import FlowStep, flow_step_factory
 from retina_otel.processors.filter.conditions import ConditionError, Predicate, compile_condition
 
 __all__ = ["FACTORY", "FilterConfig", "FilterProcessor", "compile_rules"]
@@ -72,17 +73,11 @@ def compile_rules(config: FilterConfig) -> Any:
     return keep
 
 
-class FilterProcessor:
+class FilterProcessor(FlowStep):
     def __init__(self, settings: CreateSettings, config: FilterConfig, next_consumer: FlowConsumer) -> None:
         self.id = settings.id
         self._keep = compile_rules(config)
         self._next = next_consumer
-
-    def start(self, host: Host) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        return None
 
     def filter(self, batch: FlowBatch) -> FlowBatch | None:
         """The rows kept: the batch itself when all are, None when none is."""
@@ -100,16 +95,10 @@ class FilterProcessor:
             self._next.consume_flows(out)
 
 
-def _create(settings: CreateSettings, config: FilterConfig, next_consumer: FlowConsumer | None) -> FilterProcessor:
-    assert next_consumer is not None
-    return FilterProcessor(settings, config, next_consumer)
-
-
-FACTORY: Factory[FilterConfig] = Factory(
+FACTORY: Factory[FilterConfig] = flow_step_factory(
     "filter",
-    "processor",
     FilterConfig,
-    _create,
+    FilterProcessor,
     "keep or drop flow records by conditions on their attributes (addresses, CIDRs, ports, k8s metadata)",
     mutates_data=False,
 )

@@ -20,9 +20,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
+from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer
 from retina_otel.flows import EndpointTable, FlowBatch
 from retina_otel.flowschema import ENDPOINT_KIND, NETWORK_NAME
+from retina_otel.processors._flowstep import FlowStep, flow_step_factory
 from retina_otel.processors.filter.conditions import address_words, cidr_words
 
 __all__ = ["FACTORY", "WORLD", "NamedNetwork", "NetworksConfig", "NetworksProcessor"]
@@ -108,7 +109,7 @@ class _Cidrs:
         return out
 
 
-class NetworksProcessor:
+class NetworksProcessor(FlowStep):
     def __init__(self, settings: CreateSettings, config: NetworksConfig, next_consumer: FlowConsumer) -> None:
         self.id = settings.id
         self.config = config
@@ -118,12 +119,6 @@ class NetworksProcessor:
         # Merged entries per (base table, endpoint index, network index), rebuilt when the table changes.
         self._base: object = None
         self._merged: dict[tuple[int, int], Mapping[str, Any]] = {}
-
-    def start(self, host: Host) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        return None
 
     def _entry(self, entries: Any, endpoint: int, network: int) -> Mapping[str, Any]:
         found = self._merged.get((endpoint, network))
@@ -178,16 +173,10 @@ class NetworksProcessor:
         self._next.consume_flows(batch)
 
 
-def _create(settings: CreateSettings, config: NetworksConfig, next_consumer: FlowConsumer | None) -> NetworksProcessor:
-    assert next_consumer is not None
-    return NetworksProcessor(settings, config, next_consumer)
-
-
-FACTORY: Factory[NetworksConfig] = Factory(
+FACTORY: Factory[NetworksConfig] = flow_step_factory(
     "networks",
-    "processor",
     NetworksConfig,
-    _create,
+    NetworksProcessor,
     "named CIDRs on both ends of every flow (`network.name`, narrowest wins) and `world` for the rest",
     mutates_data=True,
 )

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
+from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer
 from retina_otel.flows import FlowBatch
+from retina_otel.processors._flowstep import FlowStep, flow_step_factory
 
 __all__ = ["FACTORY", "LOST_REASON", "RateLimitConfig", "RateLimitProcessor", "TokenBucket"]
 
@@ -49,20 +50,13 @@ class TokenBucket:
             return granted
 
 
-class RateLimitProcessor:
+class RateLimitProcessor(FlowStep):
     def __init__(self, settings: CreateSettings, config: RateLimitConfig, next_consumer: FlowConsumer) -> None:
         self.id = settings.id
         burst = config.burst if config.burst is not None else max(1.0, config.records_per_second)
         self.bucket = TokenBucket(config.records_per_second, float(burst))
         self._next = next_consumer
-        self._host: Host | None = None
         self.dropped = 0
-
-    def start(self, host: Host) -> None:
-        self._host = host
-
-    def shutdown(self) -> None:
-        return None
 
     def consume_flows(self, batch: FlowBatch) -> None:
         n = len(batch)
@@ -71,26 +65,18 @@ class RateLimitProcessor:
         granted = self.bucket.take(n)
         if granted < n:
             self.dropped += n - granted
-            if self._host is not None:
-                self._host.count_lost(self.id, LOST_REASON, n - granted)
+            if self.host is not None:
+                self.host.count_lost(self.id, LOST_REASON, n - granted)
             if not granted:
                 return
             batch = batch.select(slice(0, granted))
         self._next.consume_flows(batch)
 
 
-def _create(
-    settings: CreateSettings, config: RateLimitConfig, next_consumer: FlowConsumer | None
-) -> RateLimitProcessor:
-    assert next_consumer is not None
-    return RateLimitProcessor(settings, config, next_consumer)
-
-
-FACTORY: Factory[RateLimitConfig] = Factory(
+FACTORY: Factory[RateLimitConfig] = flow_step_factory(
     "ratelimit",
-    "processor",
     RateLimitConfig,
-    _create,
+    RateLimitProcessor,
     "at most N flow records per second (token bucket); the excess is counted as lost (rate_limited)",
     mutates_data=False,
 )

@@ -12,8 +12,9 @@ import dataclasses
 
 from pydantic import Field, model_validator
 
-from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
+from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer
 from retina_otel.flows import FieldMask, FlowBatch
+from retina_otel.processors._flowstep import FlowStep, flow_step_factory
 
 __all__ = ["FACTORY", "TransformConfig", "TransformProcessor"]
 
@@ -33,35 +34,21 @@ class TransformConfig(ComponentConfig):
         return self
 
 
-class TransformProcessor:
+class TransformProcessor(FlowStep):
     def __init__(self, settings: CreateSettings, config: TransformConfig, next_consumer: FlowConsumer) -> None:
         self.id = settings.id
         self.mask = FieldMask(keep=None if config.keep is None else frozenset(config.keep), drop=frozenset(config.drop))
         self._next = next_consumer
-
-    def start(self, host: Host) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        return None
 
     def consume_flows(self, batch: FlowBatch) -> None:
         masked = dataclasses.replace(batch, attributes=dict(batch.attributes), masks=(*batch.masks, self.mask))
         self._next.consume_flows(masked)
 
 
-def _create(
-    settings: CreateSettings, config: TransformConfig, next_consumer: FlowConsumer | None
-) -> TransformProcessor:
-    assert next_consumer is not None
-    return TransformProcessor(settings, config, next_consumer)
-
-
-FACTORY: Factory[TransformConfig] = Factory(
+FACTORY: Factory[TransformConfig] = flow_step_factory(
     "transform",
-    "processor",
     TransformConfig,
-    _create,
+    TransformProcessor,
     "field mask: keep only the listed flow-record attributes, or drop some, before export",
     mutates_data=False,
 )
