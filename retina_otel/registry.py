@@ -49,6 +49,7 @@ BUILTIN: dict[ComponentKind, dict[str, str]] = {
     },
     "connector": {
         "flowmetrics": "retina_otel.processors.flowmetrics:CONNECTOR_FACTORY",
+        "hubblemetrics": "retina_otel.processors.hubblemetrics:CONNECTOR_FACTORY",
         "spans": "retina_otel.connectors.spans:FACTORY",
     },
 }

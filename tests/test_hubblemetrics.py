@@ -221,3 +221,55 @@ def test_names_as_hubble_prints_them() -> None:
     assert icmp_type_name(False, 3, 3) == "DestinationUnreachable(Port)"
     assert icmp_type_name(False, 8, 0) == "EchoRequest" and icmp_type_name(False, 8, 1) == "EchoRequest(Code: 1)"
     assert icmp_type_name(True, 129, 0) == "EchoReply" and icmp_type_name(True, 200, 1) == "200(1)"
+
+
+def test_connector_form_publishes_only_on_its_metrics_pipeline() -> None:
+    """connectors: hubblemetrics from a logs pipeline into `metrics/hubble`, whose prometheus exporter (the
+    :9965 of a deployment) serves the hubble_* families and nothing else; the agent's own endpoint
+    (`metrics` pipeline) does not show them."""
+    from retina_otel.receivers.synthetic import make_batch
+    from retina_otel.service import Agent
+    from retina_otel.testing import wait_for
+
+    hubble_port, main_port = free_port(), free_port()
+    raw = {
+        "receivers": {"synthetic": {"interval": 0.05, "records_per_batch": 50, "max_batches": 4}},
+        "connectors": {"hubblemetrics": {"metrics": ["flow:sourceContext=ip", "tcp"]}},
+        "exporters": {
+            "prometheus": {"endpoint": f"127.0.0.1:{main_port}"},
+            "prometheus/hubble": {"endpoint": f"127.0.0.1:{hubble_port}"},
+        },
+        "service": {
+            "cluster_name": "c1",
+            "telemetry": {"health": {"endpoint": ""}},
+            "pipelines": {
+                "logs": {"receivers": ["synthetic"], "exporters": ["hubblemetrics"]},
+                "metrics/hubble": {"receivers": ["hubblemetrics"], "exporters": ["prometheus/hubble"]},
+                "metrics": {"receivers": ["synthetic"], "exporters": ["prometheus"]},
+            },
+        },
+    }
+    agent = Agent(parse_config(raw, env={}))
+    agent.start()
+    try:
+        def scrape(port: int) -> dict[str, dict[Labels, float]]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                return parse_metrics(response.read().decode())
+
+        want = sum(int(make_batch(50, 16, i).records["packets"].sum()) for i in range(4))
+
+        def counted() -> bool:
+            flows = scrape(hubble_port).get("hubble_flows_processed_total", {})
+            return sum(flows.values()) == want
+
+        assert wait_for(counted, timeout=15), scrape(hubble_port)
+        hubble, main = scrape(hubble_port), scrape(main_port)
+        # (No SYN/FIN/RST in the batches: no tcp series. The agent's own telemetry is on every exporter.)
+        data = {name for name in hubble if not name.startswith("controlplane_")}
+        assert data == {"hubble_flows_processed_total"}, data
+        some = next(iter(hubble["hubble_flows_processed_total"]))
+        assert dict(some)["cluster"] == "c1" and dict(some)["source"].startswith("198.18.0.")
+        assert not any(name.startswith("hubble_") for name in main)
+        assert "controlplane_networkobservability_synthetic_records" in main
+    finally:
+        agent.shutdown()

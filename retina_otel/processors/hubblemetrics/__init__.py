@@ -11,6 +11,7 @@ from retina_otel.processors.hubblemetrics.processor import HubbleMetricsProcesso
 from retina_otel.processors.hubblemetrics.spec import MetricSpec, SpecError, parse_metric
 
 __all__ = [
+    "CONNECTOR_FACTORY",
     "DEFAULT_METRICS",
     "FACTORY",
     "HubbleMetricsConfig",
@@ -27,10 +28,27 @@ def _create(
     return HubbleMetricsProcessor(settings, config, next_consumer)
 
 
+def _create_connector(
+    settings: CreateSettings, config: HubbleMetricsConfig, next_consumer: FlowConsumer | None
+) -> HubbleMetricsProcessor:
+    return HubbleMetricsProcessor(settings, config, None, connector=True)
+
+
 FACTORY: Factory[HubbleMetricsConfig] = Factory(
     type="hubblemetrics",
     kind="processor",
     config_model=HubbleMetricsConfig,
     create=_create,
     description="Hubble's metrics (hubble_*) from flows, with Hubble's context options, on their own endpoint (:9965)",
+    mutates_data=False,
+)
+
+CONNECTOR_FACTORY: Factory[HubbleMetricsConfig] = Factory(
+    type="hubblemetrics",
+    kind="connector",
+    config_model=HubbleMetricsConfig,
+    create=_create_connector,
+    description="Hubble's metrics (hubble_*) from the flow records of logs pipelines into metrics pipelines "
+    "(`endpoint` unused: a prometheus exporter of the metrics pipeline serves them)",
+    connects=(("logs", "metrics"),),
 )

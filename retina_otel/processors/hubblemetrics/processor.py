@@ -1,10 +1,12 @@
-"""The ``hubblemetrics`` processor: Hubble's metrics from the agent's flows, on their own endpoint.
+"""The ``hubblemetrics`` processor and connector: Hubble's metrics from the agent's flows.
 
 Retina in Hubble mode serves Hubble's metric handlers on Hubble's port (9965) next to its own metrics
-on 10093. This processor does the same from the flow batches it sees: it aggregates them with
-:class:`~.aggregate.HubbleAggregator` into a metric store of its own (so the ``hubble_*`` series are
-neither on the agent's 10093 endpoint nor exported twice) and serves that store with the agent's
-Prometheus renderer on ``endpoint``. The batch is passed on unchanged.
+on 10093. The processor form does the same from the flow batches it sees: it aggregates them with
+:class:`~.aggregate.HubbleAggregator` into a metric store of its own (so the ``hubble_*`` series are not
+on the agent's 10093 endpoint) and serves that store with the agent's Prometheus renderer on
+``endpoint``; the batch is passed on unchanged. The connector form (logs -> metrics) writes the families
+into its metrics view instead, for the metrics pipelines that list it as a receiver (a ``prometheus``
+exporter on :9965 there, ``otlp`` too).
 """
 
 from __future__ import annotations
@@ -28,14 +30,20 @@ class HubbleMetricsProcessor:
     """See ``docs/processors/hubblemetrics.md``."""
 
     def __init__(
-        self, settings: CreateSettings, config: HubbleMetricsConfig, next_consumer: FlowConsumer | None
+        self,
+        settings: CreateSettings,
+        config: HubbleMetricsConfig,
+        next_consumer: FlowConsumer | None,
+        *,
+        connector: bool = False,
     ) -> None:
         self.settings = settings
         self.config = config
         self._next = next_consumer
+        self._connector = connector
         self.specs = [parse_metric(text) for text in config.metrics]
         self._aggregator = HubbleAggregator(self.specs)
-        self.store = MetricStore()
+        self.store = MetricStore()  # the processor form's own; the connector writes into host.metrics
         self._families: dict[str, Family] = {}
         self._server: PrometheusExporter | None = None
         self._started = False
@@ -50,6 +58,8 @@ class HubbleMetricsProcessor:
     def start(self, host: Host) -> None:
         if self._started:
             return
+        if self._connector:
+            self.store = host.metrics
         ttl = self.config.series_ttl_seconds or None
         for spec in self.specs:
             labels = family_labels(spec)
@@ -57,7 +67,7 @@ class HubbleMetricsProcessor:
                 self._families[name] = self.store.counter(
                     name, help_text, labels, ttl_seconds=ttl, max_series=self.config.max_series_per_metric
                 )
-        if self.config.endpoint:
+        if self.config.endpoint and not self._connector:
             settings = CreateSettings(f"{self.settings.id}/endpoint", "exporter")
             server = PrometheusExporter(settings, PrometheusConfig(endpoint=self.config.endpoint))
             server.serve(self.store, with_cluster_label({}, self.config.cluster_label, host.cluster_name))
