@@ -137,14 +137,15 @@ def test_receiver_probes_a_bounded_round_robin_and_forgets_nodes_that_left(
 
 def _agent_config(path: Path, node: str, nodes_file: Path) -> Path:
     config = {
-        "receivers": {"nodeconnectivity": {"interval": 1, "timeout": 1}},
+        # synthetic: a logs pipeline for k8sattributes (whose watch cache lists the nodes) needs a flow source
+        "receivers": {"nodeconnectivity": {"interval": 1, "timeout": 1}, "synthetic": {"records_per_batch": 1}},
         "processors": {"k8sattributes": {"source": "file", "file_path": str(nodes_file), "wait_for_sync": False}},
         "exporters": {"prometheus": {"endpoint": "0.0.0.0:10093"}, "nop": {}},
         "service": {
             "telemetry": {"node_name": node, "health": {"endpoint": "0.0.0.0:18081"}},
             "pipelines": {
                 "metrics": {"receivers": ["nodeconnectivity"], "exporters": ["prometheus"]},
-                "logs": {"receivers": ["nodeconnectivity"], "processors": ["k8sattributes"], "exporters": ["nop"]},
+                "logs": {"receivers": ["synthetic"], "processors": ["k8sattributes"], "exporters": ["nop"]},
             },
         },
     }
@@ -210,3 +211,55 @@ def test_two_agents_on_two_nodes_probe_each_other(sandbox: Sandbox, tmp_path: Pa
     for name in agents:
         text = (tmp_path / f"{name}.log").read_text()
         assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.kernel
+def test_one_agent_with_a_kubernetes_source_wires_both_features(
+    health_servers: tuple[list[str], int, list[HealthServer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's own wiring: k8sattributes (source kubernetes, kmock) lends its Node watch to
+    nodeconnectivity and its connection settings to tcplatency's EndpointSlice watch."""
+    from retina_otel.config import parse_config
+    from retina_otel.service import Agent
+    from retina_otel.testing_k8s import EmulatedCluster
+    from tests.test_apiserver_discovery import endpoint_slice
+
+    addresses, port, _servers = health_servers
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with EmulatedCluster() as cluster:
+        for name, address in (("node-self", "127.0.0.1"), ("node-peer", addresses[0])):
+            cluster.create(
+                "nodes",
+                {"metadata": {"name": name}, "status": {"addresses": [{"type": "InternalIP", "address": address}]}},
+            )
+        cluster.create("endpointslices", endpoint_slice("kubernetes", "198.18.7.7"))
+        config = parse_config(
+            {
+                "receivers": {
+                    "nodeconnectivity": {"interval": 1, "port": port},
+                    "tcplatency": {"interval": 3600},
+                    "synthetic": {"records_per_batch": 1},
+                },
+                "processors": {"k8sattributes": {"api_url": cluster.url, "node_name": "node-self"}},
+                "exporters": {"nop": {}},
+                "service": {
+                    "telemetry": {"node_name": "node-self", "health": {"endpoint": "127.0.0.1:0"}},
+                    "pipelines": {
+                        "metrics": {"receivers": ["nodeconnectivity", "tcplatency"], "exporters": ["nop"]},
+                        "logs": {"receivers": ["synthetic"], "processors": ["k8sattributes"], "exporters": ["nop"]},
+                    },
+                },
+            },
+            env={},
+        )
+        agent = Agent(config)
+        agent.start()
+        try:
+            status = agent.metrics.get(STATUS)
+            assert status is not None
+            assert wait_for(lambda: status.value(("node-self", "node-peer")) == 1.0, timeout=20)
+            assert status.value(("node-self", "node-self")) is None
+            tcplatency = next(s.component for s in agent.states() if s.id == "tcplatency")
+            assert wait_for(lambda: tcplatency.apiserver_ips() == ["198.18.7.7"], timeout=20)  # type: ignore[attr-defined]
+        finally:
+            agent.shutdown()

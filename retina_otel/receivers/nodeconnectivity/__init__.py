@@ -22,4 +22,5 @@ FACTORY: Factory[NodeConnectivityConfig] = Factory(
     NodeConnectivityConfig,
     _create,
     "Retina's node_connectivity_status/latency_seconds: HTTP probes of the other nodes' agents (health port)",
+    signals=("metrics",),
 )
