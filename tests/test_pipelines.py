@@ -335,3 +335,25 @@ def test_the_pipelines_page_example_is_valid() -> None:
     config = parse_config(yaml.safe_load(example.group(1)), env={})
     assert set(config.connectors) == {"flowmetrics"}
     assert config.service.pipelines["metrics/pods"].receivers == ["flowmetrics"]
+
+
+def test_an_exporter_in_logs_pipelines_only_sends_no_metrics(sinks: tuple[OtlpSink, OtlpSink]) -> None:
+    sink, _ = sinks
+    config = parse_config(
+        {
+            "receivers": {"synthetic": {"interval": 0.05, "records_per_batch": 10, "max_batches": 2}},
+            "exporters": {"otlp": {"endpoint": f"127.0.0.1:{sink.port}", "tls": {"insecure": True}, "interval": 0.1}},
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {"logs": {"receivers": ["synthetic"], "exporters": ["otlp"]}},
+            },
+        },
+        env={},
+    )
+    agent = Agent(config)
+    agent.start()
+    try:
+        assert wait_for(lambda: len(sink.log_records()) >= 20)
+    finally:
+        agent.shutdown()
+    assert not sink.metric_requests

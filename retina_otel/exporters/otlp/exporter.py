@@ -243,7 +243,10 @@ class OtlpExporter:
         assert self._host is not None
         from opentelemetry.sdk.metrics.export import MetricExportResult
 
-        data = snapshots_to_metrics_data(self._host.metrics.collect(), self._resource)
+        snapshots = self._host.metrics.collect()
+        if not snapshots:
+            return True  # in no metrics pipeline: nothing is this exporter's to send
+        data = snapshots_to_metrics_data(snapshots, self._resource)
         try:
             result = self._metric_exporter.export(data, timeout_millis=self.config.timeout * 1000)
         except Exception as exc:
