@@ -530,6 +530,24 @@ class IPBlock(_Model):
     cidr: str | None = None
     except_: list[str] = Field(default_factory=list, alias="except")
 
+    @field_validator("cidr")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        return None if value is None else _ip_network(value, "cidr")
+
+    @field_validator("except_")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [_ip_network(cidr, "except") for cidr in value]
+
+
+def _ip_network(value: str, what: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not an IP network (e.g. 10.0.0.0/16)") from None
+    return value
+
 
 class TraceTarget(_Model):
     ip_block: IPBlock | None = None
@@ -537,6 +555,14 @@ class TraceTarget(_Model):
     pod_selector: LabelSelector | None = None
     node_selector: LabelSelector | None = None
     service_selector: LabelSelector | None = None
+
+    @model_validator(mode="after")
+    def _targets_something(self) -> TraceTarget:
+        if (self.ip_block is None or not self.ip_block.cidr) and all(
+            s is None for s in (self.namespace_selector, self.pod_selector, self.node_selector, self.service_selector)
+        ):
+            raise ValueError("targets nothing: give ipBlock.cidr or a selector (or leave the peer out to match any)")
+        return self
 
 
 class TraceTargets(_Model):
@@ -552,6 +578,12 @@ class TraceConfiguration(_Model):
     capture_level: Literal["AllPackets", "FirstPacket"]
     include_layer7_data: bool = False
     trace_targets: list[TraceTargets] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_target(self) -> TraceConfiguration:
+        if not self.trace_targets:
+            raise ValueError("traceTargets is empty: this entry traces nothing (use [{}] for every connection)")
+        return self
 
 
 class TraceOutputConfiguration(_Model):
