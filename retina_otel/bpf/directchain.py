@@ -87,6 +87,12 @@ class DirectChain:
         with self._lock:
             return dict(self._attached)
 
+    @property
+    def link_overruns(self) -> int:
+        """Times the link watcher lost netlink messages (ENOBUFS) since :meth:`plug` (each one rescanned)."""
+        watcher = self._watcher
+        return watcher.overruns if watcher is not None else 0
+
     def rescan(self) -> None:
         """Attach to matching interfaces not attached yet; forget vanished ones."""
         with self._lock:

@@ -6,6 +6,7 @@ the dns receiver when it attaches its own programs)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import logging
 import os
@@ -88,7 +89,11 @@ def select_links(ipr: Any, patterns: Sequence[str], host_interface: str) -> tupl
 class LinkWatcher:
     """Calls ``on_change()`` soon after any link appears, changes or vanishes, and every
     ``rescan_interval`` seconds as a safety net. The netlink socket is opened in :meth:`start`, in the
-    calling thread's network namespace."""
+    calling thread's network namespace.
+
+    When link messages come faster than the socket's buffer holds, the kernel drops some and reports
+    ENOBUFS: changes were missed, so ``on_change()`` runs at once, and :attr:`overruns` counts it.
+    """
 
     def __init__(self, on_change: Callable[[], None], rescan_interval: float, name: str = "links") -> None:
         self._on_change = on_change
@@ -98,6 +103,7 @@ class LinkWatcher:
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._wake: tuple[int, int] | None = None  # a pipe: stop() writes, the thread's select wakes
+        self.overruns = 0  # times the kernel dropped link messages (ENOBUFS)
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
@@ -124,16 +130,31 @@ class LinkWatcher:
                 return
             changed = False
             if fds[0] in ready:  # collect the burst (a new veth brings several messages)
-                with contextlib.suppress(BlockingIOError, OSError):
-                    while True:
-                        sock.recv(65536)
-                        changed = True
+                changed = self._read_burst(sock)
             if changed or time.monotonic() >= next_rescan:
                 next_rescan = time.monotonic() + self._rescan_interval
                 try:
                     self._on_change()
                 except Exception:
                     log.exception("%s: interface rescan failed", self._name)
+
+    def _read_burst(self, sock: socket.socket) -> bool:
+        """Read every queued message; True when any came or some were lost (ENOBUFS)."""
+        changed = False
+        while True:
+            try:
+                sock.recv(65536)
+            except BlockingIOError:
+                return changed
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    log.warning("%s: netlink receive failed: %s", self._name, exc)
+                    return changed
+                self.overruns += 1
+                log.warning("%s: link messages were lost (netlink ENOBUFS); rescanning interfaces now", self._name)
+                changed = True  # and read on: the messages still queued follow
+            else:
+                changed = True
 
     def stop(self) -> None:
         self._stop.set()

@@ -147,6 +147,7 @@ class PacketParserReceiver:
         self._table_minus_mono_ns = 0  # table clock - CLOCK_MONOTONIC
         self._possible_cpus = 0
         self._hot: DoubleBuffer | None = None  # high aggregation: the flow cache's two arrays
+        self._link_overruns = 0
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
         self._ct_metrics: ConntrackMetrics | None = None
@@ -438,8 +439,13 @@ class PacketParserReceiver:
             current = np.array([stats[n] for n in STAT_NAMES], dtype=np.uint64)
             delta = current - self._last_stats
             self._last_stats = current
+            overruns = self._hooks.link_overruns  # the link watcher's (restarts at 0 with a new watcher)
+            lost_link_messages = max(0, overruns - self._link_overruns)
+            self._link_overruns = overruns
         if self._parsed is not None and delta[_ST_PACKETS]:
             self._parsed.add((), float(delta[_ST_PACKETS]))
         for i, name in enumerate(STAT_NAMES):
             if name in LOST_STATS and delta[i]:
                 self._host.count_lost("packetparser", name, int(delta[i]))
+        if lost_link_messages:  # netlink dropped link messages; the interfaces were rescanned at once
+            self._host.count_lost("packetparser", "netlink_link_messages", lost_link_messages)
