@@ -35,6 +35,7 @@ from retina_otel.bpf.doublebuffer import DoubleBuffer
 from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
+from retina_otel.errorlog import RepeatedError
 from retina_otel.flows import FlowBatch
 from retina_otel.metrics.store import Family
 
@@ -148,6 +149,8 @@ class PacketParserReceiver:
         self._possible_cpus = 0
         self._hot: DoubleBuffer | None = None  # high aggregation: the flow cache's two arrays
         self._link_overruns = 0
+        self._loop_errors = RepeatedError(log, "packetparser: reader loop error")
+        self._consumer_errors = RepeatedError(log, "packetparser: next consumer failed")
         self._last_stats = np.zeros(len(STAT_NAMES), dtype=np.uint64)
         self._filter_ips: set[str] = set()
         self._ct_metrics: ConntrackMetrics | None = None
@@ -304,7 +307,7 @@ class PacketParserReceiver:
                     last_stats = now
                     self._publish_stats()
             except Exception:
-                log.exception("packetparser: reader loop error")
+                self._loop_errors.exception()
 
     def _drain_ring(self) -> int:
         assert self._ring is not None
@@ -340,7 +343,7 @@ class PacketParserReceiver:
             try:
                 self._next.consume_flows(batch)
             except Exception:
-                log.exception("packetparser: next consumer failed")
+                self._consumer_errors.exception()
 
     def _run_batched(self, program: str, input_map: str, rows: npt.NDArray[np.void]) -> None:
         """Run a user-space-driven program (pp_flush, pp_merge) over ``rows``: FLUSH_BATCH at a time
