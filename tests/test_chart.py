@@ -88,6 +88,17 @@ CASES: dict[str, dict[str, Any]] = {
     "operator-no-leader-election": {"operator": {"leaderElection": {"enabled": False}}},
     "operator-capture-namespaces": {"operator": {"captureNamespaces": ["default", "shop"], "jobNumLimit": 5}},
     "cluster-name": {"clusterName": "prod-eu-1"},
+    "traces-to-tempo": {
+        "agent": {
+            "otlp": {"enabled": True, "endpoint": "otel-collector.observability.svc:4317", "flowLogs": False},
+            "traces": {
+                "enabled": True,
+                "standalone": [{"captureLevel": "FirstPacket", "includeLayer7Data": True,
+                                "traceTargets": [{"to": {"podSelector": {"matchLabels": {"app": "checkout"}}}}]}],
+                "config": {"max_connections": 100000},
+            },
+        }
+    },
     "tcplatency-off": {"agent": {"receivers": {"tcplatency": {"enabled": False}}}},
     "tcplatency-tuned": {
         "agent": {"receivers": {"tcplatency": {"enabled": True, "config": {
@@ -358,6 +369,22 @@ def test_agent_rbac_is_read_only(chart: Any) -> None:
     # Without remote context the agent has no business reading RetinaEndpoints.
     (role,) = [d for d in by_kind(render(chart, {}), "ClusterRole") if d["metadata"]["name"].endswith("-agent")]
     assert "retinaendpoints" not in {r for rule in role["rules"] for r in rule["resources"]}
+
+
+def test_traces_pipeline_sends_connection_spans_over_otlp(chart: Any) -> None:
+    docs = render(chart, CASES["traces-to-tempo"])
+    raw = yaml.safe_load(agent_config_text(docs))
+    spans = raw["connectors"]["spans"]
+    assert spans["traces_configuration"] == {"enabled": True} and spans["max_connections"] == 100000
+    assert spans["traces"][0]["traceTargets"][0]["to"]["podSelector"] == {"matchLabels": {"app": "checkout"}}
+    pipelines = raw["service"]["pipelines"]
+    assert pipelines["logs"]["exporters"][-1] == "spans" and "nop" not in pipelines["logs"]["exporters"]
+    assert pipelines["traces"] == {"receivers": ["spans"], "exporters": ["otlp"]}
+    assert raw["exporters"]["otlp"]["signals"] == ["metrics", "traces"]
+    (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-agent")]
+    assert "tracesconfigurations" in {r for rule in role["rules"] for r in rule["resources"]}
+    with pytest.raises(Exception, match="agent.traces.enabled needs agent.otlp.enabled"):
+        render(chart, {"agent": {"traces": {"enabled": True}}})
 
 
 def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:

@@ -65,6 +65,7 @@ without it). */ -}}
 {{- $signals := list -}}
 {{- if $a.otlp.metrics -}}{{- $signals = append $signals "metrics" -}}{{- end -}}
 {{- if and $a.otlp.flowLogs $flowReceivers -}}{{- $signals = append $signals "logs" -}}{{- end -}}
+{{- if and $a.traces.enabled $flowReceivers $a.podLevel -}}{{- $signals = append $signals "traces" -}}{{- end -}}
 {{- if $signals -}}
 {{- $otlp := dict "endpoint" (required "agent.otlp.endpoint is required when agent.otlp.enabled is true" $a.otlp.endpoint) "protocol" $a.otlp.protocol "tls" (dict "insecure" $a.otlp.insecure) "compression" $a.otlp.compression "timeout" $a.otlp.timeout "interval" $a.metricsInterval "signals" $signals -}}
 {{- if $a.otlp.headers -}}
@@ -95,6 +96,18 @@ without it). */ -}}
 {{- $_ := set $exporters "observer" $observer -}}
 {{- $logExporters = append $logExporters "observer" -}}
 {{- end -}}
+{{- /* Connection spans: the spans connector ends the logs pipeline and feeds a traces pipeline to OTLP. */ -}}
+{{- $connectors := dict -}}
+{{- $traceExporters := list -}}
+{{- if and $a.traces.enabled $flowReceivers $a.podLevel -}}
+{{- $type := ternary "otlp" "otlphttp" (eq $a.otlp.protocol "grpc") -}}
+{{- if not (hasKey $exporters $type) -}}{{- fail "agent.traces.enabled needs agent.otlp.enabled: spans go out over OTLP" -}}{{- end -}}
+{{- $spans := dict "traces_configuration" (dict "enabled" $a.traces.watchTracesConfigurations) -}}
+{{- if $a.traces.standalone -}}{{- $_ := set $spans "traces" $a.traces.standalone -}}{{- end -}}
+{{- $_ := set $connectors "spans" (merge (deepCopy ($a.traces.config | default dict)) $spans) -}}
+{{- $logExporters = append $logExporters "spans" -}}
+{{- $traceExporters = list $type -}}
+{{- end -}}
 {{- /* Flows only travel through logs pipelines (retina_otel/service.py). Without OTLP flow logs the
 logs pipeline ends in the nop exporter: the flowmetrics processor has already turned them into
 metrics. */ -}}
@@ -108,9 +121,13 @@ metrics. */ -}}
 {{- if $flowReceivers -}}
 {{- $_ := set $pipelines "logs" (dict "receivers" $flowReceivers "processors" $flowProcessors "exporters" $logExporters) -}}
 {{- end -}}
+{{- if $traceExporters -}}
+{{- $_ := set $pipelines "traces" (dict "receivers" (list "spans") "exporters" $traceExporters) -}}
+{{- end -}}
 
 {{- $telemetry := dict "health" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.healthPort))) "logs" (dict "level" $a.logLevel "format" $a.logFormat) -}}
 {{- $config := dict "receivers" $receivers "exporters" $exporters "service" (dict "telemetry" $telemetry "pipelines" $pipelines) -}}
 {{- if $processors -}}{{- $_ := set $config "processors" $processors -}}{{- end -}}
+{{- if $connectors -}}{{- $_ := set $config "connectors" $connectors -}}{{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
