@@ -103,3 +103,6 @@ def test_agent_values_render_to_matching_agent_config(agent_values: dict[str, An
     assert exporter_type in pipelines["metrics"]["exporters"]
     if "logs" in exporter["signals"]:
         assert exporter_type in pipelines["logs"]["exporters"]
+    if agent_values["agent"].get("traces", {}).get("enabled"):
+        assert "traces" in exporter["signals"] and "spans" in pipelines["logs"]["exporters"]
+        assert pipelines["traces"] == {"receivers": ["spans"], "exporters": [exporter_type]}
