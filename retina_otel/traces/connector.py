@@ -51,7 +51,7 @@ class SpansConfig(ComponentConfig):
     traces: list[TraceConfiguration] = Field(
         default_factory=list,
         description="standalone trace configuration, entries of a TracesConfiguration's spec.traceConfiguration "
-        "(captureLevel, includeLayer7Data, traceTargets); applied together with watched objects; default none",
+        "(captureLevel, includeLayer7Data, traceTargets; docs/traces.md); applied with watched objects; default none",
     )
     traces_configuration: TracesConfigurationSource = Field(
         TracesConfigurationSource(), description="watching TracesConfiguration objects"
