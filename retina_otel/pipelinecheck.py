@@ -7,7 +7,11 @@
   pipeline, or prometheus in a logs pipeline, is an error, not a silent no-op;
 * a connector is an exporter of some pipeline and a receiver of another, and connects their signals
   (``Factory.connects``); connectors do not form a loop;
-* no two components offer the same extension (``Factory.provides``).
+* no two components offer the same extension (``Factory.provides``);
+* one writer per node-level metric family: flowmetrics' ``node_metrics`` derives the basic
+  ``forward_*``/``drop_*``/``dns_*`` counters from flows (it adds), which the packetforward, dropreason
+  and dns receivers publish themselves (dropreason sets cumulative kernel totals): with both in one
+  agent the series would jump between the two writers' values.
 """
 
 from __future__ import annotations
@@ -88,6 +92,38 @@ def check_pipelines(
                     )
     problems.extend(_check_connectors(pipelines, sections, as_exporter, as_receiver))
     problems.extend(_check_extensions(used))
+    problems.extend(_check_node_metric_writers(used))
+    return problems
+
+
+NODE_METRIC_RECEIVERS = {
+    "packetforward": "networkobservability_forward_count/_bytes",
+    "dropreason": "networkobservability_drop_count/_bytes",
+    "dns": "networkobservability_dns_request_count/_response_count",
+}
+"""Receivers that write the basic node-level families flowmetrics' ``node_metrics`` also writes."""
+
+
+def _check_node_metric_writers(used: Mapping[str, ComponentEntry]) -> list[ConfigProblem]:
+    from retina_otel.config import ConfigProblem
+
+    receivers = {
+        path: entry for path, entry in used.items() if path.startswith("receivers.")
+        and entry.factory.type in NODE_METRIC_RECEIVERS
+    }  # fmt: skip
+    problems: list[ConfigProblem] = []
+    for path, entry in used.items():
+        if entry.factory.type != "flowmetrics" or not getattr(entry.config, "node_metrics", False):
+            continue
+        for receiver_path, receiver in receivers.items():
+            problems.append(
+                ConfigProblem(
+                    f"{path}.node_metrics",
+                    f"{receiver_path} ({receiver.factory.type}) writes "
+                    f"{NODE_METRIC_RECEIVERS[receiver.factory.type]} itself; node_metrics: true would make a "
+                    f"second writer of the same series: set node_metrics: false, or leave {receiver_path} out",
+                )
+            )
     return problems
 
 
