@@ -12,7 +12,7 @@ import importlib.util
 __all__ = ["EXTRAS", "MissingExtraError", "missing_modules", "require_extra"]
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "operator": ("kopf", "opentelemetry.exporter.prometheus"),
+    "operator": ("kopf", "opentelemetry.exporter.prometheus", "prometheus_client"),
     "capture": ("azure.storage.blob", "boto3"),
 }
 """Extra -> the modules it provides (as imported)."""

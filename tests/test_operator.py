@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +36,14 @@ def client(emu: EmulatedCluster) -> Iterator[KubeClient]:
 
 
 @pytest.fixture(scope="module")
-def operator(emu: EmulatedCluster, client: KubeClient) -> Iterator[None]:
+def metrics_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def operator(emu: EmulatedCluster, client: KubeClient, metrics_port: int) -> Iterator[None]:
     stop, ready = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
@@ -43,6 +52,7 @@ def operator(emu: EmulatedCluster, client: KubeClient) -> Iterator[None]:
             run_operator(
                 namespace=None, install_crds=True, api_url=emu.url, job_num_limit=3,
                 retina_endpoints=True, resync_interval=2.0, consistency_timeout=0.2, stop_flag=stop, ready_flag=ready,
+                metrics_endpoint=f"127.0.0.1:{metrics_port}",
             )
         except BaseException as exc:
             errors.append(exc)
@@ -330,3 +340,34 @@ def test_retina_endpoints_follow_pods(client: KubeClient, operator: None) -> Non
                              == {"app": "web", "v": "2"}), TIMEOUT)
     client.delete(kube.PODS, "web-9", "web")
     assert wait_for(lambda: client.get_or_none(kube.RETINA_ENDPOINTS, "web-9", "web") is None, TIMEOUT)
+
+
+def _operator_metrics(port: int) -> dict[str, float]:
+    """``name{labels}`` -> value of the operator's /metrics (the OTel reader's exposition)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+def test_operator_metrics_count_reconciles_jobs_and_captures_by_phase(
+    client: KubeClient, operator: None, metrics_port: int
+) -> None:
+    """The operator's own metrics (OTel SDK + Prometheus reader): after the tests above, Captures that
+    started and ones that could not, Jobs created, and every Capture the operator saw by phase."""
+    client.create(kube.CAPTURES, _capture("metrics-bad", {"nodeSelector": {"matchLabels": {"pool": "none"}}}), NS)
+    assert wait_for(lambda: _cond(_status(client, "metrics-bad"), "error").get("status") == "True", TIMEOUT)
+
+    def value(series: str) -> float:
+        return _operator_metrics(metrics_port).get(series, 0.0)
+
+    assert wait_for(lambda: value('retina_operator_reconciles_total{kind="Capture",result="failed"}') >= 1, TIMEOUT)
+    assert value('retina_operator_reconciles_total{kind="Capture",result="ok"}') >= 1
+    assert value('retina_operator_reconciles_total{kind="MetricsConfiguration",result="ok"}') >= 1
+    assert value("retina_operator_capture_jobs_created_total") >= 2
+    phases = {p: value(f'retina_operator_captures{{phase="{p}"}}') for p in ("pending", "running", "completed", "failed")}
+    assert phases["failed"] >= 1 and phases["completed"] >= 1, phases

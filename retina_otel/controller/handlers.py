@@ -38,6 +38,7 @@ from retina_otel.controller.configs import (
     sync_endpoint,
 )
 from retina_otel.controller.kube import ApiError, KubeClient, Obj
+from retina_otel.controller.metrics import OperatorMetrics
 from retina_otel.crds import crd_manifests
 
 __all__ = ["FINALIZER", "OperatorConfig", "build_registry", "install_crds", "refresh_capture"]
@@ -98,7 +99,9 @@ def _running(status: Any) -> bool:
     return bool(status.get("startTime")) and not done
 
 
-def refresh_capture(client: KubeClient, namespace: str, name: str) -> Obj | None:
+def refresh_capture(
+    client: KubeClient, namespace: str, name: str, metrics: OperatorMetrics | None = None
+) -> Obj | None:
     """Recompute a Capture's status from its Jobs and write it if it changed."""
     capture = client.get_or_none(kube.CAPTURES, name, namespace)
     if capture is None or (capture.get("metadata") or {}).get("deletionTimestamp"):
@@ -108,6 +111,8 @@ def refresh_capture(client: KubeClient, namespace: str, name: str) -> Obj | None
     if not jobs:
         return old
     new = compute_status(old, jobs)
+    if metrics is not None:
+        metrics.capture_status(namespace, name, new)
     if not _same(old, new):
         client.patch_status(kube.CAPTURES, name, new, namespace)
         log.info("capture %s/%s: active=%d succeeded=%d failed=%d", namespace, name,
@@ -126,8 +131,12 @@ def _clean_up_now(capture: Obj, status: Obj) -> bool:
     return bool(status.get("succeeded")) and not status.get("active") and not status.get("failed")
 
 
-def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegistry:
+def build_registry(
+    cfg: OperatorConfig, client: KubeClient, metrics: OperatorMetrics | None = None
+) -> kopf.OperatorRegistry:
+    """The operator's handlers; ``metrics`` (when given) counts what they do."""
     registry = kopf.OperatorRegistry()
+    m = metrics if metrics is not None else OperatorMetrics.disabled()
     locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
     locks_guard = threading.Lock()
     configs_lock = threading.Lock()
@@ -153,35 +162,42 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
 
     # -- Capture ------------------------------------------------------------------------------------
 
-    def reconcile_capture(body: kopf.Body, logger: Any) -> None:
+    def reconcile_capture(body: kopf.Body, logger: Any) -> bool:
+        """False when the Capture cannot start (its status says why)."""
         name, namespace = str(body.metadata.name), str(body.metadata.namespace)
         with lock_for(namespace, name):
             capture = client.get_or_none(kube.CAPTURES, name, namespace)
             if capture is None or (capture.get("metadata") or {}).get("deletionTimestamp"):
-                return
+                return True
             status = capture.get("status") or {}
             if status.get("startTime") or list_capture_jobs(client, namespace, name):
-                refresh_capture(client, namespace, name)
-                return
+                refresh_capture(client, namespace, name, m)
+                return True
             if _has_final_failure(status):
-                return
+                return False
             try:
                 jobs = plan_jobs(client, capture, cfg.settings)
                 created = create_jobs(client, jobs)
             except CaptureFailure as failure:
                 logger.warning("capture %s/%s not started (%s): %s", namespace, name, failure.reason, failure.message)
-                client.patch_status(kube.CAPTURES, name, failure_status(status, failure), namespace)
-                return
+                failed = failure_status(status, failure)
+                client.patch_status(kube.CAPTURES, name, failed, namespace)
+                m.capture_status(namespace, name, failed)
+                return False
+            m.jobs_created(len(created))
             new = compute_status({"startTime": now_iso()}, created)
             client.patch_status(kube.CAPTURES, name, new, namespace)
+            m.capture_status(namespace, name, new)
             logger.info("capture %s/%s: created %d job(s)", namespace, name, len(created))
+            return True
 
     @kopf.on.resume("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
     @kopf.on.create("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
     def capture_created(body: kopf.Body, logger: Any, **_: Any) -> None:
         try:
-            reconcile_capture(body, logger)
+            m.reconciled("Capture", "ok" if reconcile_capture(body, logger) else "failed")
         except ApiError as exc:
+            m.reconciled("Capture", "api_error")
             raise kopf.TemporaryError(f"API error while starting the capture: {exc}", delay=5) from None
 
     @kopf.on.delete("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
@@ -191,6 +207,7 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
         if failed:
             raise kopf.TemporaryError(f"could not delete {', '.join(failed)}; retrying", delay=5)
         logger.info("capture %s/%s: removed %s", namespace, name, ", ".join(deleted) or "nothing")
+        m.capture_status(namespace, name, None)
         with locks_guard:
             locks.pop((namespace, name), None)
 
@@ -202,7 +219,7 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
         namespace = str(body.metadata.namespace)
         with lock_for(namespace, capture_name):
             try:
-                refresh_capture(client, namespace, capture_name)
+                refresh_capture(client, namespace, capture_name, m)
             except ApiError as exc:
                 log.warning("capture %s/%s: status refresh failed: %s", namespace, capture_name, exc)
 
@@ -214,7 +231,7 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
         )
         def capture_resync(name: str, namespace: str, **_: Any) -> None:
             with lock_for(namespace, name):
-                refresh_capture(client, namespace, name)
+                refresh_capture(client, namespace, name, m)
 
     # -- MetricsConfiguration / TracesConfiguration -------------------------------------------------
 
@@ -222,11 +239,13 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
     def metrics_event(**_: Any) -> None:
         with configs_lock:
             reconcile_metrics_configurations(client)
+        m.reconciled("MetricsConfiguration")
 
     @kopf.on.event("retina.sh", "v1alpha1", "tracesconfigurations", registry=registry)  # type: ignore[arg-type]
     def traces_event(**_: Any) -> None:
         with configs_lock:
             reconcile_traces_configurations(client)
+        m.reconciled("TracesConfiguration")
 
     # -- RetinaEndpoint -----------------------------------------------------------------------------
 
@@ -239,7 +258,9 @@ def build_registry(cfg: OperatorConfig, client: KubeClient) -> kopf.OperatorRegi
             with lock_for(*key):
                 try:
                     sync_endpoint(client, event.get("type"), pod)
+                    m.reconciled("RetinaEndpoint")
                 except ApiError as exc:
+                    m.reconciled("RetinaEndpoint", "api_error")
                     log.warning("RetinaEndpoint %s/%s: %s", key[0], body.metadata.name, exc)
 
     return registry

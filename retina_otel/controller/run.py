@@ -13,6 +13,7 @@ import kopf
 from retina_otel.controller.capture import DEFAULT_IMAGE, CaptureSettings
 from retina_otel.controller.handlers import FINALIZER, OperatorConfig, build_registry
 from retina_otel.controller.kube import KubeClient
+from retina_otel.controller.metrics import OperatorMetrics
 from retina_otel.controller.peering import (
     DEFAULT_LIFETIME,
     ensure_peering,
@@ -56,6 +57,7 @@ def run_operator(
     resync_interval: float = 30.0,
     consistency_timeout: float = 5.0,
     liveness_endpoint: str | None = None,
+    metrics_endpoint: str | None = None,
     peering_name: str | None = None,
     priority: int | None = None,
     peering_lifetime: int = DEFAULT_LIFETIME,
@@ -74,6 +76,9 @@ def run_operator(
     through that kopf peering object (``ClusterKopfPeering``, or ``KopfPeering`` in ``namespace``;
     created here when missing): only the live replica with the highest ``priority`` (random when
     ``None``) handles events, the others pause. See :mod:`retina_otel.controller.peering`.
+
+    ``metrics_endpoint`` (``host:port``) serves the operator's own metrics
+    (:mod:`retina_otel.controller.metrics`) at ``/metrics``.
     """
     client = KubeClient.from_options(api_url=api_url, kubeconfig=kubeconfig, insecure=insecure, token=token)
     if kubeconfig and not api_url:
@@ -96,7 +101,10 @@ def run_operator(
             priority = random_priority()
         logging.getLogger(__name__).info(
             "leader election: kopf peering %r, priority %d", peering_name, priority)
-    registry = build_registry(cfg, client)
+    metrics = OperatorMetrics()
+    if metrics_endpoint:
+        metrics.serve(metrics_endpoint)
+    registry = build_registry(cfg, client, metrics)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(
@@ -117,6 +125,7 @@ def run_operator(
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         client.close()
+        metrics.close()
 
 
 def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +153,9 @@ def add_operator_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between Capture status resyncs (0 disables the timer)")
     parser.add_argument("--liveness-endpoint", default=env("RETINA_OPERATOR_LIVENESS"),
                         help="e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--metrics-endpoint", default=env("RETINA_OPERATOR_METRICS"),
+                        help="host:port serving the operator's own metrics at /metrics, e.g. 0.0.0.0:10095 "
+                             "(default: off; env RETINA_OPERATOR_METRICS)")
     election = parser.add_mutually_exclusive_group()
     election.add_argument("--peering", metavar="NAME", default=env("RETINA_OPERATOR_PEERING") or None,
                           help="leader election through this kopf peering object (several replicas; "
@@ -179,6 +191,7 @@ def main_operator(args: argparse.Namespace) -> int:
         retina_endpoints=args.retina_endpoints,
         resync_interval=args.resync_interval,
         liveness_endpoint=args.liveness_endpoint,
+        metrics_endpoint=args.metrics_endpoint,
         peering_name=args.peering,
         priority=args.priority,
         peering_lifetime=args.peering_lifetime,
