@@ -221,6 +221,20 @@ class Family:
                 del self._series[k]
         return len(doomed)
 
+    def remove_where_all(self, labels: Sequence[str], values: Iterable[tuple[str, ...]]) -> int:
+        """Drop every series whose ``labels`` (all of them) have one of the value tuples ``values``, e.g.
+        ``(namespace, podname)`` pairs; 0 when the family lacks one of the labels."""
+        try:
+            indexes = [self.label_names.index(label) for label in labels]
+        except ValueError:
+            return 0
+        wanted = set(values)
+        with self._lock:
+            doomed = [k for k in self._series if tuple(k[i] for i in indexes) in wanted]
+            for k in doomed:
+                del self._series[k]
+        return len(doomed)
+
     def clear(self) -> None:
         with self._lock:
             self._series.clear()

@@ -51,7 +51,11 @@ _NODE_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "networkobservability_dns_response_count": ("Total DNS responses", ()),
 }
 
-_POD_LABELS = ("podname", "source_podname", "destination_podname")
+_POD_NAMESPACE_LABELS = (
+    ("podname", "namespace"),
+    ("source_podname", "source_namespace"),
+    ("destination_podname", "destination_namespace"),
+)
 _IP_LABELS = ("ip", "source_ip", "destination_ip")
 
 
@@ -127,10 +131,13 @@ class FlowMetricsProcessor:
                 self._call_namespace_hook(self._plan)
 
     def forget_pods(self, pods: Iterable[str], delay_seconds: float | None = None) -> int:
-        """Remove every adv_* series whose podname (or source_/destination_podname) or ip label is one of
-        ``pods`` (pod names and/or IP addresses). k8sattributes calls it when a pod's enrichment grace
-        period ends. With a delay (default ``pod_forget_delay_seconds``) the removal happens later, at the
-        first batch or scrape after it. Returns the number of series removed now."""
+        """Remove every adv_* series of the given pods: ``namespace/name`` matches series whose podname
+        (or source_/destination_podname) and namespace label of the same side are that pod's (a series
+        without the namespace label cannot tell same-named pods of two namespaces apart and is left to
+        expire); an IP address matches the ip labels; a bare name matches podname in any namespace.
+        k8sattributes calls it with ``namespace/name`` and the IPs when a pod's enrichment grace period
+        ends. With a delay (default ``pod_forget_delay_seconds``) the removal happens later, at the first
+        batch or scrape after it. Returns the number of series removed now."""
         wanted = frozenset(str(p) for p in pods if p)
         if not wanted:
             return 0
@@ -142,13 +149,20 @@ class FlowMetricsProcessor:
         return self._remove_pods(wanted)
 
     def _remove_pods(self, wanted: frozenset[str]) -> int:
+        qualified = {tuple(p.split("/", 1)) for p in wanted if "/" in p}  # (namespace, name)
+        plain = {p for p in wanted if "/" not in p}  # IPs, and bare names
         removed = 0
         with self._lock:
             families = list(self._families.values())
         for family in families:
-            for label in (*_POD_LABELS, *_IP_LABELS):
-                if label in family.label_names:
-                    removed += family.remove_where(label, wanted)
+            for pod_label, namespace_label in _POD_NAMESPACE_LABELS:
+                if qualified:
+                    removed += family.remove_where_all((namespace_label, pod_label), qualified)
+                if plain:
+                    removed += family.remove_where(pod_label, plain)
+            for label in _IP_LABELS:
+                if plain:
+                    removed += family.remove_where(label, plain)
         return removed
 
     def _sweep_forgotten(self) -> None:
