@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.flows import STRINGS, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict
-from retina_otel.processors.flowmetrics.grouping import group_rows, ip_codes
+from retina_otel.processors.flowmetrics.grouping import Grouping, group_rows
 from retina_otel.processors.hubblemetrics.endpoints import SlotStrings
 from retina_otel.processors.hubblemetrics.icmp import icmp_type_name
 from retina_otel.processors.hubblemetrics.spec import ContextOptions, MetricSpec
@@ -47,7 +47,7 @@ FAMILIES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 # Retina's Hubble flows: leaving a pod is TraceToStack, entering it TraceToLxc (pkg/utils ToFlow).
-_SUBTYPE = {
+_SUBTYPE: dict[int, str] = {
     ObservationPoint.FROM_ENDPOINT: "to-stack",
     ObservationPoint.TO_ENDPOINT: "to-endpoint",
     ObservationPoint.FROM_NETWORK: "from-network",
@@ -55,7 +55,7 @@ _SUBTYPE = {
 }
 # Retina's own verdict numbers for DNS and retransmission flows, which Hubble prints as numbers.
 _VERDICT_DNS, _VERDICT_RETRANSMISSION = "16", "15"
-_VERDICTS = {Verdict.FORWARDED: "FORWARDED", Verdict.DROPPED: "DROPPED"}
+_VERDICTS: dict[int, str] = {Verdict.FORWARDED: "FORWARDED", Verdict.DROPPED: "DROPPED"}
 _L4 = {6: "TCP", 17: "UDP", 1: "ICMPv4", 58: "ICMPv6", 132: "SCTP"}
 _DIRECTIONS = ("unknown", "ingress", "egress")
 _TCP_FLAGS = ((TcpFlag.FIN, "FIN"), (TcpFlag.SYN, "SYN"), (TcpFlag.SYNACK, "SYN-ACK"), (TcpFlag.RST, "RST"))
@@ -135,69 +135,104 @@ class _Batch:
         return np.ascontiguousarray(words[:, 1]), np.ascontiguousarray(words[:, 0])
 
 
+@dataclass
+class _Column:
+    """One context label over the chosen rows: a code per row for each distinct value; codes from
+    ``len(strings)`` on stand for addresses, rendered from the group's row."""
+
+    codes: I64
+    radix: int
+    strings: list[str]
+    ip_side: str = ""
+
+
+def _ip_codes(b: _Batch, side: str, rows: I64) -> tuple[I64, int]:
+    """Exact codes of the addresses of ``rows`` (one 64-bit sort when they are all IPv4)."""
+    lo, hi = b.ip_words(side)
+    lo, hi = lo[rows], hi[rows]
+    if hi.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64), 1
+    if (hi == hi[0]).all():
+        uniq, inverse = np.unique(lo, return_inverse=True)
+        count = int(uniq.shape[0])
+    else:
+        pairs, inverse = np.unique(np.stack([hi, lo], axis=1), axis=0, return_inverse=True)
+        count = int(pairs.shape[0])
+    return inverse.reshape(-1).astype(np.int64), count
+
+
 class _Context:
-    """Group codes and label values of one ContextOptions over chosen rows."""
+    """Context label codes of one ContextOptions over chosen rows, vectorised: each label's code is its
+    value (per-slot tables built once per endpoint-table generation, addresses only where a chain reaches
+    ``ip``), so grouping by them gives one group per series."""
+
+    _FIELDS = {"pod": "pod-name", "namespace": "namespace", "workload": "workload-name", "app": "app"}
 
     def __init__(self, opts: ContextOptions, slots: SlotStrings) -> None:
         self.opts = opts
         self.slots = slots
-        idents = opts.identifiers()
-        self.sides = [
-            side
-            for side in ("src", "dst")
-            if (opts.has_source if side == "src" else opts.has_destination)
-            or any(lab.startswith("source_" if side == "src" else "destination_") for lab in opts.labels)
-        ]
-        self.ips = [
-            side
-            for side in self.sides
-            if "ip" in idents or ("source_ip" if side == "src" else "destination_ip") in opts.labels
-        ]
+        self._tables: dict[object, tuple[I64, list[str]]] = {}
 
-    def parts(self, b: _Batch, rows: I64) -> list[tuple[npt.NDArray[np.integer], int]]:
-        out: list[tuple[npt.NDArray[np.integer], int]] = []
-        for side in self.sides:
-            slot = b.slot(side)[rows]
-            out.append((slot, self.slots.size))
-            if side in self.ips:
-                lo, hi = b.ip_words(side)
-                codes, radix = ip_codes(slot, self.slots.size, lo[rows], hi[rows])
-                out.append((codes, radix))
-        if self.opts.by_direction:
-            out.append((b.direction()[rows], 3))
-        return out
+    def _table(self, key: object, per_direction: list[list[str | None]]) -> tuple[I64, list[str]]:
+        """(direction x slot) value ids (-1: the row's address) and the values, cached per generation."""
+        found = self._tables.get(key)
+        if found is None:
+            ids: dict[str, int] = {}
+            table = np.array(
+                [[-1 if v is None else ids.setdefault(v, len(ids)) for v in values] for values in per_direction],
+                dtype=np.int64,
+            )
+            found = self._tables[key] = (table, list(ids))
+        return found
 
-    def labels(self, b: _Batch, row: int) -> LabelValues:
+    def _side(self, b: _Batch, rows: I64, side: str, direction: I64 | None, chains: list[tuple[str, ...]]) -> _Column:
+        table, strings = self._table(tuple(chains), [self.slots.chain_values(c) for c in chains])
+        slot = b.slot(side)[rows]
+        codes = table[direction if direction is not None else 0, slot]
+        need_ip = codes < 0
+        if not need_ip.any():
+            return _Column(codes, max(len(strings), 1), strings)
+        ip, count = _ip_codes(b, side, rows[need_ip])
+        codes = codes.copy()
+        codes[need_ip] = len(strings) + ip
+        return _Column(codes, len(strings) + count, strings, side)
+
+    def columns(self, b: _Batch, rows: I64) -> list[_Column]:
         opts = self.opts
-        rec = b.rec
-        direction = _DIRECTIONS[int(b.direction()[row])]
-
-        def side_value(side: str, what: str) -> str:
-            if what == "ip":
-                return _ip(rec[f"{side}_ip"][row])
-            if what == "dns":
-                return ""
-            return self.slots.value(what, int(b.slot(side)[row]))
-
-        out = []
+        direction = b.direction()[rows] if opts.by_direction else None
+        out: list[_Column] = []
         for label in opts.labels:
             if label == "traffic_direction":
-                out.append(direction)
+                assert direction is not None
+                out.append(_Column(direction, 3, list(_DIRECTIONS)))
                 continue
-            side, _, field = label.partition("_")
-            what = {"ip": "ip", "pod": "pod-name", "namespace": "namespace", "workload": "workload-name",
-                    "app": "app"}[field]
-            out.append(side_value("src" if side == "source" else "dst", what))
+            prefix, _, field = label.partition("_")
+            side = "src" if prefix == "source" else "dst"
+            if field == "ip":
+                ip, count = _ip_codes(b, side, rows)
+                out.append(_Column(ip, count, [], side))
+            else:
+                out.append(self._side(b, rows, side, None, [(self._FIELDS[field],)]))
         for name, side, present in (("source", "src", opts.has_source), ("destination", "dst", opts.has_destination)):
-            if not present:
-                continue
-            value = ""
-            for ident in opts.chain(name, direction):
-                value = side_value(side, ident)
-                if value:
-                    break
-            out.append(value)
-        return tuple(out)
+            if present:
+                chains = [opts.chain(name, d) for d in _DIRECTIONS] if opts.by_direction else [opts.chain(name, "")]
+                out.append(self._side(b, rows, side, direction, chains))
+        return out
+
+
+def _render(b: _Batch, columns: list[_Column], index: I64, reps: list[int]) -> list[LabelValues]:
+    """The context labels of each group, from its representative (``rows[index[g]] == reps[g]``)."""
+    per_column: list[list[str]] = []
+    for column in columns:
+        codes = column.codes[index].tolist()
+        strings = column.strings
+        if column.ip_side:
+            addresses = b.rec[f"{column.ip_side}_ip"]
+            n = len(strings)
+            per_column.append([strings[c] if c < n else _ip(addresses[r]) for c, r in zip(codes, reps, strict=True)])
+        else:
+            per_column.append([strings[c] for c in codes])
+    return list(zip(*per_column, strict=True)) if per_column else [() for _ in reps]
 
 
 def _merge(series: Series, labels: LabelValues, value: float) -> None:
@@ -243,10 +278,13 @@ class HubbleAggregator:
 
 def _grouped(
     b: _Batch, rows: I64, own: list[tuple[npt.NDArray[np.integer], int]], ctx: _Context
-) -> tuple[Any, list[int]]:
-    grouping = group_rows(int(rows.shape[0]), [*own, *ctx.parts(b, rows)])
+) -> tuple[Grouping, list[int], list[LabelValues]]:
+    """Groups of ``rows`` by the handler's codes and the context labels: a representative row and the
+    context label values of each group."""
+    columns = ctx.columns(b, rows)
+    grouping = group_rows(int(rows.shape[0]), [*own, *((c.codes, c.radix) for c in columns)])
     reps = rows[grouping.rep].tolist()
-    return grouping, reps
+    return grouping, reps, _render(b, columns, grouping.rep, reps)
 
 
 def _flow(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> None:
@@ -260,28 +298,36 @@ def _flow(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) ->
         (b.col("proto")[rows], 256),
         (b.col("verdict")[rows], 4),
     ]
-    grouping, reps = _grouped(b, rows, own, ctx)
+    grouping, reps, contexts = _grouped(b, rows, own, ctx)
     sums = grouping.sums(b.col("packets")[rows])
     series = out.setdefault("hubble_flows_processed_total", {})
     rec = b.rec
-    for rep, total in zip(reps, sums.tolist(), strict=True):
-        ev = int(rec["event"][rep])
-        proto = int(rec["proto"][rep])
-        if ev == Event.DNS:
-            head = ("DNS", "L7", "DNS", _VERDICT_DNS)
-        else:
-            protocol = _L4.get(proto, "Unknown L4")
-            if ev == Event.DROP:
-                head = (protocol, "Drop", "", "DROPPED")
-            else:
-                subtype = _SUBTYPE.get(ObservationPoint(int(rec["observation_point"][rep])), "")
-                verdict = (
-                    _VERDICT_RETRANSMISSION
-                    if ev == Event.RETRANSMIT
-                    else _VERDICTS.get(Verdict(int(rec["verdict"][rep])), "VERDICT_UNKNOWN")
-                )
-                head = (protocol, "Trace", subtype, verdict)
-        _merge(series, (*head, *ctx.labels(b, rep)), total)
+    heads: dict[tuple[int, int, int, int], tuple[str, str, str, str]] = {}
+    rep_rows = np.asarray(reps, dtype=np.int64)
+    keys = zip(
+        rec["event"][rep_rows].tolist(),
+        rec["observation_point"][rep_rows].tolist(),
+        rec["proto"][rep_rows].tolist(),
+        rec["verdict"][rep_rows].tolist(),
+        strict=True,
+    )
+    for key, context, total in zip(keys, contexts, sums.tolist(), strict=True):
+        head = heads.get(key)
+        if head is None:
+            head = heads[key] = _flow_head(*key)
+        _merge(series, (*head, *context), total)
+
+
+def _flow_head(ev: int, obs: int, proto: int, verdict: int) -> tuple[str, str, str, str]:
+    """protocol, type, subtype, verdict of flow records with these columns."""
+    if ev == Event.DNS:
+        return ("DNS", "L7", "DNS", _VERDICT_DNS)
+    protocol = _L4.get(proto, "Unknown L4")
+    if ev == Event.DROP:
+        return (protocol, "Drop", "", "DROPPED")
+    if ev == Event.RETRANSMIT:
+        return (protocol, "Trace", _SUBTYPE.get(obs, ""), _VERDICT_RETRANSMISSION)
+    return (protocol, "Trace", _SUBTYPE.get(obs, ""), _VERDICTS.get(verdict, "VERDICT_UNKNOWN"))
 
 
 def _forwarded_flows(b: _Batch, extra: npt.NDArray[np.bool_] | None = None) -> I64:
@@ -293,10 +339,11 @@ def _tcp(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> 
     rows = _forwarded_flows(b, b.col("proto") == 6)
     if rows.shape[0] == 0:
         return
-    grouping, reps = _grouped(b, rows, [(b.col("ip_version")[rows] == 6, 2)], ctx)
+    grouping, reps, contexts = _grouped(b, rows, [(b.col("ip_version")[rows] == 6, 2)], ctx)
     series = out.setdefault("hubble_tcp_flags_total", {})
     flags = b.rec["tcp_flags"]
-    labels = [(_family(int(b.rec["ip_version"][rep])), ctx.labels(b, rep)) for rep in reps]
+    versions = b.rec["ip_version"][np.asarray(reps, dtype=np.int64)].tolist()
+    labels = [(_family(v), context) for v, context in zip(versions, contexts, strict=True)]
     for flag, name in _TCP_FLAGS:
         sums = grouping.sums(np.ascontiguousarray(flags[rows, flag]))
         for (family, context), total in zip(labels, sums.tolist(), strict=True):
@@ -310,13 +357,13 @@ def _drop(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) ->
     reasons = b.col("drop_reason")[rows]
     uniq, reason_codes = np.unique(reasons, return_inverse=True)
     own = [(reason_codes.reshape(-1), int(uniq.shape[0])), (b.col("proto")[rows], 256)]
-    grouping, reps = _grouped(b, rows, own, ctx)
+    grouping, reps, contexts = _grouped(b, rows, own, ctx)
     sums = grouping.sums(b.col("packets")[rows])
     series = out.setdefault("hubble_drop_total", {})
-    for rep, total in zip(reps, sums.tolist(), strict=True):
+    for rep, context, total in zip(reps, contexts, sums.tolist(), strict=True):
         reason = STRINGS.name(int(b.rec["drop_reason"][rep])) or "DROP_REASON_UNKNOWN"
         protocol = _L4.get(int(b.rec["proto"][rep]), "Unknown L4")
-        _merge(series, (*ctx.labels(b, rep), reason, protocol), total)
+        _merge(series, (*context, reason, protocol), total)
 
 
 def _ips_returned(answers: object, count: int) -> int:
@@ -358,14 +405,14 @@ def _dns(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> 
             query = str((extra or {}).get("query") or "")
             key = (*key, query if not query or query.endswith(".") else query + ".")
         codes[i] = ids.setdefault((response, key), len(ids))
-    grouping, reps = _grouped(b, rows, [(codes, max(len(ids), 1))], ctx)
+    grouping, _reps, contexts = _grouped(b, rows, [(codes, max(len(ids), 1))], ctx)
     sums = grouping.sums(b.col("packets")[rows])
     by_code = list(ids)
     group_codes = codes[grouping.rep].tolist()
-    for rep, code, total in zip(reps, group_codes, sums.tolist(), strict=True):
+    for context, code, total in zip(contexts, group_codes, sums.tolist(), strict=True):
         response, key = by_code[code]
         name = "hubble_dns_responses_total" if response else "hubble_dns_queries_total"
-        _merge(out.setdefault(name, {}), (*ctx.labels(b, rep), *key), total)
+        _merge(out.setdefault(name, {}), (*context, *key), total)
 
 
 def _icmp(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> None:
@@ -375,14 +422,14 @@ def _icmp(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) ->
     if rows.shape[0] == 0:
         return
     own = [(proto[rows] == 58, 2), (b.col("src_port")[rows] & 0xFF, 256), (b.col("dst_port")[rows] & 0xFF, 256)]
-    grouping, reps = _grouped(b, rows, own, ctx)
+    grouping, reps, contexts = _grouped(b, rows, own, ctx)
     sums = grouping.sums(b.col("packets")[rows])
     series = out.setdefault("hubble_icmp_total", {})
     rec = b.rec
-    for rep, total in zip(reps, sums.tolist(), strict=True):
+    for rep, context, total in zip(reps, contexts, sums.tolist(), strict=True):
         v6 = int(rec["proto"][rep]) == 58
         kind = icmp_type_name(v6, int(rec["src_port"][rep]) & 0xFF, int(rec["dst_port"][rep]) & 0xFF)
-        _merge(series, ("IPv6" if v6 else "IPv4", kind, *ctx.labels(b, rep)), total)
+        _merge(series, ("IPv6" if v6 else "IPv4", kind, *context), total)
 
 
 def _port_distribution(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> None:
@@ -393,14 +440,13 @@ def _port_distribution(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str
         return
     ported = (proto[rows] == 6) | (proto[rows] == 17) | (proto[rows] == 132)
     port = np.where(ported, b.col("dst_port")[rows], 0)
-    grouping, reps = _grouped(b, rows, [(proto[rows], 256), (port, 65536)], ctx)
+    grouping, reps, contexts = _grouped(b, rows, [(proto[rows], 256), (port, 65536)], ctx)
     sums = grouping.sums(b.col("packets")[rows])
     series = out.setdefault("hubble_port_distribution_total", {})
-    rec = b.rec
-    for rep, total in zip(reps, sums.tolist(), strict=True):
-        p = int(rec["proto"][rep])
-        port_text = str(int(rec["dst_port"][rep])) if p in (6, 17, 132) else "0"
-        _merge(series, (_L4[p], port_text, *ctx.labels(b, rep)), total)
+    rep_rows = np.asarray(reps, dtype=np.int64)
+    protos, ports = b.rec["proto"][rep_rows].tolist(), b.rec["dst_port"][rep_rows].tolist()
+    for p, dport, context, total in zip(protos, ports, contexts, sums.tolist(), strict=True):
+        _merge(series, (_L4[p], str(dport) if p in (6, 17, 132) else "0", *context), total)
 
 
 _HANDLERS: dict[str, Callable[[_Batch, MetricSpec, _Context, dict[str, Series]], None]] = {

@@ -92,3 +92,20 @@ class SlotStrings:
     def value(self, identifier: str, slot: int) -> str:
         column = self._table.get(identifier)
         return column[slot] if column is not None else ""
+
+    def chain_values(self, chain: tuple[str, ...]) -> list[str | None]:
+        """Per slot, the first non-empty value of ``chain`` (Hubble's ``a|b|c`` fallback); ``None`` where the
+        chain reaches ``ip`` first (the value is then the row's address, not the slot's)."""
+        out: list[str | None] = []
+        for slot in range(self.size):
+            found: str | None = ""
+            for ident in chain:
+                if ident == "ip":
+                    found = None
+                    break
+                value = self.value(ident, slot)
+                if value:
+                    found = value
+                    break
+            out.append(found)
+        return out
