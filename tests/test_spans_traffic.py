@@ -394,7 +394,7 @@ def test_traces_configuration_targeting_one_pod(
     node = make_node(
         {"traces_configuration": {"enabled": True, "api_url": cluster.url}}, [client, web, db], k8s_url=cluster.url
     )
-    assert wait_for(lambda: node.spans.open_connections == 0 and node.spans._builder is not None, timeout=15)
+    assert wait_for(lambda: node.spans.tracing, timeout=15)
     servers = [Server(web, PORT), Server(db, PORT)]
     try:
         for target in (web, db):

@@ -177,6 +177,11 @@ class SpanConnector:
                 self._builder.add(batch)
 
     @property
+    def tracing(self) -> bool:
+        """Whether any configuration targets something (else ``consume_flows`` does nothing)."""
+        return self._builder is not None
+
+    @property
     def open_connections(self) -> int:
         builder = self._builder
         return builder.open_connections if builder is not None else 0
