@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from retina_otel import kubeclient
 
-__all__ = ["ApiError", "KubeClient", "Obj", "Resource", "labels_match"]
+__all__ = ["ApiError", "KubeClient", "Obj", "Resource", "labels_match", "object_meta"]
 
 Obj = dict[str, Any]
 
@@ -77,6 +77,12 @@ CAPTURES = Resource("retina.sh", "v1alpha1", "captures", True)
 METRICS_CONFIGS = Resource("retina.sh", "v1alpha1", "metricsconfigurations", False)
 TRACES_CONFIGS = Resource("retina.sh", "v1alpha1", "tracesconfigurations", False)
 RETINA_ENDPOINTS = Resource("retina.sh", "v1alpha1", "retinaendpoints", True)
+
+
+def object_meta(obj: Obj) -> dict[str, Any]:
+    """An object's ``metadata`` (empty when it has none)."""
+    meta: dict[str, Any] = obj.get("metadata") or {}
+    return meta
 
 
 def labels_match(labels: dict[str, str] | None, wanted: dict[str, str]) -> bool:

@@ -1,0 +1,27 @@
+"""Why a Capture cannot run: the condition reasons and the exception that carries one."""
+
+from __future__ import annotations
+
+__all__ = ["CaptureFailure", "Reason"]
+
+
+class Reason:
+    """Condition reasons (Retina's, plus InvalidSpec for specs that fail validation)."""
+
+    JOBS_IN_PROGRESS = "JobsInProgress"
+    JOBS_COMPLETED = "JobsCompleted"
+    RUN_JOB_FAILED = "RunJobFailed"
+    EXCEED_JOB_NUM_LIMIT = "ExceedJobNumLimit"
+    FIND_SECRET_FAILED = "FindSecretFailed"
+    CREATE_JOB_FAILED = "CreateJobFailed"
+    INVALID_SPEC = "InvalidSpec"
+    OTHER_ERROR = "OtherError"
+
+
+class CaptureFailure(Exception):
+    """A Capture that cannot run; ``reason`` is a :class:`Reason`, ``message`` says what to fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
