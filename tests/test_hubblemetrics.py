@@ -273,3 +273,48 @@ def test_connector_form_publishes_only_on_its_metrics_pipeline() -> None:
         assert "controlplane_networkobservability_synthetic_records" in main
     finally:
         agent.shutdown()
+
+
+class _Cache:
+    """k8sattributes' k8s_cache extension as hubblemetrics sees it."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Any] = []
+
+    def set_namespace_filter(self, include: Any = (), exclude: Any = ()) -> None:
+        return None
+
+    def add_pod_deletion_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+
+def test_a_deleted_pods_series_go_as_in_hubble() -> None:
+    """Hubble removes the series whose pod-context source or destination is a deleted pod; here after
+    k8sattributes' grace period (its delay), at the next batch."""
+    import time
+
+    cache = _Cache()
+    proc = HubbleMetricsProcessor(
+        CreateSettings("hubblemetrics", "processor"), HubbleMetricsConfig(endpoint=""), None
+    )
+    proc.start(TestHost(extensions={"k8s_cache": cache}))
+    try:
+        proc.consume_flows(scenario())
+        flows = proc.store.get("hubble_flows_processed_total")
+        assert flows is not None and len(cache.listeners) == 1
+
+        def with_pod(pod: str) -> int:
+            return sum(1 for labels, _, _ in flows.snapshot().series if pod in labels)
+
+        # server: TCP in, its replies out, the UDP drop; client: TCP out, ICMP out, DNS both ways
+        assert with_pod(S) == 3 and with_pod(C) == 4
+        assert cache.listeners[0](["server-0", SERVER], delay_seconds=0.2) == 0  # k8sattributes' grace period
+        proc.consume_flows(FlowBatch.empty(0))
+        assert with_pod(S) == 3
+        time.sleep(0.25)
+        proc.consume_flows(FlowBatch.empty(0))
+        assert with_pod(S) == 0 and with_pod(C) == 4
+        assert cache.listeners[0](["client-5d8f-x2k9z", CLIENT]) == 4 + 2 + 3  # flows, tcp flags, dns
+        assert with_pod(C) == 0
+    finally:
+        proc.shutdown()

@@ -248,6 +248,10 @@ class HubbleAggregator:
         self._slots: SlotStrings | None = None
         self._contexts: dict[ContextOptions, _Context] = {}
 
+    def pod_values(self, names: set[str]) -> set[str]:
+        """``namespace/pod`` of the named pods in the endpoint table of the last batch."""
+        return self._slots.pod_values(names) if self._slots is not None else set()
+
     def _slot_strings(self, entries: Sequence[Mapping[str, Any]]) -> SlotStrings:
         slots = self._slots
         if slots is None or slots.entries is not entries:

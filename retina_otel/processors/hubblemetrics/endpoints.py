@@ -93,6 +93,12 @@ class SlotStrings:
         column = self._table.get(identifier)
         return column[slot] if column is not None else ""
 
+    def pod_values(self, names: set[str]) -> set[str]:
+        """The ``pod`` context values (``namespace/pod``) of the pods named ``names`` in this table."""
+        column = self._table["pod"]
+        names_column = self._table["pod-name"]
+        return {column[i] for i in range(1, self.size) if names_column[i] in names}
+
     def chain_values(self, chain: tuple[str, ...]) -> list[str | None]:
         """Per slot, the first non-empty value of ``chain`` (Hubble's ``a|b|c`` fallback); ``None`` where the
         chain reaches ``ip`` first (the value is then the row's address, not the slot's)."""

@@ -12,9 +12,12 @@ exporter on :9965 there, ``otlp`` too).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.exporters.prometheus import PrometheusConfig, PrometheusExporter, with_cluster_label
+from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.flows import FlowBatch
 from retina_otel.metrics.store import Family, MetricStore
 from retina_otel.processors.hubblemetrics.aggregate import FAMILIES, HubbleAggregator, family_labels
@@ -48,6 +51,16 @@ class HubbleMetricsProcessor:
         self._server: PrometheusExporter | None = None
         self._started = False
         self._errors = 0
+        self._lock = threading.Lock()
+        self._pending_forget: list[tuple[float, set[str]]] = []  # (monotonic deadline, pod context values)
+        # Families with a `pod` context: Hubble removes a deleted pod's series from them.
+        self._pod_labels = {
+            name: [label for label, present in (("source", spec.context.has_source),
+                                                 ("destination", spec.context.has_destination)) if present]
+            for spec in self.specs
+            if "pod" in spec.context.identifiers()
+            for name, _help in FAMILIES[spec.handler]
+        }
 
     @property
     def address(self) -> tuple[str, int]:
@@ -67,6 +80,9 @@ class HubbleMetricsProcessor:
                 self._families[name] = self.store.counter(
                     name, help_text, labels, ttl_seconds=ttl, max_series=self.config.max_series_per_metric
                 )
+        cache = host.get_extension(K8S_CACHE)
+        if cache is not None and self._pod_labels:
+            cache.add_pod_deletion_listener(self.forget_pods)
         if self.config.endpoint and not self._connector:
             settings = CreateSettings(f"{self.settings.id}/endpoint", "exporter")
             server = PrometheusExporter(settings, PrometheusConfig(endpoint=self.config.endpoint))
@@ -80,6 +96,37 @@ class HubbleMetricsProcessor:
             server.shutdown()
         self._started = False
 
+    def forget_pods(self, pods: list[str], *, delay_seconds: float | None = None) -> int:
+        """k8sattributes' pod-deletion hook (pod names and addresses; ``delay_seconds``: its grace period):
+        as Hubble does for a deleted pod, remove the series whose ``source`` or ``destination`` is the pod
+        in a ``pod`` context (after the delay, at a later batch). Returns the series removed now."""
+        values = self._aggregator.pod_values({p for p in pods if p})
+        if not values:
+            return 0
+        if delay_seconds:
+            with self._lock:
+                self._pending_forget.append((time.monotonic() + delay_seconds, values))
+            return 0
+        return self._remove(values)
+
+    def _remove(self, values: set[str]) -> int:
+        removed = 0
+        for name, labels in self._pod_labels.items():
+            family = self._families.get(name)
+            if family is not None:
+                removed += sum(family.remove_where(label, values) for label in labels)
+        return removed
+
+    def _sweep_forgotten(self) -> None:
+        if not self._pending_forget:
+            return
+        now = time.monotonic()
+        with self._lock:
+            due = [values for deadline, values in self._pending_forget if deadline <= now]
+            self._pending_forget = [(d, v) for d, v in self._pending_forget if d > now]
+        for values in due:
+            self._remove(values)
+
     def consume_flows(self, batch: FlowBatch) -> None:
         if self._started and len(batch):
             try:
@@ -91,5 +138,6 @@ class HubbleMetricsProcessor:
                 self._errors += 1
                 if self._errors <= 5 or self._errors % 1000 == 0:
                     log.exception("hubblemetrics: failed to aggregate a batch (%d so far)", self._errors)
+        self._sweep_forgotten()
         if self._next is not None:
             self._next.consume_flows(batch)
