@@ -17,6 +17,7 @@ held the address at the flow's time.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -78,7 +79,10 @@ class K8sCache:
         self._synced: dict[str, threading.Event] = {}
         self.generation = 0  # bumps on every change that can alter a lookup
         self.meta_generation = 0  # bumps on Service and Node changes (they alter pods' derived metadata)
-        self.ip_changes: dict[bytes, int] = {}  # address -> generation of its last change (for overlays)
+        # address -> generation of its last change (for overlays), oldest change first; at most
+        # MAX_IP_CHANGES entries: older ones are dropped and changed_since() then says "rebuild" (None)
+        self.ip_changes: dict[bytes, int] = {}
+        self._changes_floor = 0  # changes up to this generation may have been dropped
 
     # -- sync state ----------------------------------------------------------------------------------
 
@@ -215,7 +219,7 @@ class K8sCache:
             self._ip_claims[ip] = tuple(kept[-self.history :])
         self.generation += 1
         for ip in (*old_ips, *pod.ips):
-            self.ip_changes[ip] = self.generation
+            self._note_change(ip, self.generation)
         self._notify("pods", old, pod)
 
     def _end_claim(self, ip: bytes, uid: str, now: int) -> None:
@@ -235,7 +239,7 @@ class K8sCache:
             self._end_claim(ip, uid, now)
         self.generation += 1
         for ip in old.ips:
-            self.ip_changes[ip] = self.generation
+            self._note_change(ip, self.generation)
         self._notify("pods", old, None)
 
     def _upsert_service(self, svc: ServiceInfo) -> None:
@@ -251,7 +255,7 @@ class K8sCache:
         self._reindex_ns_services(svc.namespace)
         self.generation += 1
         for ip in (*(old.ips if old is not None else ()), *svc.ips):
-            self.ip_changes[ip] = self.generation
+            self._note_change(ip, self.generation)
         self.meta_generation += 1
         self._notify("services", old, svc)
 
@@ -265,7 +269,7 @@ class K8sCache:
         self._reindex_ns_services(old.namespace)
         self.generation += 1
         for ip in old.ips:
-            self.ip_changes[ip] = self.generation
+            self._note_change(ip, self.generation)
         self.meta_generation += 1
         self._notify("services", old, None)
 
@@ -290,7 +294,7 @@ class K8sCache:
             self._ip_nodes[ip] = node
         self.generation += 1
         for ip in (*(old.ips if old is not None else ()), *node.ips):
-            self.ip_changes[ip] = self.generation
+            self._note_change(ip, self.generation)
         self.meta_generation += 1
         self._notify("nodes", old, node)
 
@@ -303,7 +307,7 @@ class K8sCache:
                 del self._ip_nodes[ip]
         self.generation += 1
         for ip in old.ips:
-            self.ip_changes[ip] = self.generation
+            self._note_change(ip, self.generation)
         self.meta_generation += 1
         self._notify("nodes", old, None)
 
@@ -322,7 +326,7 @@ class K8sCache:
                 else:
                     del self._ip_claims[ip]
                 removed += 1
-                self.ip_changes[ip] = self.generation + 1
+                self._note_change(ip, self.generation + 1)
             if removed:
                 self.generation += 1
             return removed
@@ -414,9 +418,33 @@ class K8sCache:
         labels = dict(pod.labels)
         return tuple(s for s in candidates if all(labels.get(k) == v for k, v in s.selector))
 
-    def changed_since(self, generation: int) -> list[bytes]:
-        """Addresses whose resolution may have changed after ``generation``."""
-        return [ip for ip, g in list(self.ip_changes.items()) if g > generation]
+    MAX_IP_CHANGES = 65536
+    """Addresses remembered in :attr:`ip_changes` (a bound under pod churn: each is ~100 bytes)."""
+
+    def _note_change(self, ip: bytes, generation: int) -> None:
+        """Record that ``ip`` changed at ``generation`` (moved to the end: the log stays in generation
+        order); beyond :attr:`MAX_IP_CHANGES` the oldest half is dropped. Called under the lock."""
+        changes = self.ip_changes
+        changes.pop(ip, None)
+        changes[ip] = generation
+        if len(changes) > self.MAX_IP_CHANGES:
+            drop = len(changes) - self.MAX_IP_CHANGES // 2
+            for old in list(itertools.islice(changes, drop)):
+                self._changes_floor = max(self._changes_floor, changes.pop(old))
+
+    def changed_since(self, generation: int) -> list[bytes] | None:
+        """Addresses whose resolution may have changed after ``generation``, newest first; None when
+        changes that old are no longer remembered (the caller rebuilds from the whole cache). Costs the
+        number of changes since ``generation``, not the size of the log."""
+        with self._lock:
+            if generation < self._changes_floor:
+                return None
+            out: list[bytes] = []
+            for ip, g in reversed(self.ip_changes.items()):
+                if g <= generation:
+                    break
+                out.append(ip)
+            return out
 
     def ip_index(self) -> tuple[dict[bytes, tuple[IpClaim, ...]], dict[bytes, ServiceInfo], dict[bytes, NodeInfo]]:
         """The three address indices (for building a vectorised lookup table); do not modify."""

@@ -483,6 +483,10 @@ class K8sAttributesProcessor:
         cache = self.cache
         assert cache is not None
         changed = cache.changed_since(self._table_gen)
+        if changed is None:  # more changes than the cache remembers: rebuild now, whatever the rate limit
+            rebuilt = self.lookup_table(force=True)
+            codes[:] = rebuilt.resolve(addresses, times)
+            return rebuilt.table
         if not changed:
             return table.table
         overlay = LookupTable(self._entry, cache, only=changed, base=len(table.entries))

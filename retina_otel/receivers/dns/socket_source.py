@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from retina_otel.receivers._periodic import cleanup_bpf
 from retina_otel.receivers.dns.config import DnsConfig
 from retina_otel.receivers.dns.tracker import DnsTracker
 
-__all__ = ["SocketSource"]
+__all__ = ["IfindexCache", "SocketSource"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class SocketSource:
         from retina_otel.bpf import load_bpf
 
         self._local: set[bytes] = set()
-        self._ifindex: dict[str, int] = {}
+        self._ifindex = IfindexCache()
         self._buffer = bytearray(65536)
         self._sock: socket.socket | None = None
         self._bpf: Any = load_bpf(SOURCE, ["-DFILTER_IFINDEX"] if indexes else [])
@@ -119,13 +120,36 @@ class SocketSource:
         cleanup_bpf(bpf, log, "dns")
 
     def _index(self, ifname: str) -> int:
-        index = self._ifindex.get(ifname)
-        if index is None:
-            try:
-                index = socket.if_nametoindex(ifname)
-            except OSError:
-                index = 0
-            self._ifindex[ifname] = index
+        return self._ifindex.index(ifname)
+
+
+class IfindexCache:
+    """Interface name -> ifindex (the packet socket reports names), bounded under veth churn: at most
+    ``max_entries`` names, each trusted for ``ttl`` seconds (a name can come back as another link)."""
+
+    def __init__(self, max_entries: int = 1024, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_entries
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def index(self, ifname: str) -> int:
+        now = self._clock()
+        cached = self._entries.get(ifname)
+        if cached is not None and now - cached[1] < self._ttl:
+            return cached[0]
+        try:
+            index = socket.if_nametoindex(ifname)
+        except OSError:
+            index = 0
+        if len(self._entries) >= self._max:
+            self._entries = {k: v for k, v in self._entries.items() if now - v[1] < self._ttl}
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+        self._entries[ifname] = (index, now)
         return index
 
 
