@@ -170,9 +170,30 @@ async def test_watcher_recovers_from_a_broken_watch(kmock: kmock.KubernetesEmula
                                           watch_timeout_seconds=5, retry_seconds=0.1)
     watcher.start()
     try:
-        await eventually(lambda: watcher.errors >= 1)
+        await eventually(lambda: watcher.stats.relists_gone >= 1)
         accepted = metrics_configuration("m", "Accepted", [{"metricName": "forward_count"}])
         await kmock.post(URL, json=accepted)
         await eventually(lambda: bool(seen) and seen[-1][0] == "m")
+    finally:
+        await asyncio.to_thread(watcher.shutdown)
+
+
+async def test_watcher_relists_every_relist_seconds(kmock: kmock.KubernetesEmulator) -> None:
+    """The watcher is the shared Informer: watches resume from the resourceVersion, and a full list comes
+    at least every ``relist_seconds`` (an object that appeared meanwhile is seen either way)."""
+    kmock.resources[RESOURCE] = kmock.ResourceInfo(kind="MetricsConfiguration", namespaced=False)
+    seen: list[tuple[str | None, Any]] = []
+    watcher = MetricsConfigurationWatcher(lambda name, spec: seen.append((name, spec)), api_url=str(kmock.url),
+                                          watch_timeout_seconds=1, relist_seconds=1, retry_seconds=0.1)
+    assert watcher.stats.lists == 0  # nothing happens before start
+    watcher.start()
+    try:
+        await eventually(watcher.synced.is_set)
+        assert seen == [(None, None)]
+        await eventually(lambda: watcher.stats.lists >= 3)
+        assert watcher.stats.errors == 0
+        await kmock.post(URL, json=metrics_configuration("m", "Accepted", [{"metricName": "forward_count"}]))
+        await eventually(lambda: bool(seen) and seen[-1][0] == "m")
+        assert len(seen) == 2  # relists of an unchanged set report nothing
     finally:
         await asyncio.to_thread(watcher.shutdown)

@@ -5,8 +5,10 @@ builds its model objects, which would cost far more time and memory than the str
 full set to the cache (which deletes what disappeared), then watches from the list's resourceVersion
 with ``allowWatchBookmarks``. It relists on 410 Gone (an ERROR event or an ``ApiException``), on an
 ERROR event of any kind, and on a broken stream; it re-watches from the last resourceVersion when a
-watch ends cleanly (server timeout) or idles past the read timeout. Errors back off exponentially with
-jitter. ``stop()`` shuts the socket of the watch in progress down, so threads end promptly.
+watch ends cleanly (server timeout) or idles past the read timeout, and lists again when a watch ends
+``relist_seconds`` or more after the last list (0: never). Errors back off exponentially with jitter.
+``stop()`` (or ``request_stop()``, which does not wait) shuts the socket of the watch in progress down,
+so threads end promptly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -120,6 +123,7 @@ class Informer:
         connect_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        relist_seconds: float = 0.0,
         on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.kind = kind
@@ -133,6 +137,9 @@ class Informer:
         self._connect_timeout = connect_timeout
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._relist_seconds = relist_seconds
+        if relist_seconds > 0:
+            self._watch_timeout = max(1, min(watch_timeout, int(relist_seconds)))
         self._on_error = on_error
         self._stop = threading.Event()
         self._resp: Any = None
@@ -146,7 +153,8 @@ class Informer:
             self._thread = threading.Thread(target=self._run, name=f"k8s-watch-{self.label}", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the loop to end (closes the watch in progress) without waiting for it."""
         self._stop.set()
         with self._resp_lock:
             resp = self._resp
@@ -155,6 +163,9 @@ class Informer:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -167,13 +178,17 @@ class Informer:
     def _run(self) -> None:
         need_list = True
         failures = 0
+        listed = 0.0
         while not self._stop.is_set():
             try:
                 if need_list:
                     self._list()
                     need_list = False
+                    listed = time.monotonic()
                 self._watch()
                 failures = 0
+                if self._relist_seconds > 0 and time.monotonic() - listed >= self._relist_seconds:
+                    need_list = True
             except _Gone:
                 self.stats.relists_gone += 1
                 need_list = True
@@ -377,7 +392,7 @@ class ApiSource:
     def shutdown(self) -> None:
         self._stop.set()
         for informer in self.informers:
-            informer._stop.set()
+            informer.request_stop()
         for informer in self.informers:
             informer.stop()
         if self._janitor is not None:

@@ -5,8 +5,10 @@ most one per cluster). When several are Accepted, the oldest (creationTimestamp,
 the operator would have accepted it first. The callback gets ``(name, spec)`` whenever the effective
 spec changes and ``(None, None)`` when no Accepted object remains.
 
-The watcher is a thread with the synchronous ``kubernetes`` client: list, then watch; on any error it
-waits a little and lists again. ``shutdown`` closes the open watch response so it stops at once.
+The watcher is a :class:`retina_otel.k8s.watch.Informer` (the agent's one list/watch loop: watch from
+the list's resourceVersion with bookmarks, relist on 410 Gone, a broken stream or every
+``relist_seconds``, exponential backoff with jitter on errors) feeding a small store of the objects by
+name. ``shutdown`` closes the open watch response so it stops at once.
 
 The same watcher follows other cluster-scoped retina.sh objects with their own rule: ``plural`` and
 ``select`` (e.g. TracesConfigurations, where every Accepted object applies:
@@ -15,11 +17,12 @@ The same watcher follows other cluster-scoped retina.sh objects with their own r
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from retina_otel.k8s.watch import Informer, WatchStats
 
 __all__ = [
     "GROUP",
@@ -42,11 +45,7 @@ Selector = Callable[[Mapping[str, Mapping[str, Any]]], tuple[str | None, Mapping
 
 def effective_configuration(objects: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, Mapping[str, Any] | None]:
     """The Accepted object's ``(name, spec)`` among ``objects`` (by name), or ``(None, None)``."""
-    accepted = [
-        obj
-        for obj in objects.values()
-        if str(((obj.get("status") or {}).get("state")) or "") == ACCEPTED
-    ]
+    accepted = [obj for obj in objects.values() if str(((obj.get("status") or {}).get("state")) or "") == ACCEPTED]
     if not accepted:
         return None, None
 
@@ -56,6 +55,39 @@ def effective_configuration(objects: Mapping[str, Mapping[str, Any]]) -> tuple[s
 
     chosen = min(accepted, key=order)
     return str((chosen.get("metadata") or {}).get("name") or ""), dict(chosen.get("spec") or {})
+
+
+class _ByName:
+    """The :class:`~retina_otel.k8s.watch.Sink` of the watcher: raw objects by name; every change
+    re-evaluates the effective configuration."""
+
+    def __init__(self, evaluate: Callable[[Mapping[str, Mapping[str, Any]]], None], synced: threading.Event) -> None:
+        self.objects: dict[str, Mapping[str, Any]] = {}
+        self._evaluate = evaluate
+        self._synced = synced
+
+    def replace(self, kind: Any, objs: Iterable[Mapping[str, Any]]) -> None:
+        self.objects = {_name(obj): obj for obj in objs}
+        self._evaluate(self.objects)
+
+    def upsert(self, kind: Any, obj: Mapping[str, Any]) -> None:
+        self.objects[_name(obj)] = obj
+        self._evaluate(self.objects)
+
+    def delete(self, kind: Any, obj: Mapping[str, Any]) -> None:
+        if self.objects.pop(_name(obj), None) is not None:
+            self._evaluate(self.objects)
+
+    def mark_synced(self, kind: str) -> None:
+        self._synced.set()
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+def _named(raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return raw if _name(raw) else None
 
 
 class MetricsConfigurationWatcher:
@@ -75,7 +107,11 @@ class MetricsConfigurationWatcher:
         kind: str = "MetricsConfiguration",
         select: Selector = effective_configuration,
     ) -> None:
-        """``select(objects by name)`` -> the effective ``(name, spec)``; ``kind`` names it in log lines."""
+        """``select(objects by name)`` -> the effective ``(name, spec)``; ``kind`` names it in log lines.
+
+        ``watch_timeout_seconds``: how long one watch request lasts before it is re-opened from the last
+        resourceVersion; ``relist_seconds``: a full list at least this often; ``retry_seconds``: the first
+        back-off after an error (doubling up to 30 s)."""
         self._on_change = on_change
         self._plural = plural
         self._kind = kind
@@ -86,134 +122,64 @@ class MetricsConfigurationWatcher:
         self._relist_seconds = relist_seconds
         self._watch_timeout = watch_timeout_seconds
         self._retry = retry_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._response: Any = None
-        self._response_lock = threading.Lock()
-        self._objects: dict[str, Mapping[str, Any]] = {}
+        self._informer: Informer | None = None
+        self._api: Any = None
         self._current: tuple[str | None, Mapping[str, Any] | None] = (None, None)
         self._reported = False
         self.synced = threading.Event()  # set after the first successful list
-        self.errors = 0
+        self._store = _ByName(self._evaluate, self.synced)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None:
+        if self._informer is not None:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"{self._kind.lower()}-watch", daemon=True)
-        self._thread.start()
+        from kubernetes import client
+
+        from retina_otel.kubeclient import api_client
+
+        self._api = api_client(api_url=self._api_url, kubeconfig=self._kubeconfig, context=self._context)
+        custom = client.CustomObjectsApi(self._api)
+        plural = self._plural
+
+        def call(**kwargs: Any) -> Any:
+            return custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+
+        self._informer = Informer(
+            self._kind,
+            call,
+            _named,
+            self._store,
+            label=self._kind,
+            watch_timeout=max(1, int(self._watch_timeout)),
+            read_timeout=self._watch_timeout + 2.0,  # idle past it: re-watch from the resourceVersion
+            relist_seconds=self._relist_seconds,
+            backoff_base=self._retry,
+        )
+        self._informer.start()
 
     def shutdown(self) -> None:
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        self._close_response()
-        if thread is not None:
-            thread.join(timeout=10.0)
+        informer, self._informer = self._informer, None
+        if informer is not None:
+            informer.stop()
+        api, self._api = self._api, None
+        if api is not None:
+            try:
+                api.close()
+            except Exception:  # closing a pool must not fail shutdown
+                log.debug("closing the API client failed", exc_info=True)
 
     @property
     def current(self) -> tuple[str | None, Mapping[str, Any] | None]:
         return self._current
 
+    @property
+    def stats(self) -> WatchStats:
+        """Lists, watches, events, relists and errors of the watch (zeros before ``start``)."""
+        return self._informer.stats if self._informer is not None else WatchStats()
+
     # -- internals ---------------------------------------------------------------------------------
-    def _api(self) -> Any:
-        from kubernetes import client
-
-        from retina_otel.kubeclient import api_client
-
-        return client.CustomObjectsApi(
-            api_client(api_url=self._api_url, kubeconfig=self._kubeconfig, context=self._context)
-        )
-
-    def _close_response(self) -> None:
-        with self._response_lock:
-            response, self._response = self._response, None
-        if response is not None:
-            try:
-                shutdown = getattr(response, "shutdown", None)
-                if callable(shutdown):
-                    shutdown()
-                response.close()
-            except Exception:  # closing a dead connection may fail; nothing to do about it
-                pass
-
-    def _run(self) -> None:
-        api: Any = None
-        while not self._stop.is_set():
-            try:
-                if api is None:
-                    api = self._api()
-                self._list(api)
-                self._watch(api)
-            except Exception as exc:
-                if self._stop.is_set():
-                    break
-                self.errors += 1
-                log.warning("%s watch failed (%s); retrying in %.1fs", self._kind, exc, self._retry)
-                self._stop.wait(self._retry)
-
-    def _list(self, api: Any) -> None:
-        listing = api.list_cluster_custom_object(GROUP, VERSION, self._plural, _request_timeout=30)
-        objects: dict[str, Mapping[str, Any]] = {}
-        for item in listing.get("items") or ():
-            name = (item.get("metadata") or {}).get("name")
-            if name:
-                objects[str(name)] = item
-        self._objects = objects
-        self._evaluate()
-        self.synced.set()
-
-    def _watch(self, api: Any) -> None:
-        """One watch request; returns when it ends, times out (read timeout) or relist time has come."""
-        import time
-
-        deadline = time.monotonic() + self._relist_seconds
-        response = api.list_cluster_custom_object(
-            GROUP,
-            VERSION,
-            self._plural,
-            watch=True,
-            _preload_content=False,
-            _request_timeout=(10, self._watch_timeout),
-        )
-        with self._response_lock:
-            if self._stop.is_set():
-                response.close()
-                return
-            self._response = response
-        try:
-            buffer = b""
-            for chunk in response.stream(4096, decode_content=True):
-                if self._stop.is_set():
-                    return
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        self._event(json.loads(line))
-                if time.monotonic() > deadline:
-                    return
-        finally:
-            self._close_response()
-
-    def _event(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            raise RuntimeError(f"watch error: {obj.get('code')} {obj.get('reason')} {obj.get('message')}")
-        name = (obj.get("metadata") or {}).get("name")
-        if not name:
-            return
-        if kind == "DELETED":
-            self._objects.pop(str(name), None)
-        elif kind in ("ADDED", "MODIFIED"):
-            self._objects[str(name)] = obj
-        else:
-            return
-        self._evaluate()
-
-    def _evaluate(self) -> None:
-        current = self._select(self._objects)
+    def _evaluate(self, objects: Mapping[str, Mapping[str, Any]]) -> None:
+        current = self._select(objects)
         if self._reported and current == self._current:
             return
         self._current = current
