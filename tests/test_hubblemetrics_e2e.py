@@ -5,10 +5,11 @@ Retina's Hubble dashboards.
 The dashboards are Retina's own (``deploy/grafana-dashboards/hubble-dns.json``,
 ``hubble-pod-flows-namespace.json`` and ``hubble-pod-flows-workload.json`` in microsoft/retina, read at
 commit 0db1237ed20dd22bf73ce2c3334ef8bd6c106202 / 169b0c774717f8bf34fedaf16ab0d021d5bc5ef3): every
-distinct panel query is listed below with its Grafana variables. A panel "shows data" when its query,
-with the variables set to one of the scenario's pods, returns a sample. The namespace dashboard's
-snapshot, flow, drop and TCP panels are the workload dashboard's with ``^$namespace/.*`` in place of
-``^$namespace/$workload``, so both are generated from one list.
+distinct panel query is listed below with its Grafana variables (whitespace normalised). A panel "shows
+data" when its query, with the variables set to one of the scenario's pods, returns a sample. The
+namespace dashboard's snapshot, flow, drop and TCP panels are the workload dashboard's with
+``^$namespace/.*`` in place of ``^$namespace/$workload`` (checked panel by panel against both files), so
+both are generated from one list.
 
 The truth for the exact checks comes from nftables counters in the client pod (every IP packet and
 TCP flag it sends to / receives from the other pods), nft's drop counters in the server, and the DNS
@@ -106,17 +107,20 @@ POD_FLOW_TEMPLATES = [
         )
     ),
 ]
-# Missing SYN-ACKs: SYNs a pod sent (source) minus SYN-ACKs it received (destination), per pod.
-_MISSING = (
-    f"(sum(rate({_FLAGS}, source=~\"{{sel}}\", flag=\"SYN\"}}[{{w}}])) by (source) > 0) - "
+# Missing SYN-ACKs: SYNs a pod sent (source) minus SYN-ACKs it received (destination), per pod. Only the
+# count panel parenthesises `> 0`; in the others PromQL reads `A > 0 - B` as `A > (0 - B)`, kept as is.
+_SYN = f"sum(rate({_FLAGS}, source=~\"{{sel}}\", flag=\"SYN\"}}[{{w}}])) by (source)"
+_SYNACK = (
     f"sum(label_replace(sum(rate({_FLAGS}, destination=~\"{{sel}}\", flag=\"SYN-ACK\"}}[{{w}}])) by (destination), "
     "\"source\", \"$1\", \"destination\", \"(.*)\")) without (destination)"
 )
+_RI = "$__rate_interval"
 MISSING_SYNACK_TEMPLATES = [
-    f"count(({_MISSING.replace('{w}', '10m')}) >= 0.01)",
-    f"round(sum({_MISSING.replace('{w}', '$__rate_interval')}), 0.01)",
-    f"topk(10, round({_MISSING.replace('{w}', '$__rate_interval')}, 0.01)) > 0",
-    f"round({_MISSING.replace('{w}', '$__rate_interval')}, 0.01)",
+    f"count((({_SYN} > 0) - {_SYNACK}) >= 0.01)".replace("{w}", "10m"),
+    f"round(sum({_SYN} > 0 - {_SYNACK}), 0.01)".replace("{w}", _RI),
+    f"round(sum({_SYN} > 0 - {_SYNACK}), 0.01) > 0".replace("{w}", _RI),
+    f"topk(10, round({_SYN} > 0 - {_SYNACK}, 0.01)) > 0".replace("{w}", _RI),
+    f"round({_SYN} > 0 - {_SYNACK}, 0.01)".replace("{w}", _RI),
 ]
 TOP_NAMESPACES = [
     f"topk(10, round(sum by (namespace) (label_replace(sum by ({side}) (rate({_FLOWS}{_SEL}, {side}=~\".*/.*\"{v}}}"
