@@ -8,7 +8,7 @@ commit 0db1237ed20dd22bf73ce2c3334ef8bd6c106202 / 169b0c774717f8bf34fedaf16ab0d0
 distinct panel query is listed below with its Grafana variables (whitespace normalised). A panel "shows
 data" when its query, with the variables set to one of the scenario's pods, returns a sample. The
 namespace dashboard's snapshot, flow, drop and TCP panels are the workload dashboard's with
-``^$namespace/.*`` in place of ``^$namespace/$workload`` (checked panel by panel against both files), so
+``^$namespace/.*`` in place of ``^$namespace/$workload`` (compared section by section with both files), so
 both are generated from one list.
 
 The truth for the exact checks comes from nftables counters in the client pod (every IP packet and
