@@ -466,6 +466,15 @@ static __always_inline int addr_le(const u8 *a, u16 pa, const u8 *b, u16 pb) {
 
 // Move one direction's since-last-report counters into a ring-buffer record. Counters are taken with
 // atomic exchanges, so packets counted concurrently on other CPUs ride on the next report.
+// A counter's value, zeroed: an atomic exchange only when it is not already 0 (most of a report's ten flag
+// counters are). A concurrent add that lands after a plain read of 0 stays in the counter for the next
+// report, so nothing is lost; a locked exchange costs ~20 cycles and a report took fourteen of them.
+static __always_inline u64 take_count(u64 *counter) {
+    if (*(volatile u64 *)counter == 0)
+        return 0;
+    return __sync_lock_test_and_set(counter, 0ULL);
+}
+
 static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int dir, u64 now, u8 reason) {
     struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
     struct report *r = events.ringbuf_reserve(sizeof(struct report));
@@ -473,13 +482,13 @@ static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int
         stat_inc(ST_RINGBUF_FULL);
         return;
     }
-    r->packets = __sync_lock_test_and_set(&d->packets, 0);
-    r->bytes = __sync_lock_test_and_set(&d->bytes, 0);
-    r->rev_packets = __sync_lock_test_and_set(&d->rev_packets, 0);
-    r->rev_bytes = __sync_lock_test_and_set(&d->rev_bytes, 0);
+    r->packets = take_count(&d->packets);
+    r->bytes = take_count(&d->bytes);
+    r->rev_packets = take_count(&d->rev_packets);
+    r->rev_bytes = take_count(&d->rev_bytes);
 #pragma unroll
     for (int i = 0; i < N_FLAGS; i++)
-        r->flags[i] = (u32)__sync_lock_test_and_set(&d->flags[i], 0ULL);
+        r->flags[i] = (u32)take_count(&d->flags[i]);
     u64 first = d->first_ns;
     d->first_ns = 0;
     r->t_first = first ? first : d->last_ns;
