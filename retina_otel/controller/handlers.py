@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ from retina_otel.controller.configs import (
     reconcile_traces_configurations,
     sync_endpoint,
 )
+from retina_otel.controller.keyedlocks import KeyedLocks
 from retina_otel.controller.kube import ApiError, KubeClient, Obj
 from retina_otel.controller.metrics import OperatorMetrics
 from retina_otel.crds import crd_manifests
@@ -137,13 +137,8 @@ def build_registry(
     """The operator's handlers; ``metrics`` (when given) counts what they do."""
     registry = kopf.OperatorRegistry()
     m = metrics if metrics is not None else OperatorMetrics.disabled()
-    locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-    locks_guard = threading.Lock()
+    locks = KeyedLocks()  # per Capture and per pod, forgotten when no handler holds or waits for them
     configs_lock = threading.Lock()
-
-    def lock_for(namespace: str, name: str) -> threading.Lock:
-        with locks_guard:
-            return locks[(namespace, name)]
 
     @kopf.on.login(registry=registry)  # type: ignore[arg-type]
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -165,7 +160,7 @@ def build_registry(
     def reconcile_capture(body: kopf.Body, logger: Any) -> bool:
         """False when the Capture cannot start (its status says why)."""
         name, namespace = str(body.metadata.name), str(body.metadata.namespace)
-        with lock_for(namespace, name):
+        with locks.hold(namespace, name):
             capture = client.get_or_none(kube.CAPTURES, name, namespace)
             if capture is None or (capture.get("metadata") or {}).get("deletionTimestamp"):
                 return True
@@ -202,14 +197,12 @@ def build_registry(
 
     @kopf.on.delete("retina.sh", "v1alpha1", "captures", registry=registry)  # type: ignore[arg-type]
     def capture_deleted(name: str, namespace: str, logger: Any, **_: Any) -> None:
-        with lock_for(namespace, name):
+        with locks.hold(namespace, name):
             deleted, failed = cleanup_capture(client, namespace, name)
         if failed:
             raise kopf.TemporaryError(f"could not delete {', '.join(failed)}; retrying", delay=5)
         logger.info("capture %s/%s: removed %s", namespace, name, ", ".join(deleted) or "nothing")
         m.capture_status(namespace, name, None)
-        with locks_guard:
-            locks.pop((namespace, name), None)
 
     @kopf.on.event(  # type: ignore[arg-type]
         "batch", "v1", "jobs", labels={LABEL_APP: APP_CAPTURE, LABEL_CAPTURE: kopf.PRESENT}, registry=registry
@@ -217,7 +210,7 @@ def build_registry(
     def job_event(body: kopf.Body, **_: Any) -> None:
         capture_name = str(body.metadata.labels.get(LABEL_CAPTURE))
         namespace = str(body.metadata.namespace)
-        with lock_for(namespace, capture_name):
+        with locks.hold(namespace, capture_name):
             try:
                 refresh_capture(client, namespace, capture_name, m)
             except ApiError as exc:
@@ -230,7 +223,7 @@ def build_registry(
             when=lambda status, **_: _running(status),
         )
         def capture_resync(name: str, namespace: str, **_: Any) -> None:
-            with lock_for(namespace, name):
+            with locks.hold(namespace, name):
                 refresh_capture(client, namespace, name, m)
 
     # -- MetricsConfiguration / TracesConfiguration -------------------------------------------------
@@ -255,7 +248,7 @@ def build_registry(
         def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
             pod = dict(body)
             key = (str(body.metadata.namespace), f"pod/{body.metadata.name}")
-            with lock_for(*key):
+            with locks.hold(*key):
                 try:
                     sync_endpoint(client, event.get("type"), pod)
                     m.reconciled("RetinaEndpoint")
