@@ -13,14 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from retina_otel.dnsnames import rcode_name, type_name
 from retina_otel.flows import Direction, Event, bytes_to_ip
-from retina_otel.receivers.dns.parser import (
-    DnsParseError,
-    parse_message,
-    parse_tcp_payload,
-    rcode_name,
-    type_name,
-)
+from retina_otel.receivers.dns.parser import DnsParseError, parse_message, parse_tcp_payload
 from retina_otel.receivers.dns.tracker import DnsTracker
 
 
@@ -48,6 +43,7 @@ def test_query_and_response_agree_with_dnspython() -> None:
     assert nx.rcode == 3 and rcode_name(nx.rcode) == "NXDOMAIN" and nx.answers == ()
     assert type_name(1) == "A" and type_name(28) == "AAAA" and type_name(65) == "HTTPS"
     assert rcode_name(0) == "NOERROR" and rcode_name(5) == "REFUSED"
+    assert type_name(65280) == "TYPE65280" and rcode_name(12) == "12"  # unassigned
 
 
 def test_tcp_payload_messages_and_leftover() -> None:

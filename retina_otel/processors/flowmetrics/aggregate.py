@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from retina_otel.dnsnames import rcode_name
+from retina_otel.dnsnames import type_name as qtype_name
 from retina_otel.flows import STRINGS, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict
 from retina_otel.processors.flowmetrics.endpoints import UNKNOWN, EndpointIndex
 from retina_otel.processors.flowmetrics.grouping import group_rows, ip_codes
@@ -49,25 +51,6 @@ _PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 1: "ICMPv4", 58: "ICMPv6", 132: "SCTP"} 
 _VERDICT_LABELS: list[tuple[str, ...]] = [("UNKNOWN",), ("FORWARDED",), ("DROPPED",)]  # Hubble's verdict names
 _PORT_UNKNOWN = 65536
 _FLAG_NAMES = tuple(f.name for f in TcpFlag)
-
-_QTYPES = {
-    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 28: "AAAA",
-    33: "SRV", 35: "NAPTR", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS",
-    99: "SPF", 252: "AXFR", 255: "ANY", 257: "CAA",
-}
-_RCODES = {
-    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 6: "YXDOMAIN",
-    7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE",
-}
-
-
-def qtype_name(qtype: int) -> str:
-    return _QTYPES.get(qtype, f"TYPE{qtype}")
-
-
-def rcode_name(rcode: int) -> str:
-    return _RCODES.get(rcode, f"RCODE{rcode}")
-
 
 @dataclass
 class BatchResult:

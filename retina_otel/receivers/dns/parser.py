@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from functools import lru_cache
 from typing import NamedTuple
 
-__all__ = ["DnsMessage", "DnsParseError", "parse_message", "parse_tcp_payload", "rcode_name", "type_name"]
+__all__ = ["DnsMessage", "DnsParseError", "parse_message", "parse_tcp_payload"]
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
@@ -140,22 +139,3 @@ def parse_tcp_payload(payload: bytes) -> tuple[list[DnsMessage], int]:
         messages.append(parse_message(payload[pos + 2 : pos + 2 + size]))
         pos += 2 + size
     return messages, n - pos
-
-
-@lru_cache(maxsize=512)
-def type_name(qtype: int) -> str:
-    """``A``, ``AAAA``, ... (``TYPE65280`` for unassigned values), from dnspython's registry."""
-    import dns.rdatatype
-
-    return str(dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)))
-
-
-@lru_cache(maxsize=64)
-def rcode_name(rcode: int) -> str:
-    """``NOERROR``, ``NXDOMAIN``, ... (the number as text for unassigned values)."""
-    import dns.rcode
-
-    try:
-        return str(dns.rcode.to_text(dns.rcode.Rcode(rcode)))
-    except ValueError:
-        return str(rcode)

@@ -15,15 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from retina_otel.dnsnames import rcode_name, type_name
 from retina_otel.flows import Direction, Event, FlowBatch, ObservationPoint, Verdict
-from retina_otel.receivers.dns.parser import (
-    DnsMessage,
-    DnsParseError,
-    parse_message,
-    parse_tcp_payload,
-    rcode_name,
-    type_name,
-)
+from retina_otel.receivers.dns.parser import DnsMessage, DnsParseError, parse_message, parse_tcp_payload
 
 __all__ = ["DnsTracker", "TrackerOutput"]
 
