@@ -236,6 +236,32 @@ def test_short_connections_give_one_client_and_one_server_span_each_in_one_trace
         assert c_span.name == f"tcp {client.ipv4}:{c_attrs['source.port']} -> {server.ipv4}:{PORT}"
 
 
+def test_ipv6_connections_give_span_pairs(make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink) -> None:
+    client, server = client_server
+    assert server.ipv6
+    make_node({"traces": [{"captureLevel": "FirstPacket", "traceTargets": [{}]}]}, [client, server])
+    with server.entered():
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    with listener:
+        listener.bind((server.ipv6, PORT))
+        listener.listen(8)
+        ports = []
+        for _ in range(3):
+            with client.entered():
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            with sock:
+                sock.connect((server.ipv6, PORT))
+                ports.append(sock.getsockname()[1])
+                conn, _ = listener.accept()
+                conn.close()
+                assert sock.recv(1) == b""
+    assert wait_for(lambda: len(spans_to(sink, PORT)) >= 6, timeout=15)
+    got = spans_to(sink, PORT)
+    assert sorted(a["source.port"] for _, a, _ in got) == sorted(ports * 2)
+    assert {a["network.type"] for _, a, _ in got} == {"ipv6"}
+    assert len({s.trace_id for _, _, s in got}) == 3
+
+
 def test_refused_connection_gives_error_spans(make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink) -> None:
     client, server = client_server
     make_node({"traces": [{"captureLevel": "FirstPacket", "traceTargets": WHOLE_RANGE}]}, [client, server])
