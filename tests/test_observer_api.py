@@ -29,7 +29,7 @@ from retina_otel.component import CreateSettings
 from retina_otel.config import ConfigError, parse_config
 from retina_otel.exporters.observer import FACTORY, ObserverExporter
 from retina_otel.exporters.observer.ring import FlowRing, bytes_per_record
-from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FlowBatch, ip_to_bytes
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FieldMask, FlowBatch, ip_to_bytes
 from retina_otel.hubble import flow_pb2, observer_pb2
 from retina_otel.hubble.api import ObserverStub
 from retina_otel.observe.cli import add_arguments, main_from_args
@@ -109,7 +109,7 @@ def test_ring_forgets_endpoint_tables_no_row_refers_to() -> None:
     ring = FlowRing(4)
     for i in range(FlowRing.MAX_TABLES + 10):
         ring.write(batch(1, table=EndpointTable([{"k8s.pod.name": f"p{i}"}])))
-    assert len(ring._tables) <= FlowRing.MAX_TABLES
+    assert len(ring._contexts) <= FlowRing.MAX_TABLES
     _, view = ring.read(0)
     assert [view.endpoint(i, "src")["k8s.pod.name"] for i in range(4)] == [  # type: ignore[index]
         f"p{FlowRing.MAX_TABLES + 10 - 4 + i}" for i in range(4)
@@ -212,6 +212,38 @@ def test_server_status_nodes_and_the_socket(exporter: tuple[ObserverExporter, Te
         stale.bind(path)
     other.start(TestHost())
     other.shutdown()
+
+
+def test_field_masks_of_a_transform_processor_hold_for_the_api(
+    exporter: tuple[ObserverExporter, TestHost, str],
+) -> None:
+    """What a ``transform`` processor removed is neither shown nor usable in filters (no probing)."""
+    exp, _, target = exporter
+    table = EndpointTable([{"k8s.namespace.name": "shop", "k8s.pod.name": "web-1", "k8s.pod.label.app": "web"}])
+    masked = batch(2, table=table)
+    masked.records["dst_endpoint"] = 0
+    masked.masks = (FieldMask(drop=frozenset({"source.address", "source.k8s.*", "retina.flow.bytes"})),)
+    exp.consume_flows(masked)
+    exp.consume_flows(batch(1, 9, table=table))  # the same table, no mask
+    with grpc.insecure_channel(target) as channel:
+        stub = ObserverStub(channel)
+
+        def get(flt: flow_pb2.FlowFilter | None = None) -> list[flow_pb2.Flow]:
+            request = observer_pb2.GetFlowsRequest(whitelist=[flt] if flt else [])
+            return [r.flow for r in stub.GetFlows(request)]
+
+        flows = get()
+        assert [(f.IP.source, f.source.pod_name, f.destination.pod_name) for f in flows] == [
+            ("", "", "web-1"),
+            ("", "", "web-1"),
+            ("198.18.0.1", "web-1", ""),
+        ]
+        assert [f.l4.UDP.source_port for f in get(flow_pb2.FlowFilter(source_ip=["198.18.0.1"]))] == [9]
+        assert [f.l4.UDP.source_port for f in get(flow_pb2.FlowFilter(source_pod=["shop/web"]))] == [9]
+        assert len(get(flow_pb2.FlowFilter(destination_pod=["shop/web"]))) == 2
+    code, out, _ = _observe("--server", target, "--last", "3", "-o", "json")
+    sizes = [json.loads(line)["flow"]["extensions"].get("bytes", "0") for line in out.splitlines()]
+    assert code == 0 and sizes == ["0", "0", "100"]
 
 
 # -- TLS and mTLS -----------------------------------------------------------------------------------------

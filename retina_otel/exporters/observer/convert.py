@@ -122,6 +122,32 @@ def _metadata(row: Mapping[str, Any], event: int, proto: int) -> any_pb2.Any:
     return extension
 
 
+_BLANK = {
+    "source.address": (("src_ip", b""),),
+    "destination.address": (("dst_ip", b""),),
+    "retina.drop.reason": (("drop_reason", 0),),
+    "retina.flow.packets": (("packets", 0), ("reply_packets", 0)),
+    "retina.flow.bytes": (("bytes", 0), ("reply_bytes", 0)),
+    "network.interface.index": (("ifindex", 0),),
+}
+_PORTS = {"source.port": "src_port", "destination.port": "dst_port"}
+_DNS_KEYS = {"dns.question.name": "query", "dns.answers": "answers"}
+
+
+def _hide(
+    row: dict[str, Any], entry: Mapping[str, Any] | None, hidden: frozenset[str]
+) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+    """The row and DNS entry without what the batch's field masks removed (blank, as if not recorded)."""
+    for name in hidden:
+        for column, blank in _BLANK.get(name, ()):
+            row[column] = blank
+        if name in _PORTS and int(row["proto"]) in (6, 17, 132):  # ICMP keeps its type and code
+            row[_PORTS[name]] = 0
+        if name in _DNS_KEYS and entry is not None:
+            entry = {k: v for k, v in entry.items() if k != _DNS_KEYS[name]}
+    return row, entry
+
+
 def lost_event(count: int, node_name: str, now_ns: int) -> observer_pb2.GetFlowsResponse:
     return observer_pb2.GetFlowsResponse(
         lost_events=flow_pb2.LostEvent(source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=count),
@@ -147,6 +173,8 @@ def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[obs
     addresses: dict[bytes, str] = {}
 
     def address(raw: bytes) -> str:
+        if not raw:
+            return ""
         text = addresses.get(raw)
         if text is None:
             text = addresses[raw] = str(bytes_to_ip(raw))
@@ -154,6 +182,10 @@ def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[obs
 
     for i, values in enumerate(rows):
         row = dict(zip(names, values, strict=True))
+        dns_entry = view.dns[i]
+        context = view.context(i)
+        if context is not None and context.hidden:
+            row, dns_entry = _hide(row, dns_entry, context.hidden)
         end = int(row["time_end_ns"]) or int(row["time_start_ns"])
         src, dst = view.endpoint(i, "src"), view.endpoint(i, "dst")
         event = int(row["event"])
@@ -188,5 +220,5 @@ def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[obs
             extensions=extension,
         )
         if event == Event.DNS:
-            flow.l7.CopyFrom(_dns(view.dns[i], row))
+            flow.l7.CopyFrom(_dns(dns_entry, row))
         yield observer_pb2.GetFlowsResponse(flow=flow, node_name=node_name, time=timestamp(end))

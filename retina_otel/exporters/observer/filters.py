@@ -74,6 +74,14 @@ def _network(text: str) -> tuple[int, int, int, int]:
     return (value >> 64) & mask >> 64, value & mask & (2**64 - 1), mask >> 64, mask & (2**64 - 1)
 
 
+_ATTRIBUTE = {
+    "src_ip": "source.address",
+    "dst_ip": "destination.address",
+    "src_port": "source.port",
+    "dst_port": "destination.port",
+}
+
+
 def _ip_test(column: str, values: Sequence[str]) -> Test:
     nets = [_network(v) for v in values]
 
@@ -82,7 +90,7 @@ def _ip_test(column: str, values: Sequence[str]) -> Test:
         out = np.zeros(len(view), dtype=bool)
         for nh, nl, mh, ml in nets:
             out |= ((hi & np.uint64(mh)) == np.uint64(nh)) & ((lo & np.uint64(ml)) == np.uint64(nl))
-        return out
+        return out & ~view.hidden(_ATTRIBUTE[column])
 
     return test
 
@@ -97,7 +105,8 @@ def _endpoint_test(side: str, predicate: Callable[[Mapping[str, Any]], bool]) ->
         out = np.zeros(len(view), dtype=bool)
         index = view.records[f"{side}_endpoint"]
         for table_id in np.unique(view.table_ids).tolist():
-            table = view.tables.get(int(table_id))
+            context = view.contexts.get(int(table_id))
+            table = context.endpoints[side] if context is not None else None
             if table is None or not table.entries:
                 continue
             decided = np.fromiter((predicate(e) for e in table.entries), dtype=bool, count=len(table.entries))
@@ -192,7 +201,7 @@ def _port_test(column: str, values: Sequence[str]) -> Test:
         out = np.zeros(len(view), dtype=bool)
         for low, high in ranges:
             out |= (ports >= low) & (ports <= high)
-        return out & np.isin(view.records["proto"], _PORTED)
+        return out & np.isin(view.records["proto"], _PORTED) & ~view.hidden(_ATTRIBUTE[column])
 
     return test
 
@@ -256,7 +265,8 @@ def _dns_query_test(patterns: Sequence[str]) -> Test:
 
     def test(view: RingView) -> Mask:
         out = np.zeros(len(view), dtype=bool)
-        for i in np.flatnonzero(view.records["event"] == Event.DNS).tolist():
+        dns_rows = (view.records["event"] == Event.DNS) & ~view.hidden("dns.question.name")
+        for i in np.flatnonzero(dns_rows).tolist():
             entry = view.dns[i]
             query = str(entry.get("query") or "") if entry is not None else ""
             out[i] = any(c.search(query) for c in compiled)
@@ -287,7 +297,7 @@ def _drop_reason_test(values: Sequence[str]) -> Test:
 
     def test(view: RingView) -> Mask:
         column = view.records["drop_reason"]
-        return np.asarray(np.isin(column, ids) & (column > 0), dtype=bool)
+        return np.asarray(np.isin(column, ids) & (column > 0) & ~view.hidden("retina.drop.reason"), dtype=bool)
 
     return test
 

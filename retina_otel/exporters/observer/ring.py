@@ -3,8 +3,9 @@
 Rows are kept as they travel (:data:`~retina_otel.flows.FLOW_DTYPE`), copied in as raw bytes, so
 taking a batch costs a ``memcpy`` and no Python object per record. The
 two side columns hold references, not copies: the batch's DNS entry per row (``None`` for most rows)
-and a small integer naming the batch's :class:`~retina_otel.flows.EndpointTable` (tables are shared
-between batches of one k8s cache generation, so there are only a few at a time).
+and a small integer naming the batch's :class:`~retina_otel.exporters.observer.context.BatchContext`
+(its endpoint table and field masks; tables are shared between batches of one k8s cache generation,
+so there are only a few at a time).
 
 Every record gets a sequence number (its position in the stream since start); the ring keeps those in
 ``[head - capacity, head)``. Readers copy a range out under the lock and work on the copy, so a slow
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FlowArray, FlowBatch
+from retina_otel.exporters.observer.context import BatchContext
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FieldMask, FlowArray, FlowBatch
 
 __all__ = ["FlowRing", "RingView", "bytes_per_record"]
 
@@ -42,28 +44,42 @@ class RingView:
     records: FlowArray
     table_ids: npt.NDArray[np.uint32]
     dns: npt.NDArray[np.object_]
-    tables: Mapping[int, EndpointTable] = field(default_factory=dict)
+    contexts: Mapping[int, BatchContext] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.records.shape[0])
 
     def take(self, index: npt.NDArray[np.intp]) -> RingView:
         """The rows at ``index`` (sequence numbers no longer consecutive: ``first_seq`` is kept)."""
-        return RingView(self.first_seq, self.records[index], self.table_ids[index], self.dns[index], self.tables)
+        return RingView(self.first_seq, self.records[index], self.table_ids[index], self.dns[index], self.contexts)
+
+    def context(self, i: int) -> BatchContext | None:
+        return self.contexts.get(int(self.table_ids[i]))
 
     def endpoint(self, i: int, side: str) -> Mapping[str, Any] | None:
-        """The endpoint entry of row ``i`` for ``side`` (``src``/``dst``), or None."""
+        """The endpoint entry of row ``i`` for ``side`` (``src``/``dst``) as the masks allow, or None."""
         index = int(self.records[f"{side}_endpoint"][i])
-        table = self.tables.get(int(self.table_ids[i]))
-        if table is None or not 0 <= index < len(table.entries):
+        context = self.context(i)
+        if context is None:
+            return None
+        table = context.endpoints[side]
+        if not 0 <= index < len(table.entries):
             return None
         return table.entries[index]
+
+    def hidden(self, name: str) -> npt.NDArray[np.bool_]:
+        """Per row: whether a field mask removed the attribute ``name`` (one of COLUMN_ATTRIBUTES)."""
+        out = np.zeros(len(self), dtype=bool)
+        for ident, context in self.contexts.items():
+            if name in context.hidden:
+                out |= self.table_ids == ident
+        return out
 
 
 class FlowRing:
     """A bounded ring of flow records; thread-safe, one writer (the pipeline) and many readers."""
 
-    MAX_TABLES = 64  # distinct endpoint tables remembered before the unreferenced ones are dropped
+    MAX_TABLES = 64  # distinct batch contexts remembered before the unreferenced ones are dropped
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -73,10 +89,10 @@ class FlowRing:
         self._bytes = self._records.view(np.uint8).reshape(capacity, FLOW_DTYPE.itemsize)  # for plain copies
         self._table_ids = np.zeros(capacity, dtype="<u4")
         self._dns = np.full(capacity, None, dtype=object)
-        self._tables: dict[int, EndpointTable] = {}
-        self._last_table: EndpointTable | None = None
-        self._last_table_id = 0
-        self._next_table_id = 1
+        self._contexts: dict[int, BatchContext] = {}
+        self._last_key: tuple[EndpointTable, tuple[FieldMask, ...]] | None = None
+        self._last_id = 0
+        self._next_id = 1
         self._head = 0  # sequence number of the next record = records seen since start
         self._lock = threading.Lock()
         self._grown = threading.Condition(self._lock)
@@ -95,20 +111,21 @@ class FlowRing:
 
     # -- writing (the pipeline's thread) ---------------------------------------------------------------
 
-    def _table_id(self, table: EndpointTable) -> int:
-        if table is self._last_table:
-            return self._last_table_id
-        for ident, known in self._tables.items():  # noqa: B007 (ident is used after the loop)
-            if known is table:
+    def _context_id(self, table: EndpointTable, masks: tuple[FieldMask, ...]) -> int:
+        last = self._last_key
+        if last is not None and last[0] is table and last[1] == masks:
+            return self._last_id
+        for ident, known in self._contexts.items():  # noqa: B007 (ident is used after the loop)
+            if known.table is table and known.masks == masks:
                 break
         else:
-            if len(self._tables) >= self.MAX_TABLES:
+            if len(self._contexts) >= self.MAX_TABLES:
                 in_use = set(np.unique(self._table_ids[: len(self)]).tolist())
-                self._tables = {k: v for k, v in self._tables.items() if k in in_use}
-            ident = self._next_table_id
-            self._next_table_id += 1
-            self._tables[ident] = table
-        self._last_table, self._last_table_id = table, ident
+                self._contexts = {k: v for k, v in self._contexts.items() if k in in_use}
+            ident = self._next_id
+            self._next_id += 1
+            self._contexts[ident] = BatchContext.of(table, masks)
+        self._last_key, self._last_id = (table, masks), ident
         return ident
 
     def write(self, batch: FlowBatch) -> None:
@@ -117,7 +134,7 @@ class FlowRing:
             return
         records, dns = batch.records, batch.dns
         with self._grown:
-            table_id = self._table_id(batch.endpoints)
+            table_id = self._context_id(batch.endpoints, batch.masks)
             skip = max(0, n - self.capacity)  # a batch larger than the ring: only its tail stays
             start = (self._head + skip) % self.capacity
             done = skip
@@ -153,7 +170,7 @@ class FlowRing:
             if limit is not None:
                 count = min(count, limit)
             index = (np.arange(first, first + count, dtype=np.int64) % self.capacity).astype(np.intp)
-            view = RingView(first, self._records[index], self._table_ids[index], self._dns[index], dict(self._tables))
+            view = RingView(first, self._records[index], self._table_ids[index], self._dns[index], dict(self._contexts))
         return missed, view
 
     def oldest(self) -> int:
