@@ -28,7 +28,7 @@ from retina_otel.component import ComponentStatus, CreateSettings, Host
 from retina_otel.metrics.store import Family
 from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.linuxutil.config import LinuxUtilConfig
-from retina_otel.receivers.linuxutil.ethtool import EthtoolError, EthtoolUnsupported, interface_stats
+from retina_otel.receivers.linuxutil.ethtool import EthtoolError, EthtoolUnsupported, IoctlEthtool, interface_stats
 from retina_otel.receivers.linuxutil.procfs import (
     PROC_NET,
     TCP_STATES,
@@ -155,12 +155,13 @@ class LinuxUtilReceiver:
             del self._unsupported[name]  # gone or re-created: look again when it shows up
         family = self._families[IFACE_STATS]
         seen: set[str] = set()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        reader = IoctlEthtool()
+        try:
             for name, index in present.items():
                 if name == "lo" or name in self._unsupported or (wanted is not None and name not in wanted):
                     continue
                 try:
-                    raw = interface_stats(name, sock)
+                    raw = interface_stats(name, reader)
                 except EthtoolUnsupported:
                     if len(self._unsupported) < _MAX_UNSUPPORTED:
                         self._unsupported[name] = index
@@ -173,6 +174,8 @@ class LinuxUtilReceiver:
                 }
                 seen.add(name)
                 family.set_many(((name, k), float(v)) for k, v in values.items())
+        finally:
+            reader.close()
         gone = self._interfaces - seen
         if gone:
             family.remove_where("interface_name", gone)
