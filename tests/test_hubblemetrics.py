@@ -318,3 +318,37 @@ def test_a_deleted_pods_series_go_as_in_hubble() -> None:
         assert with_pod(C) == 0
     finally:
         proc.shutdown()
+
+
+def test_receivers_threads_and_endpoint_table_generations() -> None:
+    """Receivers hand batches from their own threads, with endpoint tables of different generations
+    (k8sattributes rebuilds them): every batch is counted with its own table's names."""
+    import threading
+
+    config = HubbleMetricsConfig(endpoint="", metrics=["flow:sourceContext=pod"])
+    proc = HubbleMetricsProcessor(CreateSettings("hubblemetrics", "processor"), config, None)
+    proc.start(TestHost())
+    rounds = 60
+
+    def feed() -> None:
+        for _ in range(rounds):
+            batch = scenario()
+            batch.endpoints = EndpointTable(tuple(dict(e) for e in ENTRIES))  # a new generation each time
+            proc.consume_flows(batch)
+
+    threads = [threading.Thread(target=feed) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flows = proc.store.get("hubble_flows_processed_total")
+    assert flows is not None
+    per_source: dict[str, float] = {}
+    for labels, value, _ in flows.snapshot().series:
+        source = dict(zip(flows.label_names, labels, strict=True))["source"]
+        per_source[source] = per_source.get(source, 0.0) + float(value)  # type: ignore[arg-type]
+    # One scenario: client sends 5 TCP + 5 (seen entering the server) + 2 ICMP + 1 DNS query + 3 dropped;
+    # the server 4; the DNS pod 2 responses.
+    n = 3 * rounds
+    assert per_source == {C: 16 * n, S: 4 * n, D: 2 * n}
+    proc.shutdown()

@@ -52,6 +52,7 @@ class HubbleMetricsProcessor:
         self._started = False
         self._errors = 0
         self._lock = threading.Lock()
+        self._aggregate_lock = threading.Lock()
         self._pending_forget: list[tuple[float, set[str]]] = []  # (monotonic deadline, pod context values)
         # Families with a `pod` context: Hubble removes a deleted pod's series from them.
         self._pod_labels = {
@@ -100,7 +101,8 @@ class HubbleMetricsProcessor:
         """k8sattributes' pod-deletion hook (pod names and addresses; ``delay_seconds``: its grace period):
         as Hubble does for a deleted pod, remove the series whose ``source`` or ``destination`` is the pod
         in a ``pod`` context (after the delay, at a later batch). Returns the series removed now."""
-        values = self._aggregator.pod_values({p for p in pods if p})
+        with self._aggregate_lock:
+            values = self._aggregator.pod_values({p for p in pods if p})
         if not values:
             return 0
         if delay_seconds:
@@ -130,7 +132,10 @@ class HubbleMetricsProcessor:
     def consume_flows(self, batch: FlowBatch) -> None:
         if self._started and len(batch):
             try:
-                for name, series in self._aggregator.process(batch).items():
+                # Receivers call from their own threads; the aggregator's per-generation tables are shared.
+                with self._aggregate_lock:
+                    result = self._aggregator.process(batch)
+                for name, series in result.items():
                     family = self._families.get(name)
                     if family is not None and series:
                         family.add_many(series.items())
