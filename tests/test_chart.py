@@ -37,6 +37,11 @@ OTLP_HEADERS = [
 
 CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "observer-off": {"agent": {"observer": {"enabled": False}}},
+    "observer-tcp-mtls": {
+        "agent": {"observer": {"tcp": {"enabled": True, "tlsSecretName": "observer-tls", "clientAuth": True}}}
+    },
+    "observer-tcp-insecure": {"agent": {"observer": {"bufferSize": 65536, "tcp": {"enabled": True, "insecure": True}}}},
     "operator-off": {"operator": {"enabled": False}},
     "agent-off": {"agent": {"enabled": False}},
     "otlp-grpc-headers": {
@@ -207,6 +212,32 @@ def test_default_config_names_only_present_components(chart: Any) -> None:
     raw = yaml.safe_load(agent_config_text(render(chart, {})))
     assert missing_components(raw) == []
     parse_config(raw, env={})
+
+
+def test_observer_socket_tcp_port_and_tls(chart: Any) -> None:
+    """Default: the observer in the logs pipeline on the hostPath socket, no TCP. TCP: port 4244 named
+    `observer` on the container, TLS files from the Secret (ca.crt only with clientAuth)."""
+    docs = render(chart, {})
+    raw = yaml.safe_load(agent_config_text(docs))
+    assert raw["exporters"]["observer"] == {"buffer_size": 4096, "socket": "unix:///var/run/retina-otel/observer.sock"}
+    assert "observer" in raw["service"]["pipelines"]["logs"]["exporters"]
+    (container,) = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"]
+    assert "observer" not in {p["name"] for p in container["ports"]}
+    docs = render(chart, CASES["observer-tcp-mtls"])
+    raw = yaml.safe_load(agent_config_text(docs))
+    assert raw["exporters"]["observer"]["tcp_endpoint"] == ":4244"
+    assert raw["exporters"]["observer"]["tls"] == {
+        "cert_file": "/etc/retina-otel/observer-tls/tls.crt",
+        "key_file": "/etc/retina-otel/observer-tls/tls.key",
+        "client_ca_file": "/etc/retina-otel/observer-tls/ca.crt",
+    }
+    spec = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["observer"] == 4244
+    secret = next(v for v in spec["volumes"] if v["name"] == "observer-tls")
+    assert secret["secret"]["secretName"] == "observer-tls"
+    off = yaml.safe_load(agent_config_text(render(chart, CASES["observer-off"])))
+    assert "observer" not in off["exporters"]
 
 
 def test_default_pipeline_shape(chart: Any) -> None:
