@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from retina_otel.receivers._periodic import DrainConfig
@@ -32,6 +34,16 @@ class DropReasonConfig(DrainConfig):
             "IPTABLE_RULE_DROP, TCP_LISTEN_OVERFLOW -> TCP_ACCEPT_BASIC, any other -> UNKNOWN_DROP) on "
             "metrics and flow records, and Retina's direction on drop_count/drop_bytes (unknown, except "
             "TCP_ACCEPT_BASIC: ingress); see docs/receivers/dropreason.md"
+        ),
+    )
+    stack_discards: Literal["separate", "as_drops"] = Field(
+        default="separate",
+        description=(
+            "separate (default): frees that are the stack's own housekeeping, not packets lost on the "
+            "network (SOCKET_CLOSE, QUEUE_PURGE, TCP_ABORT_ON_DATA, TCP_RESET, NOT_SPECIFIED, ...: the list "
+            "and why each is in docs/receivers/dropreason.md) are counted in "
+            "networkobservability_stack_discard_count/_bytes, not in drop_count/drop_bytes, and get no "
+            "dropped-flow record. as_drops: counted as drops like every other reason."
         ),
     )
     exclude_reasons: tuple[str, ...] = Field(

@@ -9,6 +9,7 @@
 //   OFF_DEV_IFINDEX (net_device); SKB_BASE/SKB_SPAN: the byte range of sk_buff holding them all,
 //   read with one bpf_probe_read_kernel when it is small enough
 //   IS_NOT_A_DROP(r): reasons that are normal frees (SKB_NOT_DROPPED_YET, SKB_CONSUMED) or excluded
+//   IS_STACK_DISCARD(r): the stack's housekeeping (categories.py): counted in the totals, no flow entry
 //   MAX_FLOWS: entries of the per-flow map
 #include <uapi/linux/ptrace.h>
 #include <net/dropreason.h>
@@ -180,6 +181,8 @@ RAW_TRACEPOINT_PROBE(kfree_skb) {
     } else {
         count_lost(1);
     }
+    if (IS_STACK_DISCARD(reason))
+        return 0;
 
     int zero_index = 0;
     void *flows = drop_flows_active.lookup(&zero_index);  // NULL until user space sets it: drop_flows0

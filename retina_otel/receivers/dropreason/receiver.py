@@ -14,6 +14,7 @@ from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, Verdict
 from retina_otel.metrics.store import Family
 from retina_otel.receivers._periodic import DrainingReceiver
+from retina_otel.receivers.dropreason.categories import STACK_REASONS
 from retina_otel.receivers.dropreason.config import DropReasonConfig
 from retina_otel.receivers.dropreason.reasons import DropReasons, resolve_reasons
 from retina_otel.receivers.dropreason.retinanames import retina_direction, retina_reason
@@ -82,6 +83,11 @@ def _btf_cflags() -> list[str]:
     return flags
 
 
+def _any_of(values: list[int]) -> str:
+    """A C condition on ``r``: true for any of ``values`` (``0`` for none)."""
+    return " || ".join(f"(r) == {v}u" for v in values) or "0"
+
+
 class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
     """See the package docstring. ``flush()`` drains now (tests call it for deterministic results)."""
 
@@ -94,6 +100,9 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         self._reasons: DropReasons | None = None
         self._count: Family | None = None
         self._bytes: Family | None = None
+        self._stack_count: Family | None = None
+        self._stack_bytes: Family | None = None
+        self._stack_values = np.zeros(0, dtype=np.uint32)  # reasons counted as stack discards
         self._lost = CounterDeltas(len(_LOST_REASONS))
 
     @property
@@ -110,15 +119,33 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         if unknown:
             log.warning("dropreason: exclude_reasons not known to this kernel: %s", sorted(unknown))
         skipped = sorted(reasons.not_drops | reasons.values_of(self.config.exclude_reasons))
-        condition = " || ".join(f"(r) == {v}u" for v in skipped) or "0"
-        cflags = [f"-DIS_NOT_A_DROP(r)=({condition})", f"-DMAX_FLOWS={self.config.max_flows}", *_btf_cflags()]
+        stack = sorted(reasons.values_of(STACK_REASONS)) if self.config.stack_discards == "separate" else []
+        cflags = [
+            f"-DIS_NOT_A_DROP(r)=({_any_of(skipped)})",
+            f"-DIS_STACK_DISCARD(r)=({_any_of(stack)})",
+            f"-DMAX_FLOWS={self.config.max_flows}",
+            *_btf_cflags(),
+        ]
         self._reasons = reasons
+        self._stack_values = np.array(stack, dtype=np.uint32)
         self._count = host.metrics.counter(
             "networkobservability_drop_count", "Total dropped packets", ("reason", "direction")
         )
         self._bytes = host.metrics.counter(
             "networkobservability_drop_bytes", "Total dropped bytes", ("reason", "direction"), unit="By"
         )
+        if stack:
+            self._stack_count = host.metrics.counter(
+                "networkobservability_stack_discard_count",
+                "Packets the kernel freed as its own housekeeping (socket close, queue purge, ...), not drops",
+                ("reason", "direction"),
+            )
+            self._stack_bytes = host.metrics.counter(
+                "networkobservability_stack_discard_bytes",
+                "Bytes of packets the kernel freed as its own housekeeping, not drops",
+                ("reason", "direction"),
+                unit="By",
+            )
         # bcc attaches the RAW_TRACEPOINT_PROBE on load; until the switch is set, the program writes drop_flows0
         self._start_draining(load_bpf(SOURCE, cflags), flows="drop_flows")
 
@@ -136,7 +163,14 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         return self._batch(keys, values) if len(keys) else None
 
     def _publish_metrics(self, keys: np.ndarray, values: np.ndarray) -> None:
-        assert self._reasons is not None and self._count is not None and self._bytes is not None
+        assert self._count is not None and self._bytes is not None
+        stack = np.isin(keys["reason"], self._stack_values)
+        self._publish(keys[~stack], values[~stack], self._count, self._bytes)
+        if self._stack_count is not None and self._stack_bytes is not None:
+            self._publish(keys[stack], values[stack], self._stack_count, self._stack_bytes)
+
+    def _publish(self, keys: np.ndarray, values: np.ndarray, count: Family, size_family: Family) -> None:
+        assert self._reasons is not None
         if len(keys) == 0:
             return
         labels = [
@@ -150,8 +184,8 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
         for label, p, b in zip(labels, values["packets"].tolist(), values["bytes"].tolist(), strict=True):
             packets[label] = packets.get(label, 0.0) + p
             size[label] = size.get(label, 0.0) + b
-        self._count.set_many(packets.items())
-        self._bytes.set_many(size.items())
+        count.set_many(packets.items())
+        size_family.set_many(size.items())
 
     def _label(self, reason: str, direction: str) -> tuple[str, str]:
         if self.config.reason_names == "retina":
