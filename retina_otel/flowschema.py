@@ -165,6 +165,3 @@ def rows_as_attributes(batch: FlowBatch) -> Iterator[dict[str, Any]]:
     for i in range(len(batch)):
         yield record_attributes(batch, i, names[i])
 
-
-def flag_names() -> list[str]:
-    return list(_FLAG_NAMES)

@@ -216,6 +216,3 @@ def remove_stale() -> int:
             removed += 1
     return removed
 
-
-def shell_quote(args: Sequence[str]) -> str:
-    return shlex.join(args)

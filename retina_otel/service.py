@@ -170,10 +170,6 @@ class Agent:
     def get_extension(self, key: ExtensionKey[Any] | str) -> Any:
         return self._extensions.get(key)
 
-    def register_extension(self, key: ExtensionKey[Any] | str, service: object, owner: str = "agent") -> None:
-        """Offer a shared service to the components (registered once; a second owner is an error)."""
-        self._extensions.register(key, service, owner)
-
     def host_of(self, key: str) -> ComponentHost | None:
         """The host view of one instance (``id``, or ``id@pipeline`` for a processor)."""
         return self._hosts.get(key)

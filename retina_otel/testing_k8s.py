@@ -302,18 +302,3 @@ class EmulatedCluster:
 
         self._once(kind, broken)
 
-    def watch_requests(self, kind: str) -> int:
-        """How many watch requests for ``kind`` the emulator has seen."""
-        return self._count_requests(kind, kmock.action.WATCH)
-
-    def list_requests(self, kind: str) -> int:
-        """How many list requests for ``kind`` the emulator has seen."""
-        return self._count_requests(kind, kmock.action.LIST)
-
-    def _count_requests(self, kind: str, action: Any) -> int:
-        key = kmock.resource(_BY_NAME[kind].key)
-
-        async def count() -> int:
-            return sum(1 for r in self.emulator._requests if r.action == action and r.resource == key)
-
-        return self.run(count())

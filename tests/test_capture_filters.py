@@ -367,7 +367,7 @@ def test_adapts_the_operator_job_contract() -> None:
     )
     spec = CaptureJobSpec.from_json(job.to_json())
     assert spec.capture_name == "cap" and spec.work_dir == contract.WORK_DIR
-    assert spec.duration == 30 and spec.max_capture_size_mb == 100  # features.md default
+    assert spec.duration == 30 and spec.max_capture_size_mb == 100  # Retina's default
     assert spec.packet_size == 128 and spec.file_count == 2 and spec.interfaces == ("eth0",)
     assert spec.include_metadata is False
     assert spec.outputs.host_path == contract.HOST_PATH_MOUNT and spec.outputs.pvc_path == contract.PVC_MOUNT

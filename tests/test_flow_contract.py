@@ -4,7 +4,8 @@
    client's host veth (packetparser: FROM_ENDPOINT, direction EGRESS) and server's host veth
    (TO_ENDPOINT, INGRESS), so packetparser reports it in two rows with the same src/dst. Local context
    counts a FROM_ENDPOINT row only for its source pod (egress) and a TO_ENDPOINT row only for its
-   destination pod (ingress) (features.md: "each flow once as egress ... and once as ingress").
+   destination pod (ingress) (Retina counts each flow once as egress at its source and once as ingress at
+   its destination).
 2. **The reply direction.** packetparser's kernel program adds every packet to its own direction's
    counters and to the opposite direction's ``rev_packets``/``rev_bytes``, and each direction is
    reported in its own rows; flowmetrics never adds the reply columns (they are informational).

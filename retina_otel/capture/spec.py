@@ -220,7 +220,7 @@ class CaptureJobSpec(_Model):
             pod_ips=tuple(job.filter.pod_ips),
             pcap_filter=job.filter.pcap_filter,
             duration=job.duration_seconds,
-            # features.md: maxCaptureSize defaults to 100 MB; the contract leaves it unset then.
+            # Retina's maxCaptureSize defaults to 100 MB; the contract leaves it unset then.
             max_capture_size_mb=job.max_capture_size_mb if job.max_capture_size_mb is not None else 100,
             packet_size=job.packet_size,
             file_count=job.file_count,

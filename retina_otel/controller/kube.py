@@ -10,9 +10,7 @@ ignore them, and filtering twice costs nothing.
 
 from __future__ import annotations
 
-import builtins
 import json
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -202,17 +200,6 @@ class KubeClient:
                 return False
             raise
         return True
-
-    def delete_all(self, res: Resource, objs: Iterable[Obj]) -> builtins.list[str]:
-        """Delete each object; returns the names that could not be deleted."""
-        failed = []
-        for obj in objs:
-            meta = obj.get("metadata") or {}
-            try:
-                self.delete(res, meta["name"], meta.get("namespace"))
-            except ApiError:
-                failed.append(meta["name"])
-        return failed
 
 
 def _api_error(status: int, reason: str, body: Any) -> ApiError:

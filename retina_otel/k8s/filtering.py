@@ -5,8 +5,8 @@ Two modes, as in Retina:
 * annotations (``enable_annotations``): a pod is observed when it or its namespace carries the
   annotation ``retina.sh: observe``;
 * namespaces: a pod is observed when its namespace passes the include/exclude filter (include empty:
-  every namespace not excluded). The flowmetrics engineer's MetricsConfiguration watcher calls
-  :meth:`PodSelection.set_namespace_filter` with the accepted configuration's lists.
+  every namespace not excluded). flowmetrics, following the Accepted MetricsConfiguration, calls
+  :meth:`PodSelection.set_namespace_filter` with its lists (through k8sattributes' ``set_namespace_filter``).
 
 The observed pods' addresses go to an :class:`IpFilter` (the receivers' kernel map, found as the
 ``ip_filter`` host extension) through a :class:`RefCountedIpSet`: every rule (here one per pod UID, but

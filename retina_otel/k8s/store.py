@@ -395,12 +395,6 @@ class K8sCache:
             return tomb[0]
         return None
 
-    def pod(self, namespace: str, name: str) -> PodInfo | None:
-        for pod in list(self._pods.values()):
-            if pod.namespace == namespace and pod.name == name:
-                return pod
-        return None
-
     def pods(self) -> list[PodInfo]:
         return list(self._pods.values())
 

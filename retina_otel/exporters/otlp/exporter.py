@@ -95,7 +95,6 @@ class OtlpExporter:
         self._span_exporter: Any = None
         self._logs: ExportQueue[FlowBatch] | None = None
         self._spans: ExportQueue[SpanBatch] | None = None
-        self.exported_metric_batches = 0
 
     # -- exporter construction (SDK) ----------------------------------------------------------------
     def _endpoint(self, path: str) -> str | None:
@@ -253,9 +252,7 @@ class OtlpExporter:
             log.warning("%s: metric export failed: %s", self.id, exc)
             result = MetricExportResult.FAILURE
         ok = result is MetricExportResult.SUCCESS
-        if ok:
-            self.exported_metric_batches += 1
-        else:
+        if not ok:
             self._host.count_lost("otlp_metrics", "export_failed", 1)
         return bool(ok)
 
@@ -272,10 +269,6 @@ class OtlpExporter:
     @property
     def queued_records(self) -> int:
         return self._logs.queued if self._logs is not None else 0
-
-    @property
-    def exported_records(self) -> int:
-        return self._logs.exported if self._logs is not None else 0
 
     def _export_logs(self, batch: FlowBatch) -> bool:
         from opentelemetry.sdk._logs.export import LogRecordExportResult
@@ -298,10 +291,6 @@ class OtlpExporter:
     @property
     def queued_spans(self) -> int:
         return self._spans.queued if self._spans is not None else 0
-
-    @property
-    def exported_spans(self) -> int:
-        return self._spans.exported if self._spans is not None else 0
 
     def _export_spans(self, batch: SpanBatch) -> bool:
         from opentelemetry.sdk.trace.export import SpanExportResult

@@ -123,13 +123,6 @@ class FlowMetricsProcessor:
             self._started = False
 
     # -- hooks for other components -----------------------------------------------------------------
-    def set_namespace_filter_hook(self, hook: NamespaceFilterHook | None) -> None:
-        """Register where namespace include/exclude changes go (k8sattributes' ``set_namespace_filter``)."""
-        with self._lock:
-            self._namespace_filter = hook
-            if hook is not None and self._started:
-                self._call_namespace_hook(self._plan)
-
     def forget_pods(self, pods: Iterable[str], delay_seconds: float | None = None) -> int:
         """Remove every adv_* series of the given pods: ``namespace/name`` matches series whose podname
         (or source_/destination_podname) and namespace label of the same side are that pod's (a series

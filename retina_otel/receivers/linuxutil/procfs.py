@@ -52,7 +52,7 @@ NETSTAT_CURATED_KEYS: frozenset[str] = frozenset(
         "TCPLostRetransmit",
     }
 )
-"""Retina's curated /proc/net/netstat keys (features.md); everything else is left out."""
+"""Retina's curated /proc/net/netstat keys; everything else is left out."""
 
 # include/net/tcp_states.h; names as Retina reports them (go-netstat's), CLOSE spelled out.
 TCP_STATES: dict[int, str] = {
