@@ -96,7 +96,7 @@ class Pod:
     def popen(self, args: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
         """A background process in the pod; the sandbox kills it on close if it still runs."""
         proc: subprocess.Popen[bytes] = subprocess.Popen(self.exec_args(args), **kwargs)  # type: ignore[call-overload]
-        self.sandbox._processes.append(proc)
+        self.sandbox.kill_on_close(proc)
         return proc
 
     @contextlib.contextmanager
@@ -117,17 +117,32 @@ class Sandbox:
     """A set of pods that exist together; ``close()`` removes all of them."""
 
     def __init__(self, *, subnet_index: int | None = None) -> None:
+        """No I/O here: :meth:`open` (``with Sandbox()``, or the first :meth:`add_pod`) picks the subnet and
+        turns forwarding on."""
         self.token = secrets.token_hex(2)
-        # 198.18.<third>.<n>: the third octet separates concurrent sandboxes.
-        self._third = subnet_index if subnet_index is not None else _free_subnet(int(self.token, 16) % 250 + 1)
+        self._subnet_index = subnet_index
+        self._third = 0  # 198.18.<third>.<n>: the third octet separates concurrent sandboxes (set by open)
         self.pods: list[Pod] = []
         self._processes: list[subprocess.Popen[bytes]] = []
         self._saved_sysctls: dict[str, str] = {}
+        self._opened = False
         self._closed = False
-        self._enable_forwarding()
+
+    def open(self) -> Sandbox:
+        """Pick a free subnet and turn IP forwarding on (once)."""
+        if not self._opened:
+            self._opened = True
+            index = self._subnet_index
+            self._third = index if index is not None else _free_subnet(int(self.token, 16) % 250 + 1)
+            self._enable_forwarding()
+        return self
 
     def __enter__(self) -> Sandbox:
-        return self
+        return self.open()
+
+    def kill_on_close(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kill ``proc`` on :meth:`close` if it still runs."""
+        self._processes.append(proc)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -148,6 +163,7 @@ class Sandbox:
     def add_pod(self, name: str, *, ipv6: bool = True, veth_prefix: str = "ro") -> Pod:
         """A pod routed through the host. Its host-side veth is ``<veth_prefix><token>p<n>``: the default
         ``ro`` matches packetparser's default interface patterns; another prefix keeps the pod out of them."""
+        self.open()
         index = len(self.pods) + 1
         if index > 250:
             raise SandboxError("a sandbox holds at most 250 pods")

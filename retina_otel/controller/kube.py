@@ -113,6 +113,11 @@ class KubeClient:
         )
 
     @property
+    def api_client(self) -> k8s_client.ApiClient:
+        """The ``kubernetes`` client underneath (for calls this class does not wrap, e.g. exec)."""
+        return self._api
+
+    @property
     def host(self) -> str:
         return str(self._api.configuration.host)
 

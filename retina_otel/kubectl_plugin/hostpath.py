@@ -55,7 +55,7 @@ def _exec(client: KubeClient, namespace: str, pod: str, command: list[str]) -> s
     from kubernetes import client as k8s_client
     from kubernetes.stream import stream
 
-    api = k8s_client.CoreV1Api(client._api)
+    api = k8s_client.CoreV1Api(client.api_client)
     out: str = stream(api.connect_get_namespaced_pod_exec, pod, namespace, command=command,
                       stderr=False, stdin=False, stdout=True, tty=False)
     return out

@@ -206,7 +206,7 @@ class Family:
 
     def _report_folded(self, count: int) -> None:
         if count:
-            self._store._count_folded(self.name, count)
+            self._store.count_folded(self.name, count)
 
     # -- removal --------------------------------------------------------------------------------
     def remove_where(self, label: str, values: Iterable[str]) -> int:
@@ -386,7 +386,8 @@ class MetricStore:
         computed at read time, e.g. procfs)."""
         self._collect_hooks.append((self._owner, hook))
 
-    def _count_folded(self, metric: str, count: int) -> None:
+    def count_folded(self, metric: str, count: int) -> None:
+        """A family reports ``count`` label sets folded into its overflow series (budget full)."""
         self._folded.add((metric,), count)
 
     def expire(self) -> int:
