@@ -84,8 +84,10 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
+    # strict: a value of another JSON type is an error, as in the CRD's schema ("yes" is not a boolean,
+    # "5" not an integer); tests/test_crd_agreement.py keeps the two in step.
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, strict=True
     )
 
     def to_k8s(self) -> dict[str, Any]:
@@ -265,8 +267,8 @@ class CaptureTarget(_Model):
 
 
 class CaptureFilters(_Model):
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=list, max_length=256)
+    exclude: list[str] = Field(default_factory=list, max_length=256)
 
     @field_validator("include", "exclude")
     @classmethod
@@ -402,7 +404,7 @@ class S3Upload(_Model):
     bucket: str = Field(min_length=3, max_length=63)
     secret_name: str = Field(min_length=1)
     region: str | None = None
-    path: str | None = None
+    path: str | None = Field(default=None, max_length=1024)
 
     @field_validator("endpoint")
     @classmethod
@@ -420,10 +422,10 @@ class S3Upload(_Model):
 
 
 class OutputConfiguration(_Model):
-    host_path: str | None = None
-    persistent_volume_claim: str | None = None
+    host_path: str | None = Field(default=None, max_length=255)
+    persistent_volume_claim: str | None = Field(default=None, max_length=253)
     #: Name of a Secret whose ``blob-upload-url`` key holds a container SAS URL.
-    blob_upload: str | None = None
+    blob_upload: str | None = Field(default=None, max_length=253)
     s3_upload: S3Upload | None = None
 
     @model_validator(mode="after")

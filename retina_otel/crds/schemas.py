@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from retina_otel.crds.models import DURATION_PATTERN, NAME_PATTERN
+from retina_otel.crds.models import ADVANCED_METRICS, DURATION_PATTERN, NAME_PATTERN
 
 __all__ = ["CRDS", "GROUP", "KINDS", "VERSION", "crd", "crd_names"]
 
@@ -246,7 +246,7 @@ METRICS_SPEC: Schema = _obj(
         "contextOptions": _arr(
             _obj(
                 {
-                    "metricName": _str(minLength=1),
+                    "metricName": _str(enum=list(ADVANCED_METRICS)),
                     "sourceLabels": _arr(_str(), **{"x-kubernetes-list-type": "set"}),
                     "destinationLabels": _arr(_str(), **{"x-kubernetes-list-type": "set"}),
                     "additionalLabels": _arr(_str(), **{"x-kubernetes-list-type": "set"}),
@@ -286,7 +286,17 @@ _TRACE_TARGET = _obj(
         "podSelector": label_selector("Pods"),
         "nodeSelector": label_selector("Nodes"),
         "serviceSelector": label_selector("Services"),
-    }
+    },
+    **{
+        "x-kubernetes-validations": [
+            {
+                "rule": "(has(self.ipBlock) && has(self.ipBlock.cidr) && self.ipBlock.cidr != '') || "
+                "has(self.namespaceSelector) || has(self.podSelector) || has(self.nodeSelector) || "
+                "has(self.serviceSelector)",
+                "message": "targets nothing: give ipBlock.cidr or a selector (or leave the peer out to match any)",
+            }
+        ]
+    },
 )
 
 TRACES_SPEC: Schema = _obj(
@@ -315,10 +325,12 @@ TRACES_SPEC: Schema = _obj(
                                     _str(enum=["PodToNode", "NodeToPod", "NodeToNetwork", "NetworkToNode"])
                                 ),
                             }
-                        )
+                        ),
+                        minItems=1,
+                        description="Which connections to trace; [{}] for every connection.",
                     ),
                 },
-                required=["captureLevel"],
+                required=["captureLevel", "traceTargets"],
             ),
             minItems=1,
         ),
