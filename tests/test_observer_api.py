@@ -16,6 +16,7 @@ import socket
 import stat
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +30,22 @@ from retina_otel.component import CreateSettings
 from retina_otel.config import ConfigError, parse_config
 from retina_otel.exporters.observer import FACTORY, ObserverExporter
 from retina_otel.exporters.observer.ring import FlowRing, bytes_per_record
-from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FieldMask, FlowBatch, ip_to_bytes
+from retina_otel.flows import (
+    FLOW_DTYPE,
+    STRINGS,
+    Direction,
+    EndpointTable,
+    Event,
+    FieldMask,
+    FlowBatch,
+    ObservationPoint,
+    TcpFlag,
+    ip_to_bytes,
+)
 from retina_otel.hubble import flow_pb2, observer_pb2
 from retina_otel.hubble.api import ObserverStub
 from retina_otel.observe.cli import add_arguments, main_from_args
-from retina_otel.testing import TestHost
+from retina_otel.testing import TestHost, wait_for
 
 T0 = 1_796_000_000_000_000_000  # a fixed wall clock (ns) for the rows' times
 
@@ -431,3 +443,103 @@ def test_kubectl_retina_observe_finds_the_nodes_agent_and_forwards_to_it(
             assert "2 running agent pods" in capsys.readouterr().err
     finally:
         exp.shutdown()
+
+
+# -- what a flow.Flow carries ----------------------------------------------------------------------------
+
+
+def test_flow_fields_from_a_record(exporter: tuple[ObserverExporter, TestHost, str]) -> None:
+    exp, _, target = exporter
+    table = EndpointTable(
+        [
+            {
+                "k8s.namespace.name": "shop",
+                "k8s.pod.name": "web-1",
+                "k8s.pod.label.app": "web",
+                "k8s.workload.kind": "Deployment",
+                "k8s.workload.name": "web",
+                "k8s.service.name": "web-svc",
+            },
+            {"k8s.namespace.name": "db", "k8s.service.name": "pg", "retina.endpoint.kind": "service"},
+        ]
+    )
+    b = FlowBatch.empty(3)
+    r = b.records
+    b.endpoints = table
+    r["src_ip"] = [ip_to_bytes("2001:db8::1"), ip_to_bytes("198.18.0.1"), ip_to_bytes("198.18.0.1")]
+    r["dst_ip"] = [ip_to_bytes("2001:db8::2"), ip_to_bytes("198.18.0.2"), ip_to_bytes("198.18.0.53")]
+    r["ip_version"] = [6, 4, 4]
+    r["proto"] = [58, 6, 17]
+    r["src_port"] = [128, 40000, 5353]  # ICMPv6 echo request type 128, code 0
+    r["dst_port"] = [0, 5432, 53]
+    r["event"] = [Event.FLOW, Event.DROP, Event.DNS]
+    r["verdict"] = [1, 2, 1]
+    r["drop_reason"][1] = STRINGS.intern("NETFILTER_DROP")
+    r["tcp_flags"][1, TcpFlag.SYN] = 1
+    r["observation_point"] = [ObservationPoint.TO_ENDPOINT, ObservationPoint.STACK, ObservationPoint.FROM_ENDPOINT]
+    r["direction"] = [Direction.INGRESS, Direction.EGRESS, Direction.EGRESS]
+    r["is_reply"] = [1, 0, 1]
+    r["ifindex"] = [1, 0, 0]  # lo
+    r["src_endpoint"] = [-1, 0, 0]
+    r["dst_endpoint"] = [-1, 1, -1]
+    r["dns_is_response"][2], r["dns_rcode"][2], r["dns_latency_us"][2] = 1, 0, 1500
+    r["time_end_ns"] = T0
+    b.dns = [None, None, {"query": "db.test.", "answers": ["198.18.0.7", "alias.test."], "query_type": "A"}]
+    exp.consume_flows(b)
+    with grpc.insecure_channel(target) as channel:
+        icmp, drop, dns = [x.flow for x in ObserverStub(channel).GetFlows(observer_pb2.GetFlowsRequest())]
+    assert (icmp.IP.source, icmp.IP.ipVersion) == ("2001:db8::1", flow_pb2.IPv6)
+    assert (icmp.l4.ICMPv6.type, icmp.l4.ICMPv6.code) == (128, 0)
+    assert icmp.trace_observation_point == flow_pb2.TO_ENDPOINT and icmp.traffic_direction == flow_pb2.INGRESS
+    assert icmp.is_reply.value is True and icmp.event_type.type == 4
+    assert (icmp.interface.index, icmp.interface.name) == (1, "lo")
+    assert icmp.time.seconds == T0 // 10**9 and icmp.node_name == "test-node"
+    assert drop.verdict == flow_pb2.DROPPED and drop.drop_reason_desc == flow_pb2.DROP_REASON_UNKNOWN
+    assert drop.event_type.type == 1 and drop.trace_observation_point == flow_pb2.UNKNOWN_POINT
+    assert drop.l4.TCP.flags.SYN and not drop.l4.TCP.flags.ACK
+    assert (drop.source.namespace, drop.source.pod_name, list(drop.source.labels)) == ("shop", "web-1", ["app=web"])
+    assert [(w.kind, w.name) for w in drop.source.workloads] == [("Deployment", "web")]
+    assert (drop.source_service.name, drop.destination_service.namespace) == ("web-svc", "db")
+    assert drop.destination.pod_name == "" and drop.traffic_direction == flow_pb2.EGRESS
+    assert not drop.HasField("extensions")  # Hubble's clients get no retina-otel type to resolve
+    assert dns.Type == flow_pb2.L7 and dns.event_type.type == 129
+    assert dns.l7.type == flow_pb2.RESPONSE and dns.l7.latency_ns == 1_500_000
+    assert (dns.l7.dns.query, list(dns.l7.dns.ips), list(dns.l7.dns.cnames)) == (
+        "db.test.",
+        ["198.18.0.7"],
+        ["alias.test."],
+    )
+    assert list(dns.l7.dns.qtypes) == ["A"] and dns.l4.UDP.destination_port == 53
+    code, out, _ = _observe("--server", target, "--verdict", "DROPPED", "-o", "json")
+    meta = json.loads(out)["flow"]["extensions"]
+    assert code == 0 and meta["dropReason"] == "NETFILTER_DROP" and meta["event"] == "drop"
+    assert meta["tcpFlagCounts"] == {"SYN": "1"}
+
+
+def test_group_by_follow_refreshes_its_table_every_second(exporter: tuple[ObserverExporter, TestHost, str]) -> None:
+    from retina_otel.observe import cli
+    from retina_otel.observe.groupby import GroupBy
+    from retina_otel.observe.request import build_request
+
+    exp, _, target = exporter
+    out = io.StringIO()
+    table = GroupBy(["destination_port"], out, io.StringIO(), follow=True)
+    stop = threading.Event()
+    args = argparse.Namespace(server=target)
+    channel = cli.connect(args)
+    thread = threading.Thread(
+        target=cli.run, args=(channel, build_request([], follow=True), table), kwargs={"tick": table.tick, "stop": stop}
+    )
+    thread.start()
+    try:
+        time.sleep(0.5)
+        exp.consume_flows(batch(3))
+        assert wait_for(lambda: "3" in out.getvalue(), timeout=5)
+        exp.consume_flows(batch(2))
+        assert wait_for(lambda: out.getvalue().count("DESTINATION_PORT") >= 2 and "  5 " in out.getvalue(), timeout=5)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        channel.close()
+    tables = [t for t in out.getvalue().split("\n\n") if t.strip()]
+    assert tables[-1].splitlines()[1].split() == ["53", "5", "500", "5"]
