@@ -26,7 +26,7 @@ from google.protobuf import unknown_fields
 
 from retina_otel.exporters.observer import mapping
 from retina_otel.exporters.observer.ring import RingView
-from retina_otel.flows import STRINGS, Event
+from retina_otel.flows import STRINGS, EndpointTable, Event
 from retina_otel.flowschema import (
     K8S_NAMESPACE,
     K8S_POD_LABEL_PREFIX,
@@ -99,7 +99,19 @@ def _ip_test(column: str, values: Sequence[str]) -> Test:
 
 
 def _endpoint_test(side: str, predicate: Callable[[Mapping[str, Any]], bool]) -> Test:
-    """Decide ``predicate`` once per endpoint entry of each table in the view, then index by row."""
+    """Decide ``predicate`` once per endpoint entry of each table, then index by row. Tables do not change
+    (a new cache generation is a new table), so a following call decides each table once, not per read."""
+    decided_for: dict[int, tuple[EndpointTable, npt.NDArray[np.bool_]]] = {}
+
+    def decide(table: EndpointTable) -> npt.NDArray[np.bool_]:
+        known = decided_for.get(id(table))
+        if known is not None and known[0] is table:
+            return known[1]
+        if len(decided_for) >= 16:
+            decided_for.clear()
+        decided = np.fromiter((predicate(e) for e in table.entries), dtype=bool, count=len(table.entries))
+        decided_for[id(table)] = (table, decided)
+        return decided
 
     def test(view: RingView) -> Mask:
         out = np.zeros(len(view), dtype=bool)
@@ -109,7 +121,7 @@ def _endpoint_test(side: str, predicate: Callable[[Mapping[str, Any]], bool]) ->
             table = context.endpoints[side] if context is not None else None
             if table is None or not table.entries:
                 continue
-            decided = np.fromiter((predicate(e) for e in table.entries), dtype=bool, count=len(table.entries))
+            decided = decide(table)
             rows = (view.table_ids == table_id) & (index >= 0) & (index < len(decided))
             out[rows] = decided[index[rows]]
         return out
