@@ -21,6 +21,7 @@ from retina_otel.controller.capture import (
     LABEL_CAPTURE,
     CaptureFailure,
     CaptureSettings,
+    JobsNotCreated,
     Reason,
     cleanup_capture,
     compute_status,
@@ -173,6 +174,13 @@ def build_registry(
             try:
                 jobs = plan_jobs(client, capture, cfg.settings)
                 created = create_jobs(client, jobs)
+            except JobsNotCreated as failure:  # some nodes have a Job: it runs; the status names the others
+                logger.warning("capture %s/%s: %s", namespace, name, failure.message)
+                m.jobs_created(len(failure.created))
+                partial = compute_status({"startTime": now_iso()}, failure.created, missing_nodes=failure.missing)
+                client.patch_status(kube.CAPTURES, name, partial, namespace)
+                m.capture_status(namespace, name, partial)
+                return False
             except CaptureFailure as failure:
                 logger.warning("capture %s/%s not started (%s): %s", namespace, name, failure.reason, failure.message)
                 failed = failure_status(status, failure)

@@ -12,7 +12,7 @@ nodes and pod IPs), :mod:`.secretcheck` (output Secrets exist), :mod:`.manifest`
 
 from __future__ import annotations
 
-from retina_otel.controller.capture.failure import CaptureFailure, Reason
+from retina_otel.controller.capture.failure import CaptureFailure, JobsNotCreated, Reason
 from retina_otel.controller.capture.jobs import cleanup_capture, create_jobs, list_capture_jobs, plan_jobs
 from retina_otel.controller.capture.manifest import build_job, job_name
 from retina_otel.controller.capture.settings import (
@@ -24,7 +24,7 @@ from retina_otel.controller.capture.settings import (
     CaptureSettings,
     capture_labels,
 )
-from retina_otel.controller.capture.status import compute_status, failure_status, job_state, now_iso
+from retina_otel.controller.capture.status import NOT_CREATED, compute_status, failure_status, job_state, now_iso
 from retina_otel.controller.capture.targets import Target, find_targets
 
 __all__ = [
@@ -33,8 +33,10 @@ __all__ = [
     "LABEL_APP",
     "LABEL_CAPTURE",
     "LABEL_GENERATED",
+    "NOT_CREATED",
     "CaptureFailure",
     "CaptureSettings",
+    "JobsNotCreated",
     "Reason",
     "Target",
     "build_job",

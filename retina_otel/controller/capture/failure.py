@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CaptureFailure", "Reason"]
+__all__ = ["CaptureFailure", "JobsNotCreated", "Reason"]
 
 
 class Reason:
@@ -25,3 +25,13 @@ class CaptureFailure(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class JobsNotCreated(CaptureFailure):
+    """Some of a Capture's Jobs were created and some were not: ``created`` (the Jobs) and ``missing``
+    (the nodes without one). The Capture's status keeps saying CreateJobFailed while a node is missing."""
+
+    def __init__(self, message: str, created: list[dict[str, object]], missing: list[str]) -> None:
+        super().__init__(Reason.CREATE_JOB_FAILED, message)
+        self.created = created
+        self.missing = missing

@@ -4,10 +4,11 @@ listed and cleaned up."""
 from __future__ import annotations
 
 from retina_otel.controller import kube
-from retina_otel.controller.capture.failure import CaptureFailure, Reason
+from retina_otel.controller.capture.failure import CaptureFailure, JobsNotCreated, Reason
 from retina_otel.controller.capture.manifest import build_job
 from retina_otel.controller.capture.secretcheck import check_secrets
 from retina_otel.controller.capture.settings import (
+    ANNOTATION_NODE,
     APP_CAPTURE,
     LABEL_APP,
     LABEL_GENERATED,
@@ -50,8 +51,11 @@ def plan_jobs(client: KubeClient, capture: Obj, settings: CaptureSettings) -> li
 
 
 def create_jobs(client: KubeClient, jobs: list[Obj]) -> list[Obj]:
-    """Create the Jobs (an existing one with the same name counts as created)."""
-    created = []
+    """Create the Jobs (an existing one with the same name counts as created). Every Job is tried; when
+    some fail, :class:`JobsNotCreated` carries the ones created and the nodes left without one."""
+    created: list[Obj] = []
+    missing: list[str] = []
+    errors: list[str] = []
     for job in jobs:
         meta = object_meta(job)
         try:
@@ -60,9 +64,10 @@ def create_jobs(client: KubeClient, jobs: list[Obj]) -> list[Obj]:
             if exc.conflict:
                 created.append(job)
                 continue
-            raise CaptureFailure(
-                Reason.CREATE_JOB_FAILED, f"creating job {meta['namespace']}/{meta['name']} failed: {exc}"
-            ) from None
+            missing.append(str((meta.get("annotations") or {}).get(ANNOTATION_NODE, meta["name"])))
+            errors.append(f"creating job {meta['namespace']}/{meta['name']} failed: {exc}")
+    if missing:
+        raise JobsNotCreated("; ".join(errors), created, missing)
     return created
 
 

@@ -8,7 +8,7 @@ from retina_otel.controller.capture.failure import CaptureFailure, Reason
 from retina_otel.controller.capture.settings import ANNOTATION_NODE
 from retina_otel.controller.kube import Obj, object_meta
 
-__all__ = ["compute_status", "failure_status", "job_state", "now_iso"]
+__all__ = ["NOT_CREATED", "compute_status", "failure_status", "job_state", "now_iso"]
 
 
 def now_iso() -> str:
@@ -53,11 +53,23 @@ def failure_status(old_status: Obj | None, failure: CaptureFailure, now: str | N
     }
 
 
-def compute_status(old_status: Obj | None, jobs: list[Obj], now: str | None = None) -> Obj:
-    """Status from the Capture's Jobs (counts, conditions, times)."""
+NOT_CREATED = "notCreated"
+"""``status.jobs[].state`` of a target node whose Job could not be created (its ``name`` is empty)."""
+
+
+def compute_status(
+    old_status: Obj | None, jobs: list[Obj], now: str | None = None, missing_nodes: list[str] | None = None
+) -> Obj:
+    """Status from the Capture's Jobs (counts, conditions, times). ``missing_nodes``: target nodes whose
+    Job could not be created; by default those the old status lists as not created that still have no
+    Job. While one is missing, the conditions say CreateJobFailed, whatever the other Jobs did."""
     now = now or now_iso()
     old = old_status or {}
     prev = list(old.get("conditions") or [])
+    nodes_with_jobs = {str((object_meta(j).get("annotations") or {}).get(ANNOTATION_NODE, "")) for j in jobs}
+    if missing_nodes is None:
+        missing_nodes = [e["node"] for e in old.get("jobs") or [] if e.get("state") == NOT_CREATED]
+    missing = sorted({n for n in missing_nodes if n not in nodes_with_jobs})
     states = [(j, job_state(j)) for j in jobs]
     active = sum(1 for _, s in states if s == "active")
     succeeded = sum(1 for _, s in states if s == "succeeded")
@@ -81,12 +93,23 @@ def compute_status(old_status: Obj | None, jobs: list[Obj], now: str | None = No
                 "state": s,
             }
             for j, s in states
-        ],
+        ]
+        + [{"name": "", "node": n, "state": NOT_CREATED} for n in missing],
     }
     fail_msg = (
         f"{failed} of {total} capture jobs failed (nodes: {', '.join(failed_nodes)}); see the logs of the jobs' pods"
     )
-    if active:
+    if missing:
+        not_created = (
+            f"capture jobs could not be created for {len(missing)} of {total + len(missing)} target nodes "
+            f"(nodes: {', '.join(missing)})"
+        )
+        if failed:
+            not_created += f"; {fail_msg}"
+        conditions.append(_condition("complete", False, Reason.CREATE_JOB_FAILED, not_created, prev, now))
+        conditions.append(_condition("error", True, Reason.CREATE_JOB_FAILED, not_created, prev, now))
+        status["completionTime"] = None
+    elif active:
         conditions.append(
             _condition(
                 "complete", False, Reason.JOBS_IN_PROGRESS, f"{active} of {total} capture jobs running", prev, now
