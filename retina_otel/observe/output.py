@@ -10,6 +10,7 @@ from typing import TextIO
 
 from google.protobuf import json_format
 
+from retina_otel.dnsnames import rcode_name
 from retina_otel.hubble import flow_pb2, observer_pb2, retina_pb2
 
 __all__ = ["Printer", "endpoint_text", "metadata", "summary"]
@@ -22,7 +23,6 @@ _POINTS = {
 }
 _ICMP4 = {0: "EchoReply", 3: "DestinationUnreachable", 8: "EchoRequest", 11: "TimeExceeded"}
 _ICMP6 = {1: "DestinationUnreachable", 3: "TimeExceeded", 128: "EchoRequest", 129: "EchoReply"}
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
 
 def metadata(flow: flow_pb2.Flow) -> retina_pb2.FlowMetadata:
@@ -59,7 +59,7 @@ def summary(flow: flow_pb2.Flow) -> str:
         qtypes = ",".join(dns.qtypes)
         if flow.l7.type == flow_pb2.RESPONSE:
             answers = ",".join([*dns.ips, *dns.cnames])
-            return f'DNS Answer "{answers}" RCode: {_RCODES.get(dns.rcode, dns.rcode)} ({dns.query} {qtypes})'.replace(
+            return f'DNS Answer "{answers}" RCode: {rcode_name(dns.rcode)} ({dns.query} {qtypes})'.replace(
                 '""', "-"
             )
         return f"DNS Query {dns.query} {qtypes}".rstrip()

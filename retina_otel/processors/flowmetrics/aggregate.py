@@ -38,7 +38,7 @@ from retina_otel.processors.flowmetrics.endpoints import UNKNOWN, EndpointIndex
 from retina_otel.processors.flowmetrics.grouping import group_rows, ip_codes
 from retina_otel.processors.flowmetrics.spec import AdvMetric, ContextOptions, MetricPlan, Plan
 
-__all__ = ["Aggregator", "BatchResult", "qtype_name", "rcode_name"]
+__all__ = ["Aggregator", "BatchResult"]
 
 LabelValues = tuple[str, ...]
 I64 = npt.NDArray[np.int64]

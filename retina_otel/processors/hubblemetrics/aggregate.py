@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from retina_otel.dnsnames import hubble_rcode_text, type_name
 from retina_otel.flows import STRINGS, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict
 from retina_otel.processors.flowmetrics.grouping import Grouping, group_rows
 from retina_otel.processors.hubblemetrics.endpoints import SlotStrings
@@ -60,16 +61,6 @@ _L4 = {6: "TCP", 17: "UDP", 1: "ICMPv4", 58: "ICMPv6", 132: "SCTP"}
 _DIRECTIONS = ("unknown", "ingress", "egress")
 _TCP_FLAGS = ((TcpFlag.FIN, "FIN"), (TcpFlag.SYN, "SYN"), (TcpFlag.SYNACK, "SYN-ACK"), (TcpFlag.RST, "RST"))
 _QTYPE_AAAA = 28
-
-# Hubble's rcode names (pkg/hubble/metrics/dns/rcode.go).
-RCODE_NAMES = {
-    0: "No Error", 1: "Format Error", 2: "Server Failure", 3: "Non-Existent Domain", 4: "Not Implemented",
-    5: "Query Refused", 6: "Name Exists when it should not", 7: "RR Set Exists when it should not",
-    8: "RR Set that should exist does not", 9: "Not Authorized", 10: "Name not contained in zone",
-    11: "DSO-TYPE Not Implemented", 16: "Bad OPT Version", 17: "Key not recognized",
-    18: "Signature out of time window", 19: "Bad TKEY Mode", 20: "Duplicate key name",
-    21: "Algorithm not supported", 22: "Bad Truncation", 23: "Bad/missing Server Cookie",
-}
 
 
 def family_labels(spec: MetricSpec) -> tuple[str, ...]:
@@ -391,8 +382,6 @@ def _dns(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> 
     rows = np.flatnonzero(mask)
     if rows.shape[0] == 0:
         return
-    from retina_otel.processors.flowmetrics.aggregate import qtype_name
-
     with_query = "query" in spec.flags
     extras: Sequence[Mapping[str, Any] | None] = b.batch.dns or ()
     ids: dict[tuple[bool, LabelValues], int] = {}
@@ -401,8 +390,8 @@ def _dns(b: _Batch, spec: MetricSpec, ctx: _Context, out: dict[str, Series]) -> 
     for i, row in enumerate(rows.tolist()):
         extra = extras[row] if row < len(extras) else None
         response = bool(rec["dns_is_response"][row])
-        qtype = str((extra or {}).get("query_type") or "") or qtype_name(int(rec["dns_qtype"][row]))
-        rcode = RCODE_NAMES.get(int(rec["dns_rcode"][row]), str(int(rec["dns_rcode"][row]))) if response else ""
+        qtype = str((extra or {}).get("query_type") or "") or type_name(int(rec["dns_qtype"][row]))
+        rcode = hubble_rcode_text(int(rec["dns_rcode"][row])) if response else ""
         ips = _ips_returned((extra or {}).get("answers"), int(rec["dns_answer_count"][row])) if response else 0
         key: LabelValues = (rcode, qtype, str(ips))
         if with_query:
