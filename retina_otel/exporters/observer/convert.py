@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from google.protobuf import any_pb2, timestamp_pb2, wrappers_pb2
+import numpy as np
+from google.protobuf import any_pb2, timestamp_pb2
 
 from retina_otel.exporters.observer import mapping
 from retina_otel.exporters.observer.ring import RingView
@@ -60,22 +61,6 @@ def _service(entry: Mapping[str, Any] | None) -> flow_pb2.Service | None:
     if entry is None or not entry.get(K8S_SERVICE_NAME):
         return None
     return flow_pb2.Service(name=str(entry[K8S_SERVICE_NAME]), namespace=str(entry.get(K8S_NAMESPACE) or ""))
-
-
-def _layer4(proto: int, ip_version: int, sport: int, dport: int, flags: dict[str, bool]) -> flow_pb2.Layer4:
-    if proto == 6:
-        return flow_pb2.Layer4(
-            TCP=flow_pb2.TCP(source_port=sport, destination_port=dport, flags=flow_pb2.TCPFlags(**flags))
-        )
-    if proto == 17:
-        return flow_pb2.Layer4(UDP=flow_pb2.UDP(source_port=sport, destination_port=dport))
-    if proto == 132:
-        return flow_pb2.Layer4(SCTP=flow_pb2.SCTP(source_port=sport, destination_port=dport))
-    if proto == 1 and ip_version == 4:
-        return flow_pb2.Layer4(ICMPv4=flow_pb2.ICMPv4(type=sport, code=dport))
-    if proto == 58:
-        return flow_pb2.Layer4(ICMPv6=flow_pb2.ICMPv6(type=sport, code=dport))
-    return flow_pb2.Layer4()
 
 
 def _dns(entry: Mapping[str, Any] | None, row: Mapping[str, Any]) -> flow_pb2.Layer7:
@@ -156,69 +141,132 @@ def lost_event(count: int, node_name: str, now_ns: int) -> observer_pb2.GetFlows
     )
 
 
+_COLUMNS = (
+    "time_start_ns",
+    "time_end_ns",
+    "src_ip",
+    "dst_ip",
+    "src_port",
+    "dst_port",
+    "proto",
+    "ip_version",
+    "direction",
+    "verdict",
+    "event",
+    "is_reply",
+    "ifindex",
+    "drop_reason",
+    "packets",
+    "bytes",
+    "reply_packets",
+    "reply_bytes",
+    "retransmits",
+    "dns_rcode",
+    "dns_is_response",
+    "dns_latency_us",
+)
+_VERDICT_OF = {int(k): v for k, v in _VERDICT.items()}
+
+
 def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[observer_pb2.GetFlowsResponse]:
     """One response per row of ``view``; ``metadata``: with ``Flow.extensions`` (FlowMetadata), which only
-    retina-otel's clients ask for (a client that cannot resolve the type could not print the flow as JSON)."""
+    retina-otel's clients ask for (a client that cannot resolve the type could not print the flow as JSON).
+
+    Columns are read once per call (``tolist``) and what rows share is built once (endpoints and services
+    per table entry, TCP flag sets, address strings); each row then costs one message filled in place."""
     records = view.records
-    if not len(records):
+    n = len(records)
+    if not n:
         return
-    rows = records.tolist()  # tuples in FLOW_DTYPE field order
-    names = records.dtype.names
-    assert names is not None
+    cols = {name: records[name].tolist() for name in _COLUMNS}
+    counts = records["tcp_flags"].tolist()
     seen = mapping.tcp_flags_seen(records)
-    seen_lists = {name: values.tolist() for name, values in seen.items()}
+    bits = np.zeros(n, dtype=np.int32)
+    for k, name in enumerate(mapping.HUBBLE_TCP_FLAGS):
+        bits |= seen[name].astype(np.int32) << k
+    flag_bits = bits.tolist()
     points = mapping.trace_points(records).tolist()
     types, subtypes = mapping.event_types(records)
     types_list, subtypes_list = types.tolist(), subtypes.tolist()
-    addresses: dict[bytes, str] = {}
+    src_index, dst_index = records["src_endpoint"].tolist(), records["dst_endpoint"].tolist()
+    table_ids = view.table_ids.tolist()
+    addresses: dict[bytes, str] = {b"": ""}
+    flag_sets: dict[int, flow_pb2.TCPFlags] = {}
+    ends: dict[tuple[int, str, int], tuple[flow_pb2.Endpoint | None, flow_pb2.Service | None]] = {}
 
     def address(raw: bytes) -> str:
-        if not raw:
-            return ""
         text = addresses.get(raw)
         if text is None:
             text = addresses[raw] = str(bytes_to_ip(raw))
         return text
 
-    for i, values in enumerate(rows):
-        row = dict(zip(names, values, strict=True))
+    def tcp_flags(value: int) -> flow_pb2.TCPFlags:
+        found = flag_sets.get(value)
+        if found is None:
+            found = flag_sets[value] = flow_pb2.TCPFlags(
+                **{name: bool(value >> k & 1) for k, name in enumerate(mapping.HUBBLE_TCP_FLAGS)}
+            )
+        return found
+
+    def end(i: int, side: str, index: int) -> tuple[flow_pb2.Endpoint | None, flow_pb2.Service | None]:
+        key = (table_ids[i], side, index)
+        found = ends.get(key)
+        if found is None:
+            entry = view.endpoint(i, side)
+            found = ends[key] = (_endpoint(entry), _service(entry))
+        return found
+
+    for i in range(n):
+        row = {name: cols[name][i] for name in _COLUMNS}
         dns_entry = view.dns[i]
         context = view.context(i)
         if context is not None and context.hidden:
             row, dns_entry = _hide(row, dns_entry, context.hidden)
-        end = int(row["time_end_ns"]) or int(row["time_start_ns"])
-        src, dst = view.endpoint(i, "src"), view.endpoint(i, "dst")
-        event = int(row["event"])
-        proto = int(row["proto"])
-        flags = {name: bool(seen_lists[name][i]) for name in mapping.HUBBLE_TCP_FLAGS}
-        extension: any_pb2.Any | None = None
-        if metadata:
-            extension = _metadata(row, event, proto)
-        ifindex = int(row["ifindex"])
-        flow = flow_pb2.Flow(
-            time=timestamp(end),
-            verdict=_VERDICT.get(Verdict(int(row["verdict"])), flow_pb2.VERDICT_UNKNOWN),
-            IP=flow_pb2.IP(
-                source=address(row["src_ip"]),
-                destination=address(row["dst_ip"]),
-                ipVersion=flow_pb2.IPv6 if int(row["ip_version"]) == 6 else flow_pb2.IPv4,
-            ),
-            l4=_layer4(proto, int(row["ip_version"]), int(row["src_port"]), int(row["dst_port"]), flags),
-            source=_endpoint(src),
-            destination=_endpoint(dst),
-            Type=flow_pb2.L7 if event == Event.DNS else flow_pb2.L3_L4,
-            node_name=node_name,
-            event_type=flow_pb2.CiliumEventType(type=types_list[i], sub_type=subtypes_list[i]),
-            source_service=_service(src),
-            destination_service=_service(dst),
-            traffic_direction=int(row["direction"]),  # type: ignore[arg-type]  # Hubble's numbers too
-            trace_observation_point=points[i],
-            is_reply=wrappers_pb2.BoolValue(value=bool(row["is_reply"])),
-            interface=flow_pb2.NetworkInterface(index=ifindex, name=mapping.interface_name(ifindex))
-            if ifindex
-            else None,
-            extensions=extension,
-        )
+        end_ns = row["time_end_ns"] or row["time_start_ns"]
+        seconds, nanos = divmod(end_ns, 1_000_000_000)
+        event, proto, ip_version = row["event"], row["proto"], row["ip_version"]
+        response = observer_pb2.GetFlowsResponse(node_name=node_name)
+        response.time.seconds, response.time.nanos = seconds, nanos
+        flow = response.flow
+        flow.time.seconds, flow.time.nanos = seconds, nanos
+        flow.verdict = _VERDICT_OF.get(row["verdict"], flow_pb2.VERDICT_UNKNOWN)
+        flow.IP.source = address(row["src_ip"])
+        flow.IP.destination = address(row["dst_ip"])
+        flow.IP.ipVersion = flow_pb2.IPv6 if ip_version == 6 else flow_pb2.IPv4
+        sport, dport = row["src_port"], row["dst_port"]
+        if proto == 6:
+            flow.l4.TCP.source_port, flow.l4.TCP.destination_port = sport, dport
+            flow.l4.TCP.flags.CopyFrom(tcp_flags(flag_bits[i]))
+        elif proto == 17:
+            flow.l4.UDP.source_port, flow.l4.UDP.destination_port = sport, dport
+        elif proto == 132:
+            flow.l4.SCTP.source_port, flow.l4.SCTP.destination_port = sport, dport
+        elif proto == 1 and ip_version == 4:
+            flow.l4.ICMPv4.type, flow.l4.ICMPv4.code = sport, dport
+        elif proto == 58:
+            flow.l4.ICMPv6.type, flow.l4.ICMPv6.code = sport, dport
+        for side, index, endpoint_field, service_field in (
+            ("src", src_index[i], flow.source, flow.source_service),
+            ("dst", dst_index[i], flow.destination, flow.destination_service),
+        ):
+            if index >= 0:
+                endpoint, service = end(i, side, index)
+                if endpoint is not None:
+                    endpoint_field.CopyFrom(endpoint)
+                if service is not None:
+                    service_field.CopyFrom(service)
+        flow.Type = flow_pb2.L7 if event == Event.DNS else flow_pb2.L3_L4
+        flow.node_name = node_name
+        flow.event_type.type, flow.event_type.sub_type = types_list[i], subtypes_list[i]
+        flow.traffic_direction = row["direction"]
+        flow.trace_observation_point = points[i]
+        flow.is_reply.value = bool(row["is_reply"])
+        ifindex = row["ifindex"]
+        if ifindex:
+            flow.interface.index, flow.interface.name = ifindex, mapping.interface_name(ifindex)
         if event == Event.DNS:
             flow.l7.CopyFrom(_dns(dns_entry, row))
-        yield observer_pb2.GetFlowsResponse(flow=flow, node_name=node_name, time=timestamp(end))
+        if metadata:
+            row["tcp_flags"] = counts[i]
+            flow.extensions.CopyFrom(_metadata(row, event, proto))
+        yield response
