@@ -73,7 +73,6 @@ class TcpdumpRun:
     started: bool = False
     error: str | None = None
     pcap_files: list[Path] = field(default_factory=list)
-    log_files: list[Path] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
     returncodes: list[int | None] = field(default_factory=list)
     packets_captured: int | None = None
@@ -164,7 +163,6 @@ def run_tcpdump(
                 except OSError as exc:
                     raise TcpdumpError(f"cannot start tcpdump: {exc.strerror or exc}") from None
             logs.append(log)
-        run.log_files = logs
         _wait_listening(procs, logs, settings, stop)
         run.started = True
         run.started_at = time.time()
@@ -179,7 +177,6 @@ def run_tcpdump(
     finally:
         _terminate(procs, settings.stop_grace)
         run.stopped_at = time.time()
-    run.log_files = logs
     run.returncodes = [p.returncode for p in procs]
     run.pcap_files = _written([p for _, p in targets])
     run.bytes = _total_size(run.pcap_files)

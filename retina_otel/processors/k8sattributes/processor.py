@@ -52,11 +52,6 @@ _NO_LIMIT = np.iinfo(np.int64).max
 RESOURCE_NODE_ATTRIBUTE = "k8s.node.name"
 
 
-def _ip_words(raw: bytes) -> tuple[int, int]:
-    a = np.frombuffer(raw, dtype="<u8")
-    return int(a[0]), int(a[1])
-
-
 def client_settings(config: K8sAttributesConfig) -> Any:
     """The API connection settings of a ``source: kubernetes`` config (a ClientSettings)."""
     from retina_otel.k8s.watch import ClientSettings
