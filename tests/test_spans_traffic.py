@@ -58,7 +58,10 @@ WHOLE_RANGE = [{"to": {"ipBlock": {"cidr": "198.18.0.0/15"}}}]
 class Node:
     """The receivers -> (k8sattributes) -> spans -> otlp chain on one TestHost, started in the agent's order."""
 
-    def __init__(self, sandbox: Sandbox, sink: OtlpSink, spans: dict[str, Any], k8s_url: str = "") -> None:
+    def __init__(
+        self, sandbox: Sandbox, sink: OtlpSink, spans: dict[str, Any], k8s_url: str = "", only: Pod | None = None
+    ) -> None:
+        """``only``: an agent of a "node" holding just this pod (packetparser on its veth, nothing else)."""
         self.exporter = OtlpExporter(
             CreateSettings("otlp", "exporter"),
             OtlpConfig(endpoint=f"127.0.0.1:{sink.port}", tls={"insecure": True}, flush_interval=0.1,
@@ -80,18 +83,24 @@ class Node:
             extensions["k8s_cache"] = head
         self.pp = PP_FACTORY.create(
             CreateSettings("packetparser", "receiver"),
-            PacketParserConfig(interfaces=(f"ro{sandbox.token}*",), host_interface="none"),
+            PacketParserConfig(
+                interfaces=(only.host_veth,) if only else (f"ro{sandbox.token}*",), host_interface="none"
+            ),
             head,
         )
         extensions.update(self.pp.extensions())  # type: ignore[attr-defined]
-        self.receivers = [
-            self.pp,
-            DNS_FACTORY.create(CreateSettings("dns", "receiver"), DnsConfig(interval=0.3, source="tc"), head),
-            DROP_FACTORY.create(CreateSettings("dropreason", "receiver"), DropReasonConfig(interval=0.3), head),
-            RETRANS_FACTORY.create(CreateSettings("tcpretrans", "receiver"), TcpRetransConfig(interval=0.3), head),
-        ]
+        self.receivers = (
+            [self.pp]
+            if only
+            else [
+                self.pp,
+                DNS_FACTORY.create(CreateSettings("dns", "receiver"), DnsConfig(interval=0.3, source="tc"), head),
+                DROP_FACTORY.create(CreateSettings("dropreason", "receiver"), DropReasonConfig(interval=0.3), head),
+                RETRANS_FACTORY.create(CreateSettings("tcpretrans", "receiver"), TcpRetransConfig(interval=0.3), head),
+            ]
+        )
         self.components += self.receivers
-        self.host = TestHost(node_name=NODE, extensions=extensions)
+        self.host = TestHost(node_name=f"node-of-{only.name}" if only else NODE, extensions=extensions)
 
     def start(self, pods: list[Pod]) -> None:
         for component in self.components:
@@ -117,8 +126,8 @@ def sink() -> Iterator[OtlpSink]:
 def make_node(sandbox: Sandbox, sink: OtlpSink) -> Iterator[Any]:
     made: list[Node] = []
 
-    def make(spans: dict[str, Any], pods: list[Pod], k8s_url: str = "") -> Node:
-        node = Node(sandbox, sink, spans, k8s_url)
+    def make(spans: dict[str, Any], pods: list[Pod], k8s_url: str = "", only: Pod | None = None) -> Node:
+        node = Node(sandbox, sink, spans, k8s_url, only)
         made.append(node)
         node.start(pods)
         return node
@@ -234,6 +243,36 @@ def test_short_connections_give_one_client_and_one_server_span_each_in_one_trace
             assert attrs["retina.tcp.flags.syn"] == 1 and attrs["retina.tcp.flags.synack"] == 1
             assert attrs["retina.flow.packets"] >= 4 and attrs["retina.flow.reply_packets"] >= 3
         assert c_span.name == f"tcp {client.ipv4}:{c_attrs['source.port']} -> {server.ipv4}:{PORT}"
+
+
+def test_two_agents_each_seeing_one_pod_put_each_pair_in_one_trace(
+    make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink
+) -> None:
+    """Two "nodes": one agent sees only the client's veth, another only the server's. Each derives the ids on
+    its own; every connection still gives one CLIENT span (client's node) and one SERVER span (server's
+    node) in one trace, the server's span the client's child."""
+    client, server = client_server
+    spans = {"traces": [{"captureLevel": "FirstPacket", "traceTargets": WHOLE_RANGE}]}
+    make_node(spans, [client], only=client)
+    make_node(spans, [server], only=server)
+    srv = Server(server, PORT)
+    try:
+        ports = [exchange(client, server.ipv4, PORT)[0] for _ in range(10)]
+    finally:
+        srv.close()
+    assert wait_for(lambda: len(spans_to(sink, PORT)) >= 20, timeout=15)
+    time.sleep(0.5)
+    got = spans_to(sink, PORT)
+    assert len(got) == 20
+    by_trace: dict[bytes, dict[int, Any]] = {}
+    for resource, attrs, span in got:
+        by_trace.setdefault(span.trace_id, {})[span.kind] = (resource, attrs, span)
+    assert len(by_trace) == 10
+    for pair in by_trace.values():
+        (c_res, _, c_span), (s_res, _, s_span) = pair[CLIENT], pair[SERVER]
+        assert c_res["k8s.node.name"] == f"node-of-{client.name}" and s_res["k8s.node.name"] == f"node-of-{server.name}"
+        assert s_span.parent_span_id == c_span.span_id
+    assert sorted(a["source.port"] for _, a, s in got if s.kind == CLIENT) == sorted(ports)
 
 
 def test_ipv6_connections_give_span_pairs(make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink) -> None:
