@@ -429,7 +429,7 @@ def test_operator_rbac_least_privilege(chart: Any) -> None:
     assert ("apiextensions.k8s.io", "customresourcedefinitions") not in granted
     assert ("retina.sh", "retinaendpoints") not in granted  # local context: no RetinaEndpoints
     assert granted[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
-    assert granted[("", "secrets")] == {"get", "list", "delete"}  # never create, update or watch
+    assert granted[("", "secrets")] == {"get"}  # by name only: no list (every Secret), no delete (GC does)
     assert "delete" not in granted[("retina.sh", "captures")]
     # Leader election (on by default): the cluster-wide peering object only, never deleted.
     assert granted[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "create", "patch"}
@@ -449,8 +449,19 @@ def test_operator_rbac_least_privilege(chart: Any) -> None:
     assert ("", "secrets") not in grants(role)
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["default", "shop"]
-    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "delete"]}]
-               for r in roles)
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}] for r in roles)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_role_lists_or_deletes_secrets(chart: Any, case: str) -> None:
+    """In no values case may any Role or ClusterRole of the chart list, watch or delete Secrets: `list`
+    would let the operator read every Secret it can reach."""
+    docs = render(chart, CASES[case])
+    for role in [*by_kind(docs, "ClusterRole"), *by_kind(docs, "Role")]:
+        for rule in role["rules"]:
+            if "" in rule["apiGroups"] and ("secrets" in rule["resources"] or "*" in rule["resources"]):
+                assert not {"list", "watch", "delete", "deletecollection", "*"} & set(rule["verbs"]), (
+                    case, role["metadata"]["name"], rule)
 
 
 def test_operator_deployment(chart: Any) -> None:

@@ -264,31 +264,50 @@ def test_invalid_capture_gets_error_and_no_job(
     assert _jobs(client, name) == []
 
 
-def test_delete_removes_jobs_and_generated_secrets(client: KubeClient, operator: None) -> None:
-    client.create(kube.SECRETS, {"metadata": {"name": "gen-sas", "namespace": NS, "labels": {
-        LABEL_CAPTURE: "to-delete", "retina.sh/app": "capture", LABEL_GENERATED: "true"}},
+def _generated_secret(client: KubeClient, name: str, capture: str) -> None:
+    client.create(kube.SECRETS, {"metadata": {"name": name, "namespace": NS, "labels": {
+        LABEL_CAPTURE: capture, "retina.sh/app": "capture", LABEL_GENERATED: "true"}},
         "data": {"blob-upload-url": "eA=="}}, NS)
+
+
+def _owned_by_capture(client: KubeClient, secret: str, capture: str) -> None:
+    """What a tool that generates a Capture's Secret does once the Capture exists: the owner reference
+    through which Kubernetes' garbage collector deletes the Secret with it (kmock has no collector)."""
+    uid = client.get(kube.CAPTURES, capture, NS)["metadata"]["uid"]
+    client.patch(kube.SECRETS, secret, {"metadata": {"ownerReferences": [
+        {"apiVersion": "retina.sh/v1alpha1", "kind": "Capture", "name": capture, "uid": uid}]}}, NS)
+
+
+def _left_to_the_collector(client: KubeClient, secret: str, capture: str) -> None:
+    """The operator deleted no Secret (it has no delete on Secrets); the owner reference is in place."""
+    refs = client.get(kube.SECRETS, secret, NS)["metadata"].get("ownerReferences") or []
+    assert [(r["kind"], r["name"]) for r in refs] == [("Capture", capture)]
+
+
+def test_delete_removes_jobs_and_leaves_generated_secrets_to_gc(client: KubeClient, operator: None) -> None:
+    _generated_secret(client, "gen-sas", "to-delete")
     client.create(kube.CAPTURES, _capture("to-delete", {"nodeSelector": {"matchLabels": {"pool": "x"}}},
                                           output={"blobUpload": "gen-sas"}), NS)
+    _owned_by_capture(client, "gen-sas", "to-delete")
     assert wait_for(lambda: len(_jobs(client, "to-delete")) == 2, TIMEOUT)
     assert wait_for(lambda: "retina.sh/capture-cleanup" in (
         client.get(kube.CAPTURES, "to-delete", NS)["metadata"].get("finalizers") or []), TIMEOUT)
     client.delete(kube.CAPTURES, "to-delete", NS)
     assert wait_for(lambda: client.get_or_none(kube.CAPTURES, "to-delete", NS) is None, TIMEOUT)
     assert _jobs(client, "to-delete") == []
-    assert client.get_or_none(kube.SECRETS, "gen-sas", NS) is None
+    _left_to_the_collector(client, "gen-sas", "to-delete")
     assert client.get_or_none(kube.SECRETS, "blob-sas", NS) is not None  # user secrets stay
 
 
 def test_clean_up_after_upload(client: KubeClient, operator: None) -> None:
-    """Retina's cleanUpAfterUpload: once every Job succeeded the Capture, its Jobs and generated Secrets go."""
-    client.create(kube.SECRETS, {"metadata": {"name": "gen-cleanup", "namespace": NS, "labels": {
-        LABEL_CAPTURE: "auto-clean", "retina.sh/app": "capture", LABEL_GENERATED: "true"}},
-        "data": {"blob-upload-url": "eA=="}}, NS)
+    """Retina's cleanUpAfterUpload: once every Job succeeded the Capture and its Jobs go (its generated
+    Secrets with it, by their owner references)."""
+    _generated_secret(client, "gen-cleanup", "auto-clean")
     capture = _capture("auto-clean", {"nodeSelector": {"matchLabels": {"pool": "x"}}},
                        output={"blobUpload": "gen-cleanup"})
     capture["spec"]["cleanUpAfterUpload"] = True
     client.create(kube.CAPTURES, capture, NS)
+    _owned_by_capture(client, "gen-cleanup", "auto-clean")
     assert wait_for(lambda: len(_jobs(client, "auto-clean")) == 2, TIMEOUT)
     first, second = _jobs(client, "auto-clean")
     _set_job_status(client, first, "ok")
@@ -297,7 +316,7 @@ def test_clean_up_after_upload(client: KubeClient, operator: None) -> None:
     _set_job_status(client, second, "ok")
     assert wait_for(lambda: client.get_or_none(kube.CAPTURES, "auto-clean", NS) is None, TIMEOUT)
     assert wait_for(lambda: _jobs(client, "auto-clean") == [], TIMEOUT)
-    assert client.get_or_none(kube.SECRETS, "gen-cleanup", NS) is None
+    _left_to_the_collector(client, "gen-cleanup", "auto-clean")
 
 
 def _mc(name: str, spec: dict[str, Any]) -> dict[str, Any]:

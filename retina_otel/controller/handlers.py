@@ -119,7 +119,8 @@ def refresh_capture(
         log.info("capture %s/%s: active=%d succeeded=%d failed=%d", namespace, name,
                  new["active"], new["succeeded"], new["failed"])
     if _clean_up_now(capture, new):
-        # Retina's cleanUpAfterUpload: the delete handler removes the Jobs and generated Secrets.
+        # Retina's cleanUpAfterUpload: the delete handler removes the Jobs; generated Secrets go with the
+        # Capture through their owner references (garbage collection).
         client.delete(kube.CAPTURES, name, namespace)
         log.info("capture %s/%s: all jobs succeeded and uploaded; removed (cleanUpAfterUpload)", namespace, name)
     return new

@@ -11,7 +11,6 @@ from retina_otel.controller.capture.settings import (
     ANNOTATION_NODE,
     APP_CAPTURE,
     LABEL_APP,
-    LABEL_GENERATED,
     CaptureSettings,
     capture_labels,
 )
@@ -77,17 +76,16 @@ def list_capture_jobs(client: KubeClient, namespace: str | None, name: str | Non
 
 
 def cleanup_capture(client: KubeClient, namespace: str, name: str) -> tuple[list[str], list[str]]:
-    """Delete the capture's Jobs and the Secrets generated for it; returns (deleted, failed) names."""
+    """Delete the capture's Jobs; returns (deleted, failed) names. Secrets generated for the capture are
+    not touched: they carry an owner reference to it and Kubernetes' garbage collector removes them with
+    it, so the operator needs no ``list`` or ``delete`` on Secrets (only ``get`` by name)."""
     deleted: list[str] = []
     failed: list[str] = []
-    jobs = list_capture_jobs(client, namespace, name)
-    secrets = client.list(kube.SECRETS, namespace, labels={**capture_labels(name), LABEL_GENERATED: "true"})
-    for res, objs in ((kube.JOBS, jobs), (kube.SECRETS, secrets)):
-        for obj in objs:
-            obj_name = str(object_meta(obj)["name"])
-            try:
-                client.delete(res, obj_name, namespace)
-                deleted.append(obj_name)
-            except ApiError:
-                failed.append(obj_name)
+    for obj in list_capture_jobs(client, namespace, name):
+        obj_name = str(object_meta(obj)["name"])
+        try:
+            client.delete(kube.JOBS, obj_name, namespace)
+            deleted.append(obj_name)
+        except ApiError:
+            failed.append(obj_name)
     return deleted, failed
