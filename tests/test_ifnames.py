@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -23,20 +22,17 @@ def test_names_resolve_a_whole_column_at_once() -> None:
         column = np.array([LO, 0, UNKNOWN, LO], dtype=np.uint32)
         assert cache.names(column).tolist() == ["lo", "", "", "lo"]
         assert cache.name(LO) == "lo" and cache.name(0) == ""
-        # Bulk cost: one searchsorted per batch, not Python per record.
+        # One searchsorted per batch (its cost per row: benchmarks/bench_ifnames.py).
         big = np.resize(np.array([LO, UNKNOWN], np.uint32), 100_000)
         cache.names(big)  # an unknown index: at most one rebuild per min_refresh_interval
         assert cache._sock is not None  # other tests' links come and go on this host: stop listening,
         cache._sock.close()  # so only the unknown index could cause rebuilds below
         cache._sock = None
         builds = cache.builds
-        started = time.perf_counter()
         for _ in range(10):
             names = cache.names(big)
-        per_row = (time.perf_counter() - started) / 1_000_000
         assert names[0] == "lo" and names[1] == ""
         assert cache.builds == builds  # unknown indices did not rebuild the table on every batch
-        assert per_row < 1e-6, f"{per_row * 1e9:.0f} ns per row"
     finally:
         cache.close()
 
