@@ -131,6 +131,23 @@ def _python_baseline(batch: FlowBatch, limit: int = 24_000) -> float:
     return (time.thread_time() - started) / len(rows)
 
 
+def _export_costs(batches: list[Any]) -> tuple[float, float]:
+    """Seconds per span of what the OTLP exporter does: SDK spans (views included), then the SDK's encoding."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+
+    from retina_otel.exporters.otlp.traces import spans_to_readable
+
+    n = sum(len(b) for b in batches)
+    started = time.thread_time()
+    readable = [spans_to_readable(b, Resource({})) for b in batches]
+    sdk = time.thread_time() - started
+    started = time.thread_time()
+    for spans in readable:
+        encode_spans(spans).SerializeToString()
+    return sdk / n * 1e6, (time.thread_time() - started) / n * 1e6
+
+
 def _zero_cost(batches: list[FlowBatch]) -> float:
     class Sink:
         def consume_spans(self, batch: Any) -> None:
@@ -173,6 +190,7 @@ def run(quick: bool) -> dict[str, Any]:
     started = time.thread_time()
     views = sum(1 for s in sample for _ in span_views(s))
     view_us = (time.thread_time() - started) / views * 1e6
+    sdk_us, encode_us = _export_costs(sample)
     zero = _zero_cost(batches)
     py_row = _python_baseline(batches[0])
     rows = n_batches * PER_BATCH * ROWS_PER_CONNECTION
@@ -184,6 +202,9 @@ def run(quick: bool) -> dict[str, Any]:
              "connections_per_min": int(per_min), "us_per_report": round(cpu / rows * 1e6, 3)},
             {"what": "span views for export (name, attributes, events)", "spans": views,
              "us_per_span": round(view_us, 1)},
+            {"what": "SDK spans for the OTLP exporter (views included)", "spans": views,
+             "us_per_span": round(sdk_us, 1)},
+            {"what": "OTLP protobuf encoding by the SDK", "spans": views, "us_per_span": round(encode_us, 1)},
             {"what": "baseline: no trace configuration (consume_flows returns)", "reports": rows,
              "cpu_s": round(zero, 4), "us_per_report": round(zero / rows * 1e6, 4)},
             {"what": "baseline: per-row Python dict aggregation (sample)", "us_per_report": round(py_row * 1e6, 3),
