@@ -275,6 +275,26 @@ def test_two_agents_each_seeing_one_pod_put_each_pair_in_one_trace(
     assert sorted(a["source.port"] for _, a, s in got if s.kind == CLIENT) == sorted(ports)
 
 
+def test_all_packets_adds_every_report_as_an_event(
+    make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink
+) -> None:
+    client, server = client_server
+    make_node({"traces": [{"captureLevel": "AllPackets", "traceTargets": WHOLE_RANGE}]}, [client, server])
+    srv = Server(server, PORT)
+    try:
+        exchange(client, server.ipv4, PORT, payload=b"y" * 200_000)
+    finally:
+        srv.close()
+    assert wait_for(lambda: len(spans_to(sink, PORT)) >= 2, timeout=15)
+    for _, attrs, span in spans_to(sink, PORT):
+        reports = [{a.key: a.value for a in e.attributes} for e in span.events if e.name == "retina.flow.report"]
+        assert reports and span.dropped_events_count == 0
+        sent = sum(r["retina.flow.packets"].int_value for r in reports if not r["retina.flow.is_reply"].bool_value)
+        back = sum(r["retina.flow.packets"].int_value for r in reports if r["retina.flow.is_reply"].bool_value)
+        assert (sent, back) == (attrs["retina.flow.packets"], attrs["retina.flow.reply_packets"])
+        assert "SYN" in reports[0]["retina.tcp.flags"].string_value
+
+
 def test_ipv6_connections_give_span_pairs(make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink) -> None:
     client, server = client_server
     assert server.ipv6
