@@ -414,7 +414,7 @@ def test_traces_pipeline_sends_connection_spans_over_otlp(chart: Any) -> None:
     assert raw["exporters"]["otlp"]["signals"] == ["metrics", "traces"]
     (role,) = [d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-agent")]
     assert "tracesconfigurations" in {r for rule in role["rules"] for r in rule["resources"]}
-    with pytest.raises(Exception, match="agent.traces.enabled needs agent.otlp.enabled"):
+    with pytest.raises(Exception, match=r"agent\.traces\.enabled needs agent\.otlp\.enabled"):
         render(chart, {"agent": {"traces": {"enabled": True}}})
 
 
