@@ -339,3 +339,36 @@ def test_trace_id_is_the_same_for_both_nodes_clocks_within_the_bucket() -> None:
     assert ids[0] == ids[1] and len(ids[0].tobytes()) == 16
     key["bucket"][1] = 6
     assert trace_ids(key)[1] != ids[0]
+
+
+def test_node_interface_spans_when_trace_points_ask_for_them() -> None:
+    """A connection to an address outside the node, seen on the node's interface (TO_NETWORK/FROM_NETWORK)
+    and on the client pod's veth: with NodeToNetwork as well as PodToNode, a pod span and a node-interface
+    span, both CLIENT, the node one a child of the pod one; with the default points, the pod span only."""
+    points = ["PodToNode", "NodeToPod", "NodeToNetwork", "NetworkToNode"]
+    spec = [{"captureLevel": "FirstPacket", "traceTargets": [{"tracePoints": points}]}]
+    batch = FlowBatch.empty(4)
+    for i, (obs, reply, flags) in enumerate(
+        [
+            (ObservationPoint.FROM_ENDPOINT, False, (TcpFlag.SYN,)),
+            (ObservationPoint.TO_NETWORK, False, (TcpFlag.SYN,)),
+            (ObservationPoint.FROM_NETWORK, True, (TcpFlag.RST,)),
+            (ObservationPoint.TO_ENDPOINT, True, (TcpFlag.RST,)),
+        ]
+    ):
+        src, dst, sport, dport = ("203.0.113.5", C, 443, 50000) if reply else (C, "203.0.113.5", 50000, 443)
+        row(batch, i, src=src, dst=dst, sport=sport, dport=dport, obs=obs, reply=reply, t=T0 + i, flags=flags)
+    b, clock = builder(spec)
+    b.add(batch)
+    clock.now += 3 * SEC
+    spans = b.take()
+    assert spans is not None and len(spans) == 2
+    r = spans.records
+    assert set(r["kind"].tolist()) == {SpanKind.CLIENT}
+    pod = r[r["flow"]["observation_point"] == ObservationPoint.FROM_ENDPOINT][0]
+    node = r[r["flow"]["observation_point"] == ObservationPoint.TO_NETWORK][0]
+    assert node["parent_span_id"] == pod["span_id"] and pod["trace_id"] == node["trace_id"]
+    assert (r["close_reason"] == CloseReason.REFUSED).all()
+    default, clock = builder([{"captureLevel": "FirstPacket", "traceTargets": [{}]}])
+    default.add(batch)
+    assert default.open_connections == 1
