@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retina_otel.crds.models import TraceConfiguration
 from retina_otel.flows import STRINGS, Event, FlowBatch, ObservationPoint, TcpFlag, ip_to_bytes
@@ -372,3 +374,32 @@ def test_node_interface_spans_when_trace_points_ask_for_them() -> None:
     default, clock = builder([{"captureLevel": "FirstPacket", "traceTargets": [{}]}])
     default.add(batch)
     assert default.open_connections == 1
+
+
+def _concat_batches(batches: list[FlowBatch]) -> FlowBatch:
+    return FlowBatch(records=np.concatenate([b.records for b in batches]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=59), min_size=0, max_size=8), st.randoms(use_true_random=False))
+def test_spans_do_not_depend_on_how_reports_are_batched(cuts: list[int], rnd: Any) -> None:
+    """The same reports of 6 connections, cut into batches anywhere (order kept within a connection,
+    connections interleaved), give the same spans as one batch."""
+    rows = _concat_batches([connection(41000 + i, T0 + i * 7) for i in range(6)]).records
+    order = sorted(range(len(rows)), key=lambda i: (rows["time_start_ns"][i], rnd.random()))
+    rows = rows[order]
+
+    def spans_of(parts: list[np.ndarray]) -> np.ndarray:
+        b, clock = builder()
+        for part in parts:
+            b.add(FlowBatch(records=part))
+        clock.now += 3 * SEC
+        out = b.take()
+        assert out is not None
+        return np.sort(out.records, order=["span_id"])
+
+    whole = spans_of([rows])
+    edges = sorted(set(cuts))
+    parts = [p for p in np.split(rows, edges) if len(p)]
+    assert len(whole) == 12
+    assert (spans_of(parts) == whole).all()
