@@ -35,8 +35,9 @@ update of a plain array; it sleeps, it does not spin).
 Considered and not taken: flipping a generation number in a plain array and then forcing a grace
 period with an update of some unrelated map-in-map (correct as well, since ``synchronize_rcu()`` waits
 for every reader on every CPU, but it leans on that side effect, and what user space zeroed before the
-flip would need a barrier of its own); ``membarrier(2)`` (orders user-space memory, says nothing about
-programs running in the kernel); ``BPF_PROG_TEST_RUN`` of a program that does the flip (an atomic
+flip would need a barrier of its own); ``membarrier(2)`` (its guarantee is about the memory order of
+user-space threads; that ``MEMBARRIER_CMD_GLOBAL`` waits through ``synchronize_rcu()`` is again a side
+effect); ``BPF_PROG_TEST_RUN`` of a program that does the flip (an atomic
 exchange in the kernel, but no wait for programs already running).
 """
 
