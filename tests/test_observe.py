@@ -487,12 +487,14 @@ HUBBLE_CLIENT = textwrap.dedent(
     import grpc
     from google.protobuf import json_format
     from observer import observer_pb2, observer_pb2_grpc
+    from relay import relay_pb2
     channel = grpc.insecure_channel(sys.argv[2])
     stub = observer_pb2_grpc.ObserverStub(channel)
     status = stub.ServerStatus(observer_pb2.ServerStatusRequest())
     nodes = stub.GetNodes(observer_pb2.GetNodesRequest())
     flows = [json_format.MessageToDict(r) for r in stub.GetFlows(observer_pb2.GetFlowsRequest(number=int(sys.argv[3])))]
-    print(json.dumps({"seen": status.seen_flows, "max": status.max_flows, "nodes": [n.name for n in nodes.nodes],
+    print(json.dumps({"seen": status.seen_flows, "max": status.max_flows,
+                      "nodes": [(n.name, relay_pb2.NodeState.Name(n.state)) for n in nodes.nodes],
                       "flows": flows}))
     """
 )
@@ -523,7 +525,7 @@ def test_a_client_generated_from_hubbles_protos_streams_flows(scene: Scene, tmp_
     )
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
-    assert answer["nodes"] == [NODE]
+    assert answer["nodes"] == [[NODE, "NODE_CONNECTED"]]
     assert answer["max"] == 200_000 and answer["seen"] == scene.components["observer"].ring.head
     assert len(answer["flows"]) == 5
     ours = observe_json(scene, "--last", "5")

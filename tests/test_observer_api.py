@@ -42,7 +42,7 @@ from retina_otel.flows import (
     TcpFlag,
     ip_to_bytes,
 )
-from retina_otel.hubble import flow_pb2, observer_pb2
+from retina_otel.hubble import flow_pb2, observer_pb2, relay_pb2
 from retina_otel.hubble.api import ObserverStub
 from retina_otel.observe.cli import add_arguments, main_from_args
 from retina_otel.testing import TestHost, wait_for
@@ -209,6 +209,7 @@ def test_server_status_nodes_and_the_socket(exporter: tuple[ObserverExporter, Te
         nodes = stub.GetNodes(observer_pb2.GetNodesRequest())
     assert (status.num_flows, status.max_flows, status.seen_flows) == (100, 100, 150)
     assert [(n.name, n.num_flows, n.tls.enabled) for n in nodes.nodes] == [("test-node", 100, False)]
+    assert nodes.nodes[0].state == relay_pb2.NODE_CONNECTED
     path = target.removeprefix("unix://")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     memory = host.metrics.get("controlplane_networkobservability_observer_buffer_bytes")

@@ -12,7 +12,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-PROTOS = ("flow.proto", "observer.proto", "retina.proto")
+PROTOS = ("flow.proto", "relay.proto", "observer.proto", "retina.proto")
 
 
 def main() -> int:

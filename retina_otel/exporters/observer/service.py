@@ -20,7 +20,7 @@ import numpy as np
 from retina_otel.exporters.observer import convert
 from retina_otel.exporters.observer.filters import CompiledFilter, UnsupportedFilter, compile_filters, select
 from retina_otel.exporters.observer.ring import FlowRing, RingView
-from retina_otel.hubble import observer_pb2, retina_pb2
+from retina_otel.hubble import observer_pb2, relay_pb2, retina_pb2
 
 __all__ = ["ObserverService"]
 
@@ -78,6 +78,7 @@ class ObserverService:
             name=self.node_name,
             version=VERSION,
             address=self._address,
+            state=relay_pb2.NODE_CONNECTED,
             tls=observer_pb2.TLS(enabled=self._tls),
             uptime_ns=self._uptime_ns(),
             num_flows=len(self.ring),
