@@ -477,7 +477,7 @@ def test_retina_otel_observe_runs_as_a_command(scene: Scene) -> None:
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 1 and "no Observer API" in bad.stderr
+    assert bad.returncode == 1 and "no socket at /nonexistent/x.sock" in bad.stderr
 
 
 HUBBLE_CLIENT = textwrap.dedent(

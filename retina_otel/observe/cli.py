@@ -141,6 +141,10 @@ def main_from_args(args: argparse.Namespace, out: TextIO | None = None, err: Tex
     except ValueError as exc:
         print(f"retina-otel observe: {exc}", file=err)
         return 2
+    problem = _socket_problem(str(args.server))
+    if problem:
+        print(f"retina-otel observe: {problem}", file=err)
+        return 1
     channel = connect(args)
     try:
         run(channel, request, handler, tick=getattr(handler, "tick", None), timeout=args.timeout)
@@ -156,6 +160,18 @@ def main_from_args(args: argparse.Namespace, out: TextIO | None = None, err: Tex
         channel.close()
     handler.finish()
     return 0
+
+
+def _socket_problem(server: str) -> str:
+    """Why a unix socket cannot be used, said plainly (gRPC would only time out)."""
+    if not server.startswith("unix:"):
+        return ""
+    path = server.removeprefix("unix://").removeprefix("unix:")
+    if not os.path.exists(path):
+        return f"no socket at {path} (is the agent running with the observer exporter? see docs/observe.md)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"permission denied on {path}: the socket is root-only by default (exporters.observer.socket_mode)"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
