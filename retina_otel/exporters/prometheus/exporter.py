@@ -13,13 +13,14 @@ import gzip
 import logging
 import threading
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
 from retina_otel.endpoints import parse_endpoint
+from retina_otel.httpserve import HttpServer, send_body
 from retina_otel.metrics.store import FamilySnapshot, HistogramValue, MetricKind, MetricStore
 
 __all__ = ["FACTORY", "PrometheusConfig", "PrometheusExporter", "render", "render_snapshots", "with_cluster_label"]
@@ -155,15 +156,11 @@ def _handler_class(exporter: PrometheusExporter) -> type[BaseHTTPRequestHandler]
                 log.exception("rendering /metrics failed")
                 self.send_error(500, "rendering metrics failed; see the agent's log")
                 return
-            encoding = self.headers.get("Accept-Encoding", "")
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
-            if "gzip" in encoding:
+            headers: dict[str, str] = {}
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
                 body = gzip.compress(body, compresslevel=1)
-                self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                headers["Content-Encoding"] = "gzip"
+            send_body(self, 200, CONTENT_TYPE, body, headers)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("prometheus: " + format, *args)
@@ -176,8 +173,7 @@ class PrometheusExporter:
         self.id = settings.id
         self.config = config
         self._store: MetricStore | None = None
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpServer(f"{self.id}-http", _handler_class(self))
         self._text_cache = SeriesTextCache()
         self._const_labels: dict[str, str] = dict(config.const_labels)
         self._render_lock = threading.Lock()
@@ -185,9 +181,7 @@ class PrometheusExporter:
     @property
     def address(self) -> tuple[str, int]:
         """The bound address (useful with port 0)."""
-        assert self._server is not None, "exporter not started"
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._http.address
 
     def render(self) -> bytes:
         assert self._store is not None
@@ -201,35 +195,16 @@ class PrometheusExporter:
     def serve(self, store: MetricStore, const_labels: dict[str, str]) -> None:
         """Serve ``store`` with ``const_labels`` on every series (what ``start`` does with the agent's store;
         a component with a store of its own, like ``hubblemetrics``, calls it directly)."""
-        if self._server is not None:
+        if self._http.running:
             return
         self._store = store
         self._const_labels = dict(const_labels)
         address, port = parse_endpoint(self.config.endpoint, field="exporters.prometheus.endpoint")
-        server_cls = ThreadingHTTPServer
-        if ":" in address:
-            import socket
-
-            class _Server6(ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-
-            server_cls = _Server6
-        server_cls.daemon_threads = True
-        server_cls.allow_reuse_address = True
-        self._server = server_cls((address, port), _handler_class(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{self.id}-http", daemon=True)
-        self._thread.start()
+        self._http.start(address, port)
         log.info("prometheus exporter serving http://%s:%d/metrics", *self.address)
 
     def shutdown(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
+        self._http.shutdown()
 
 
 def _create(settings: CreateSettings, config: PrometheusConfig, _next: FlowConsumer | None) -> PrometheusExporter:
