@@ -544,3 +544,28 @@ def test_group_by_follow_refreshes_its_table_every_second(exporter: tuple[Observ
         channel.close()
     tables = [t for t in out.getvalue().split("\n\n") if t.strip()]
     assert tables[-1].splitlines()[1].split() == ["53", "5", "500", "5"]
+
+
+def test_clients_beyond_max_clients_are_refused_and_shutdown_ends_following_calls(tmp_path: Path) -> None:
+    config = FACTORY.config_model.model_validate({"socket": f"unix://{tmp_path}/o.sock", "max_clients": 1})
+    exp = FACTORY.create(CreateSettings("observer", "exporter"), config, None)
+    assert isinstance(exp, ObserverExporter)
+    exp.start(TestHost())
+    channel = grpc.insecure_channel(f"unix://{tmp_path}/o.sock")
+    try:
+        stub = ObserverStub(channel)
+        exp.consume_flows(batch(1))
+        following = stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True, since={"seconds": 1}))
+        assert next(following).HasField("flow")  # the one allowed call is open
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.GetFlows(observer_pb2.GetFlowsRequest(number=1)))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        started = time.monotonic()
+        exp.shutdown()
+        with pytest.raises((StopIteration, grpc.RpcError)):  # the stream ends (cleanly, or cancelled by the stop)
+            next(following)
+        assert time.monotonic() - started < 5
+    finally:
+        exp.shutdown()
+        channel.close()
+    assert not (tmp_path / "o.sock").exists()
