@@ -69,3 +69,28 @@ def test_k8sattributes_deletion_forgets_namespace_and_name() -> None:
         assert set(series(host, "adv_forward_count")) == {("egress", "ns2", "web-1"), ("egress", "ns1", "db-1")}
     finally:
         k8s.shutdown()
+
+
+def test_podname_only_series_go_when_no_other_namespace_has_the_name() -> None:
+    """Without a namespace label: db-1's series goes with db-1 (no other db-1 lives); web-1's stays while
+    ns2's web-1 lives, and goes with the last one."""
+    proc, host = processor(_config(["podname"]))
+    proc.consume_flows(_traffic())
+    cache = K8sCache()
+    pods = [_pod("web-1", IPS[0], ns="ns1"), _pod("web-1", IPS[1], ns="ns2", uid="uid-web-1-b"),
+            _pod("db-1", IPS[2], ns="ns1")]  # fmt: skip
+    for pod in pods:
+        cache.upsert("pods", pod)
+    k8s = K8S_FACTORY.create(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(grace_period=0),
+                             CollectingConsumer())  # fmt: skip
+    assert isinstance(k8s, K8sAttributesProcessor)
+    k8s.start(TestHost(extensions={"k8s_cache": cache}))
+    try:
+        k8s.add_pod_deletion_listener(proc.forget_pods)
+        cache.delete("pods", pods[2])
+        cache.delete("pods", pods[0])
+        assert set(series(host, "adv_forward_count")) == {("egress", "web-1")}
+        cache.delete("pods", pods[1])
+        assert series(host, "adv_forward_count") == {}
+    finally:
+        k8s.shutdown()

@@ -127,9 +127,10 @@ class FlowMetricsProcessor:
         """Remove every adv_* series of the given pods: ``namespace/name`` matches series whose podname
         (or source_/destination_podname) and namespace label of the same side are that pod's (a series
         without the namespace label cannot tell same-named pods of two namespaces apart and is left to
-        expire); an IP address matches the ip labels; a bare name matches podname in any namespace.
-        k8sattributes calls it with ``namespace/name`` and the IPs when a pod's enrichment grace period
-        ends. With a delay (default ``pod_forget_delay_seconds``) the removal happens later, at the first
+        expire, unless the bare name is given too); an IP address matches the ip labels; a bare name
+        matches podname in any namespace. k8sattributes calls it with ``namespace/name``, the IPs and, when
+        no live pod of another namespace has that name, the bare name, when a pod's enrichment grace
+        period ends. With a delay (default ``pod_forget_delay_seconds``) the removal happens later, at the first
         batch or scrape after it. Returns the number of series removed now."""
         wanted = frozenset(str(p) for p in pods if p)
         if not wanted:

@@ -347,14 +347,20 @@ class K8sAttributesProcessor:
         self.selection.set_namespace_filter(include=include, exclude=exclude)
 
     def add_pod_deletion_listener(self, listener: PodDeletionListener) -> None:
-        """``listener(["<namespace>/<name>", *ips], delay_seconds=grace_period)`` for every deleted pod:
-        metrics of a pod go when its enrichment grace period ends, so late flows still find both."""
+        """``listener(["<namespace>/<name>", *ips], delay_seconds=grace_period)`` for every deleted pod, plus
+        the bare name when no live pod of another namespace has it: metrics of a pod go when its
+        enrichment grace period ends, so late flows still find both."""
         self._deletion_listeners.append(listener)
 
     def _on_cache_change(self, kind: str, old: object, new: object) -> None:
         if kind != "pods" or new is not None or not isinstance(old, PodInfo):
             return
         forget = [f"{old.namespace}/{old.name}", *(str(bytes_to_ip(ip)) for ip in old.ips)]
+        cache = self.cache
+        if cache is not None and not any(p.name == old.name for p in cache.pods()):
+            # No live pod of that name in another namespace: series labelled by podname alone (no
+            # namespace label) are this pod's only, and go too.
+            forget.append(old.name)
         for listener in list(self._deletion_listeners):
             try:
                 listener(forget, delay_seconds=self.config.grace_period)
