@@ -569,3 +569,33 @@ def test_clients_beyond_max_clients_are_refused_and_shutdown_ends_following_call
         exp.shutdown()
         channel.close()
     assert not (tmp_path / "o.sock").exists()
+
+
+def test_observe_builds_hubble_requests() -> None:
+    from retina_otel.hubble import retina_pb2
+    from retina_otel.observe.request import build_request, parse_time
+
+    now = 1_800_000_000.0
+    assert parse_time("90s", now) == int((now - 90) * 1e9)
+    assert parse_time("2m", now) == int((now - 120) * 1e9)
+    assert parse_time("2026-12-03T13:00:00Z") == int(dt.datetime(2026, 12, 3, 13, tzinfo=dt.UTC).timestamp() * 1e9)
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_time("yesterday")
+    assert build_request([]).number == 20  # hubble observe's default
+    assert build_request([], follow=True).number == 0  # only new flows
+    flags = [
+        (False, "--pod", "shop/web"),
+        (False, "--protocol", "tcp"),
+        (True, "--drop-reason", "no_socket"),
+        (False, "--from-namespace", "shop"),
+    ]
+    request = build_request(flags, last=5)
+    assert request.number == 5
+    left, right = request.whitelist
+    assert list(left.source_pod) == ["shop/web", "shop/"] and list(left.protocol) == ["tcp"]
+    assert list(right.destination_pod) == ["shop/web"] and list(right.source_pod) == ["shop/"]
+    assert list(right.protocol) == ["tcp"]
+    extension = retina_pb2.GetFlowsExtension()
+    assert request.extensions.Unpack(extension)
+    assert [list(e.drop_reason) for e in extension.blacklist] == [["NO_SOCKET"]]
+    assert len(request.blacklist) == 1 and not request.blacklist[0].ListFields()
