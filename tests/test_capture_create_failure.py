@@ -1,7 +1,7 @@
 """A Capture whose Job creation fails for some nodes after others got theirs: the status says
 CreateJobFailed, naming the nodes, for as long as a node has no Job, also after the created Jobs
-complete (before: JobsCompleted with nodes missing). Against kmock's emulator, with the API refusing
-one node's Job."""
+complete (before: JobsCompleted with nodes missing); the operator's resync creates the missing Job once
+the API takes it. Against kmock's emulator, with the API refusing one node's Job."""
 
 from __future__ import annotations
 
@@ -88,11 +88,17 @@ def test_create_job_failed_persists_until_every_node_has_its_job(client: _Refuse
                                              "reason": Reason.CREATE_JOB_FAILED}  # fmt: skip
     assert refreshed["succeeded"] == 2 and "node-b" in _cond(refreshed, "error")["message"]
 
-    client.node = ""  # the node gets its Job (a retry, or by hand): then the capture can complete
-    create_jobs(client, jobs)
+    retried = refresh_capture(client, NS, "cap", settings=CaptureSettings())  # the operator's resync: still refused
+    assert retried is not None and _cond(retried, "error")["reason"] == Reason.CREATE_JOB_FAILED
+
+    client.node = ""  # the API takes the Job now: the next resync creates it, for node-b only
+    client.create(kube.NODES, {"metadata": {"name": "node-d", "labels": {"pool": "x"}}})  # matched since
+    running = refresh_capture(client, NS, "cap", settings=CaptureSettings())
+    assert running is not None and _cond(running, "complete")["reason"] == Reason.JOBS_IN_PROGRESS
+    assert sorted(e["node"] for e in running["jobs"]) == ["node-a", "node-b", "node-c"]
     for job in list_capture_jobs(client, NS, "cap"):
         client.patch_status(kube.JOBS, job["metadata"]["name"],
                             {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}, NS)  # fmt: skip
-    done = refresh_capture(client, NS, "cap")
+    done = refresh_capture(client, NS, "cap", settings=CaptureSettings())
     assert done is not None and _cond(done, "complete")["reason"] == Reason.JOBS_COMPLETED
     assert done["succeeded"] == 3 and all(e["state"] == "succeeded" for e in done["jobs"])

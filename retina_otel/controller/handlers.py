@@ -19,6 +19,7 @@ from retina_otel.controller.capture import (
     APP_CAPTURE,
     LABEL_APP,
     LABEL_CAPTURE,
+    NOT_CREATED,
     CaptureFailure,
     CaptureSettings,
     JobsNotCreated,
@@ -31,6 +32,7 @@ from retina_otel.controller.capture import (
     now_iso,
     plan_jobs,
 )
+from retina_otel.controller.capture.settings import ANNOTATION_NODE
 from retina_otel.controller.configs import (
     prune_endpoints,
     reconcile_metrics_configurations,
@@ -38,7 +40,7 @@ from retina_otel.controller.configs import (
     sync_endpoint,
 )
 from retina_otel.controller.keyedlocks import KeyedLocks
-from retina_otel.controller.kube import ApiError, KubeClient, Obj
+from retina_otel.controller.kube import ApiError, KubeClient, Obj, object_meta
 from retina_otel.controller.metrics import OperatorMetrics
 from retina_otel.crds import crd_manifests
 
@@ -94,24 +96,54 @@ def _has_final_failure(status: Obj) -> bool:
 
 
 def _running(status: Any) -> bool:
-    """Jobs were started and have not all finished: worth a periodic resync."""
+    """Jobs were started and have not all finished, or some nodes still have no Job: worth a periodic
+    resync."""
     conditions = status.get("conditions") or []
     done = any(c.get("type") == "complete" and c.get("reason") != Reason.JOBS_IN_PROGRESS for c in conditions)
-    return bool(status.get("startTime")) and not done
+    return bool(status.get("startTime")) and (not done or bool(_nodes_without_job(status)))
+
+
+def _nodes_without_job(status: Obj) -> list[str]:
+    return [str(e.get("node")) for e in status.get("jobs") or [] if e.get("state") == NOT_CREATED]
+
+
+def _create_missing(client: KubeClient, capture: Obj, settings: CaptureSettings, nodes: list[str]) -> list[str]:
+    """Try again to create the Jobs of ``nodes`` (target nodes that have none: only those, not nodes that
+    matched the target since); the nodes still without one. A node that is no longer a target (gone)
+    stays missing: it never got its capture."""
+    try:
+        planned = plan_jobs(client, capture, settings)
+    except CaptureFailure:
+        return nodes
+    wanted = [j for j in planned if (object_meta(j).get("annotations") or {}).get(ANNOTATION_NODE) in nodes]
+    planned_nodes = {(object_meta(j).get("annotations") or {}).get(ANNOTATION_NODE) for j in wanted}
+    try:
+        create_jobs(client, wanted)
+    except JobsNotCreated as failure:
+        return sorted({*failure.missing, *(n for n in nodes if n not in planned_nodes)})
+    return [n for n in nodes if n not in planned_nodes]
 
 
 def refresh_capture(
-    client: KubeClient, namespace: str, name: str, metrics: OperatorMetrics | None = None
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    metrics: OperatorMetrics | None = None,
+    settings: CaptureSettings | None = None,
 ) -> Obj | None:
-    """Recompute a Capture's status from its Jobs and write it if it changed."""
+    """Recompute a Capture's status from its Jobs and write it if it changed. With ``settings``, the Jobs
+    of target nodes that have none yet (an earlier creation failed) are created first."""
     capture = client.get_or_none(kube.CAPTURES, name, namespace)
     if capture is None or (capture.get("metadata") or {}).get("deletionTimestamp"):
         return None
     old = capture.get("status") or {}
+    missing: list[str] | None = None
+    if settings is not None and _nodes_without_job(old):
+        missing = _create_missing(client, capture, settings, _nodes_without_job(old))
     jobs = list_capture_jobs(client, namespace, name)
     if not jobs:
         return old
-    new = compute_status(old, jobs)
+    new = compute_status(old, jobs, missing_nodes=missing)
     if metrics is not None:
         metrics.capture_status(namespace, name, new)
     if not _same(old, new):
@@ -168,7 +200,7 @@ def build_registry(
                 return True
             status = capture.get("status") or {}
             if status.get("startTime") or list_capture_jobs(client, namespace, name):
-                refresh_capture(client, namespace, name, m)
+                refresh_capture(client, namespace, name, m, cfg.settings)
                 return True
             if _has_final_failure(status):
                 return False
@@ -221,7 +253,7 @@ def build_registry(
         namespace = str(body.metadata.namespace)
         with locks.hold(namespace, capture_name):
             try:
-                refresh_capture(client, namespace, capture_name, m)
+                refresh_capture(client, namespace, capture_name, m, cfg.settings)
             except ApiError as exc:
                 log.warning("capture %s/%s: status refresh failed: %s", namespace, capture_name, exc)
 
@@ -233,7 +265,7 @@ def build_registry(
         )
         def capture_resync(name: str, namespace: str, **_: Any) -> None:
             with locks.hold(namespace, name):
-                refresh_capture(client, namespace, name, m)
+                refresh_capture(client, namespace, name, m, cfg.settings)
 
     # -- MetricsConfiguration / TracesConfiguration -------------------------------------------------
 
