@@ -1,17 +1,19 @@
 """OTLP export of the metric store, flow logs and spans, never blocking the pipeline.
 
 Flow batches and span batches each go into a bounded queue (:class:`~.queue.ExportQueue`, counted in
-records); a worker thread turns them into log records (spans) and exports them with the SDK's OTLP
-exporter, ``batch_size`` records at a time (so at most that many exist as SDK objects). When the queue is
-full, new batches are dropped and counted in
+records); a worker thread takes ``batch_size`` records at a time. Flow logs are encoded straight from the
+batch's columns into the bytes of an ``ExportLogsServiceRequest`` (:mod:`.logwire`, no object per record)
+and sent by :mod:`.transport` (a generic gRPC call or an HTTP POST); spans still go through the SDK's span
+exporter. When a queue is full, new batches are dropped and counted in
 ``controlplane_networkobservability_lost_events_counter{type="otlp_logs"|"otlp_traces",reason="queue_full"}``;
-failed exports are counted with ``reason="export_failed"``. Metrics are exported every ``interval`` from
-a store snapshot (cumulative temporality, the same values Prometheus shows). The SDK exporters retry
-transient errors with backoff within ``timeout``; a dead endpoint costs one worker thread's time, never
-the pipeline's, and memory stays bounded by ``queue_size``.
+failed exports are counted with ``reason="export_failed"``, records a collector rejects in a partial
+success with ``reason="export_rejected"``. Metrics are exported every ``interval`` from a store snapshot by
+the SDK's metric exporter (cumulative temporality, the same values Prometheus shows). Transient errors are
+retried with backoff within ``timeout``; a dead endpoint costs one worker thread's time, never the
+pipeline's, and memory stays bounded by ``queue_size``.
 
-Standard ``OTEL_EXPORTER_OTLP_*`` variables apply (the SDK reads them) for whatever the config leaves
-unset: endpoint, headers, timeout, compression, certificates, insecure.
+Standard ``OTEL_EXPORTER_OTLP_*`` variables apply for whatever the config leaves unset: endpoint, headers,
+timeout, compression, certificates, insecure.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from opentelemetry.sdk.resources import Resource
 from pydantic import Field, field_validator
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
-from retina_otel.exporters.otlp.convert import flows_to_log_records, snapshots_to_metrics_data
+from retina_otel.exporters.otlp.convert import SCOPE, snapshots_to_metrics_data
+from retina_otel.exporters.otlp.logwire import encode_flow_logs
 from retina_otel.exporters.otlp.queue import ExportQueue
+from retina_otel.exporters.otlp.transport import Sender, make_sender
 from retina_otel.flows import FlowBatch
 from retina_otel.traces.spans import SpanBatch
 
@@ -91,7 +95,7 @@ class OtlpExporter:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metric_exporter: Any = None
-        self._log_exporter: Any = None
+        self._log_sender: Sender | None = None
         self._span_exporter: Any = None
         self._logs: ExportQueue[FlowBatch] | None = None
         self._spans: ExportQueue[SpanBatch] | None = None
@@ -154,25 +158,17 @@ class OtlpExporter:
     def _make_exporters(self) -> None:
         common = self._exporter_settings()
         if self.protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
             if "metrics" in self.config.signals:
                 self._metric_exporter = OTLPMetricExporter(**common)
-            if "logs" in self.config.signals:
-                self._log_exporter = OTLPLogExporter(**common)
         else:
-            from opentelemetry.exporter.otlp.proto.http._log_exporter import (
-                OTLPLogExporter as HttpLogExporter,
-            )
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter as HttpMetricExporter,
             )
 
             if "metrics" in self.config.signals:
                 self._metric_exporter = HttpMetricExporter(endpoint=self._endpoint("/v1/metrics"), **common)
-            if "logs" in self.config.signals:
-                self._log_exporter = HttpLogExporter(endpoint=self._endpoint("/v1/logs"), **common)
 
     def _make_span_exporter(self) -> Any:
         common = self._exporter_settings()
@@ -212,7 +208,8 @@ class OtlpExporter:
             self._threads.append(threading.Thread(target=self._metrics_loop, name=f"{self.id}-metrics", daemon=True))
         for t in self._threads:
             t.start()
-        if self._log_exporter is not None:
+        if "logs" in self.config.signals:
+            self._log_sender = make_sender(self.config, self.protocol, "logs", self._stop)
             self._logs = self._queue("logs", _split_flows, self._export_logs)
             self._logs.start()
 
@@ -228,13 +225,15 @@ class OtlpExporter:
         self._logs = None
         with self._lock:
             self._spans = None
-        for exporter in (self._metric_exporter, self._log_exporter, self._span_exporter):
+        for exporter in (self._metric_exporter, self._span_exporter):
             if exporter is not None:
                 try:
                     exporter.shutdown()
                 except Exception:
                     log.debug("otlp exporter shutdown failed", exc_info=True)
-        self._metric_exporter = self._log_exporter = self._span_exporter = None
+        if self._log_sender is not None:
+            self._log_sender.close()
+        self._metric_exporter = self._span_exporter = self._log_sender = None
 
     # -- metrics ------------------------------------------------------------------------------------
     def export_metrics_now(self) -> bool:
@@ -271,10 +270,12 @@ class OtlpExporter:
         return self._logs.queued if self._logs is not None else 0
 
     def _export_logs(self, batch: FlowBatch) -> bool:
-        from opentelemetry.sdk._logs.export import LogRecordExportResult
-
-        result = self._log_exporter.export(flows_to_log_records(batch, self._resource))
-        return result is LogRecordExportResult.SUCCESS
+        """Raises on a failed export (the queue counts the batch as ``export_failed``)."""
+        assert self._log_sender is not None and self._host is not None
+        rejected = self._log_sender.send(encode_flow_logs(batch, self._resource, SCOPE))
+        if rejected:
+            self._host.count_lost("otlp_logs", "export_rejected", min(rejected, len(batch)))
+        return True
 
     # -- traces -------------------------------------------------------------------------------------
     def consume_spans(self, batch: SpanBatch) -> None:
