@@ -274,15 +274,31 @@ def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None
 
 def default_config_text(*, env: Mapping[str, str] | None = None) -> str:
     """The embedded default pipeline; with OTEL_EXPORTER_OTLP_ENDPOINT set, an ``otlp`` exporter (which
-    reads its endpoint and the other OTEL_EXPORTER_OTLP_* variables itself) feeds from every pipeline."""
+    reads its endpoint and the other OTEL_EXPORTER_OTLP_* variables itself) feeds from every pipeline;
+    with RETINA_OTEL_OBSERVER set (``on``, or the ``unix:///path`` of its socket) the logs pipelines also
+    feed the ``observer`` exporter (``retina-otel observe``; off by default: it loads gRPC)."""
     environ = os.environ if env is None else env
     text = resources.files("retina_otel.defaults").joinpath("default.yaml").read_text()
-    if not environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    otlp = bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    observer = environ.get("RETINA_OTEL_OBSERVER", "").strip()
+    if observer.lower() in ("", "0", "false", "no", "off"):
+        observer = ""
+    if not otlp and not observer:
         return text
     raw = yaml.safe_load(text)
-    raw["exporters"]["otlp"] = {}
-    for pipeline in raw["service"]["pipelines"].values():
-        pipeline["exporters"] = [e for e in pipeline["exporters"] if e != "nop"] + ["otlp"]
-    raw["exporters"].pop("nop", None)
-    header = "# The embedded default with OTLP export (OTEL_EXPORTER_OTLP_ENDPOINT is set).\n"
+    added = []
+    if otlp:
+        raw["exporters"]["otlp"] = {}
+        for pipeline in raw["service"]["pipelines"].values():
+            pipeline["exporters"] = [e for e in pipeline["exporters"] if e != "nop"] + ["otlp"]
+        raw["exporters"].pop("nop", None)
+        added.append("OTLP export (OTEL_EXPORTER_OTLP_ENDPOINT is set)")
+    if observer:
+        on = observer.lower() in ("1", "true", "yes", "on")
+        raw["exporters"]["observer"] = {} if on else {"socket": observer}
+        for name, pipeline in raw["service"]["pipelines"].items():
+            if name.split("/", 1)[0] == "logs":
+                pipeline["exporters"] = [*pipeline["exporters"], "observer"]
+        added.append("the observer exporter (RETINA_OTEL_OBSERVER is set)")
+    header = f"# The embedded default with {' and '.join(added)}.\n"
     return header + yaml.safe_dump(raw, sort_keys=False)

@@ -599,3 +599,20 @@ def test_observe_builds_hubble_requests() -> None:
     assert request.extensions.Unpack(extension)
     assert [list(e.drop_reason) for e in extension.blacklist] == [["NO_SOCKET"]]
     assert len(request.blacklist) == 1 and not request.blacklist[0].ListFields()
+
+
+def test_the_embedded_default_gets_the_observer_on_request() -> None:
+    import yaml
+
+    from retina_otel.config import default_config_text
+
+    assert "observer" not in yaml.safe_load(default_config_text(env={}))["exporters"]  # no gRPC by default
+    assert "observer" not in yaml.safe_load(default_config_text(env={"RETINA_OTEL_OBSERVER": "off"}))["exporters"]
+    for value, expected in (("on", {}), ("unix:///run/obs.sock", {"socket": "unix:///run/obs.sock"})):
+        text = default_config_text(env={"RETINA_OTEL_OBSERVER": value, "OTEL_EXPORTER_OTLP_ENDPOINT": "h:4317"})
+        raw = yaml.safe_load(text)
+        assert raw["exporters"]["observer"] == expected and "otlp" in raw["exporters"]
+        pipelines = raw["service"]["pipelines"]
+        assert [n for n, p in pipelines.items() if "observer" in p["exporters"]] == ["logs"]
+        assert "the observer exporter" in text.splitlines()[0]
+        parse_config(raw, env={})
