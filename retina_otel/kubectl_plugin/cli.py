@@ -270,6 +270,21 @@ def _secret(name: str, namespace: str, capture: str, data: dict[str, str]) -> Ob
     }
 
 
+def _remove_capture(client: KubeClient, namespace: str, name: str) -> tuple[list[str], list[str]]:
+    """The capture's Jobs, then the Secrets this plugin generated for it: they have no Capture to own them
+    (the plugin creates Jobs directly), so no garbage collector removes them; the plugin runs with the
+    user's credentials, which may delete what the user created."""
+    deleted, failed = cleanup_capture(client, namespace, name)
+    for secret in client.list(kube.SECRETS, namespace, labels={**capture_labels(name), LABEL_GENERATED: "true"}):
+        secret_name = str(secret["metadata"]["name"])
+        try:
+            client.delete(kube.SECRETS, secret_name, namespace)
+            deleted.append(f"secret/{secret_name}")
+        except ApiError:
+            failed.append(f"secret/{secret_name}")
+    return deleted, failed
+
+
 def _create(client: KubeClient, args: argparse.Namespace) -> int:
     try:
         capture = build_capture(args)
@@ -354,7 +369,7 @@ def _wait(client: KubeClient, ns: str, name: str, timeout: float, interval: floa
     if "failed" in states:
         print(f"{states.count('failed')} capture job(s) failed; jobs kept for their logs", file=sys.stderr)
         return 1
-    deleted, failed = cleanup_capture(client, ns, name)
+    deleted, failed = _remove_capture(client, ns, name)
     print(f"all jobs completed; removed {', '.join(deleted)}")
     if failed:
         print(f"could not remove {', '.join(failed)}; delete them by hand", file=sys.stderr)
@@ -398,7 +413,7 @@ def _delete(client: KubeClient, args: argparse.Namespace) -> int:
     except ApiError as exc:
         if not exc.not_found:
             raise
-    deleted, failed = cleanup_capture(client, args.namespace, args.name)
+    deleted, failed = _remove_capture(client, args.namespace, args.name)
     if not deleted and not removed_cr:
         print(f"no capture {args.namespace}/{args.name} found", file=sys.stderr)
         return 1
