@@ -59,16 +59,19 @@ def _canonical(message: ExportLogsServiceRequest) -> dict[str, Any]:
 
 
 def _old(batch: FlowBatch) -> ExportLogsServiceRequest:
-    saved = convert.time
-    convert.time = types.SimpleNamespace(time_ns=lambda: NOW)  # type: ignore[assignment]
+    saved = getattr(convert, "time")  # noqa: B009 - the module's clock, fixed for the comparison
+    setattr(convert, "time", types.SimpleNamespace(time_ns=lambda: NOW))  # noqa: B010
     try:
         return encode_logs(flows_to_log_records(batch, BASE))
     finally:
-        convert.time = saved
+        setattr(convert, "time", saved)  # noqa: B010
 
 
 def _new(batch: FlowBatch) -> ExportLogsServiceRequest:
-    return ExportLogsServiceRequest.FromString(encode_flow_logs(batch, BASE, SCOPE, now=NOW))
+    message: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(
+        encode_flow_logs(batch, BASE, SCOPE, now=NOW)
+    )
+    return message
 
 
 def assert_same(batch: FlowBatch) -> None:
