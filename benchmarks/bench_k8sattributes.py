@@ -32,7 +32,7 @@ from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.k8s import K8sCache
 from retina_otel.k8s.models import node_from_raw, pod_from_raw, service_from_raw
 from retina_otel.k8s.watch import ApiSource, ClientSettings, WatchPlan
-from retina_otel.processors.k8sattributes import FACTORY, K8sAttributesConfig, K8sAttributesProcessor
+from retina_otel.processors.k8sattributes import K8sAttributesConfig, K8sAttributesProcessor
 from retina_otel.testing import TestHost
 from retina_otel.testing_k8s import EmulatedCluster
 
@@ -249,9 +249,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         }
     )
 
-    proc = FACTORY.create(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(wait_for_sync=False), None)
-    assert isinstance(proc, K8sAttributesProcessor)
-    proc.start(TestHost(extensions={"k8s_cache": cache2}))
+    proc = K8sAttributesProcessor(
+        CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(wait_for_sync=False), None, cache=cache2
+    )
+    proc.start(TestHost())
     started_cpu = time.thread_time()
     proc.lookup_table(force=True)
     build_ms = (time.thread_time() - started_cpu) * 1e3

@@ -6,18 +6,23 @@ key            offered by                  used by
 ``ip_filter``  packetparser receiver       k8sattributes (keeps the kernel's IP filter in sync)
 ``dns_chain``  packetparser receiver       dns receiver (its TC source tail-calls from it)
 ``tcp_latency`` tcplatency receiver        tcplatency processor (RTT per flow)
-``k8s_cache``  k8sattributes processor     flowmetrics (namespace filter, pod deletions)
+``k8s_cache``  k8sattributes processor     flowmetrics, hubblemetrics (namespace filter, pod deletions),
+                                           tcplatency (API settings), nodeconnectivity (nodes)
 =============  ==========================  ====================================================
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from retina_otel.bpf.chain import ProgramChain
 from retina_otel.extensions import ExtensionKey
 from retina_otel.k8s.filtering import IpFilter
+from retina_otel.k8s.store import K8sCache
+
+if TYPE_CHECKING:
+    from retina_otel.k8s.watch import ClientSettings
 
 __all__ = ["DNS_CHAIN", "IP_FILTER", "K8S_CACHE", "TCP_LATENCY", "K8sMetadata", "LatencySource"]
 
@@ -31,7 +36,14 @@ class LatencySource(Protocol):
 
 @runtime_checkable
 class K8sMetadata(Protocol):
-    """What k8sattributes offers the components that follow the same Kubernetes objects."""
+    """What k8sattributes offers the components that follow the same Kubernetes objects: its watch cache
+    (``None`` until it has one), the API settings it watches with (``None`` with a file source), a
+    namespace filter and notices of deleted pods."""
+
+    @property
+    def cache(self) -> K8sCache | None: ...
+
+    def api_settings(self) -> ClientSettings | None: ...
 
     def set_namespace_filter(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None: ...
 

@@ -8,7 +8,6 @@ from retina_otel.component import CreateSettings
 from retina_otel.flows import FlowBatch
 from retina_otel.k8s import K8sCache
 from retina_otel.k8s.models import PodInfo
-from retina_otel.processors.k8sattributes import FACTORY as K8S_FACTORY
 from retina_otel.processors.k8sattributes import K8sAttributesConfig, K8sAttributesProcessor
 from retina_otel.testing import CollectingConsumer, TestHost
 from tests.test_flowmetrics import IPS, make, processor, row, series
@@ -59,10 +58,9 @@ def test_k8sattributes_deletion_forgets_namespace_and_name() -> None:
     pods: list[PodInfo] = [_pod("web-1", IPS[0], ns="ns1"), _pod("web-1", IPS[1], ns="ns2", uid="uid-web-1-b")]
     for pod in pods:
         cache.upsert("pods", pod)
-    k8s = K8S_FACTORY.create(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(grace_period=0),
-                             CollectingConsumer())  # fmt: skip
-    assert isinstance(k8s, K8sAttributesProcessor)
-    k8s.start(TestHost(extensions={"k8s_cache": cache}))
+    k8s = K8sAttributesProcessor(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(grace_period=0),
+                                 CollectingConsumer(), cache=cache)  # fmt: skip
+    k8s.start(TestHost())
     try:
         k8s.add_pod_deletion_listener(proc.forget_pods)
         cache.delete("pods", pods[0])
@@ -81,10 +79,9 @@ def test_podname_only_series_go_when_no_other_namespace_has_the_name() -> None:
             _pod("db-1", IPS[2], ns="ns1")]  # fmt: skip
     for pod in pods:
         cache.upsert("pods", pod)
-    k8s = K8S_FACTORY.create(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(grace_period=0),
-                             CollectingConsumer())  # fmt: skip
-    assert isinstance(k8s, K8sAttributesProcessor)
-    k8s.start(TestHost(extensions={"k8s_cache": cache}))
+    k8s = K8sAttributesProcessor(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(grace_period=0),
+                                 CollectingConsumer(), cache=cache)  # fmt: skip
+    k8s.start(TestHost())
     try:
         k8s.add_pod_deletion_listener(proc.forget_pods)
         cache.delete("pods", pods[2])

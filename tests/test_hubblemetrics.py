@@ -280,6 +280,10 @@ class _Cache:
 
     def __init__(self) -> None:
         self.listeners: list[Any] = []
+        self.cache = None
+
+    def api_settings(self) -> None:
+        return None
 
     def set_namespace_filter(self, include: Any = (), exclude: Any = ()) -> None:
         return None

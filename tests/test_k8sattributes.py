@@ -73,9 +73,8 @@ def _batch(pairs: list[tuple[str, str]], times: list[int] | None = None) -> Flow
 
 def _processor(cache: K8sCache, **config: Any) -> tuple[K8sAttributesProcessor, CollectingConsumer, TestHost]:
     out = CollectingConsumer()
-    host = TestHost(extensions={"k8s_cache": cache})
-    proc = FACTORY.create(SETTINGS, K8sAttributesConfig(**config), out)
-    assert isinstance(proc, K8sAttributesProcessor)
+    host = TestHost()
+    proc = K8sAttributesProcessor(SETTINGS, K8sAttributesConfig(**config), out, cache=cache)
     proc.start(host)
     return proc, out, host
 

@@ -20,6 +20,7 @@ from retina_otel.component import CreateSettings
 from retina_otel.flows import ip_to_bytes
 from retina_otel.health import HealthServer
 from retina_otel.k8s import K8sCache, NodeInfo
+from retina_otel.processors.k8sattributes import K8sAttributesConfig, K8sAttributesProcessor
 from retina_otel.receivers.nodeconnectivity import FACTORY, NodeConnectivityReceiver
 from retina_otel.receivers.nodeconnectivity.probe import probe_all
 from retina_otel.receivers.nodeconnectivity.receiver import LATENCY, STATUS, pick_round
@@ -102,7 +103,9 @@ def test_receiver_probes_a_bounded_round_robin_and_forgets_nodes_that_left(
     cache.upsert("nodes", NodeInfo("node-self", (ip_to_bytes("127.0.0.1"),), ""))
     for i, address in enumerate(addresses):
         cache.upsert("nodes", NodeInfo(f"node-{i}", (ip_to_bytes(address),), ""))
-    host = TestHost(node_name="node-self", extensions={"k8s_cache": cache})
+    # The agent's k8sattributes processor (not started: it offers the cache it was given).
+    k8s = K8sAttributesProcessor(CreateSettings("k8sattributes", "processor"), K8sAttributesConfig(), None, cache=cache)
+    host = TestHost(node_name="node-self", extensions={"k8s_cache": k8s})
     r = FACTORY.create(
         CreateSettings("nodeconnectivity", "receiver"),
         FACTORY.config_model(interval=3600, port=port, max_nodes_per_interval=2, timeout=1),

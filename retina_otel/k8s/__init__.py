@@ -8,8 +8,8 @@
 * :mod:`.filtering`: opt-in rules and the reference-counted kernel IP filter (:class:`IpFilter`);
 * :mod:`retina_otel.testing_k8s`: kmock's emulator on a loopback port, for tests, benchmarks and the demo.
 
-:class:`CacheService` bundles a cache with its source; it is what the agent may register as the
-``k8s_cache`` host extension (the k8sattributes processor also accepts a bare :class:`K8sCache`).
+:class:`CacheService` bundles a cache with its source (the k8sattributes processor builds one from its
+config and offers the cache as the ``k8s_cache`` host extension).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 
 from retina_otel.component import ComponentConfig, ComponentStatus, CreateSettings, Host
 from retina_otel.crds.models import TraceConfiguration, format_validation_error
+from retina_otel.extension_keys import K8S_CACHE, K8sMetadata
 from retina_otel.flows import FlowBatch
 from retina_otel.k8s.store import K8sCache
 from retina_otel.processors.flowmetrics.config import MetricsConfigurationSource
@@ -102,13 +103,6 @@ class SpansConfig(ComponentConfig):
         )
 
 
-def _cache_of(extension: object) -> K8sCache | None:
-    if isinstance(extension, K8sCache):
-        return extension
-    cache = getattr(extension, "cache", None)
-    return cache if isinstance(cache, K8sCache) else None
-
-
 class SpanConnector:
     """Consumes flow batches (``consume_flows``) and hands span batches to ``next_consumer.consume_spans``."""
 
@@ -121,7 +115,7 @@ class SpanConnector:
         self._builder: SpanBuilder | None = None  # None: nothing traced (zero cost)
         self._watched: list[TraceConfiguration] = []
         self._cache: K8sCache | None = None
-        self._extension: object | None = None
+        self._extension: K8sMetadata | None = None
         self._dirty = threading.Event()
         self._compiling = threading.Lock()  # one recompilation at a time (watcher and worker threads)
         self._stop = threading.Event()
@@ -134,7 +128,7 @@ class SpanConnector:
         if self._thread is not None:
             return
         self._host = host
-        self._extension = host.get_extension("k8s_cache")
+        self._extension = host.get_extension(K8S_CACHE)
         self._stop.clear()
         self._recompile()
         self._thread = threading.Thread(target=self._loop, name=f"{self.id}-spans", daemon=True)
@@ -219,7 +213,7 @@ class SpanConnector:
         if not selectors:
             return []
         if self._cache is None:
-            self._cache = _cache_of(self._extension)
+            self._cache = self._extension.cache if self._extension is not None else None
             if self._cache is None:
                 log.warning("%s: pod/namespace selectors need the k8sattributes processor's cache", self.id)
                 return []

@@ -1,8 +1,8 @@
 """k8sattributes: Kubernetes metadata of both endpoints of every flow (see docs/processors/k8sattributes.md).
 
-The processor uses the ``k8s_cache`` host extension when the agent provides one (a
-:class:`retina_otel.k8s.CacheService` or :class:`retina_otel.k8s.K8sCache`, whose lifecycle the agent
-owns), otherwise it builds, starts and stops its own cache from its config. It keeps the ``ip_filter``
+The processor builds, starts and stops its own cache from its config (or uses a :class:`K8sCache` given
+to its constructor, whose lifecycle the caller owns) and offers itself as the ``k8s_cache`` extension;
+the same processor id in a second pipeline shares the first one's cache. It keeps the ``ip_filter``
 extension (a :class:`retina_otel.k8s.IpFilter`) in sync with the observed pods' addresses.
 """
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,9 @@ from retina_otel.k8s import CacheService, K8sCache, PodSelection, RefCountedIpSe
 from retina_otel.k8s.models import NodeInfo, PodInfo, ServiceInfo
 from retina_otel.processors.k8sattributes.config import K8sAttributesConfig
 
+if TYPE_CHECKING:
+    from retina_otel.k8s.watch import ClientSettings
+
 __all__ = ["K8sAttributesProcessor", "LookupTable", "build_cache_service"]
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ _NO_LIMIT = np.iinfo(np.int64).max
 RESOURCE_NODE_ATTRIBUTE = "k8s.node.name"
 
 
-def client_settings(config: K8sAttributesConfig) -> Any:
+def client_settings(config: K8sAttributesConfig) -> ClientSettings:
     """The API connection settings of a ``source: kubernetes`` config (a ClientSettings)."""
     from retina_otel.k8s.watch import ClientSettings
 
@@ -218,12 +221,20 @@ class PodDeletionListener(Protocol):
 
 class K8sAttributesProcessor:
     def __init__(
-        self, settings: CreateSettings, config: K8sAttributesConfig, next_consumer: FlowConsumer | None
+        self,
+        settings: CreateSettings,
+        config: K8sAttributesConfig,
+        next_consumer: FlowConsumer | None,
+        *,
+        cache: K8sCache | None = None,
     ) -> None:
+        """``cache``: a cache filled by someone else (tests, benchmarks), used instead of building one from
+        the config's source; its lifecycle stays with the caller."""
         self.settings = settings
         self.config = config
         self.next_consumer = next_consumer
-        self.cache: K8sCache | None = None
+        self.cache: K8sCache | None = cache
+        self._given_cache = cache
         self.selection: PodSelection | None = None
         self.ipset: RefCountedIpSet | None = None
         self._own_service: CacheService | None = None
@@ -253,16 +264,14 @@ class K8sAttributesProcessor:
         self._stop.clear()
         self._host = host
         self._node = self.config.node_name or host.node_name
-        shared = host.get_extension("k8s_cache")
-        if isinstance(shared, K8sAttributesProcessor) and shared is not self and shared.cache is not None:
+        shared = host.get_extension(K8S_CACHE)
+        if shared is not None and shared is not self and shared.cache is not None:
             # The same processor id in another pipeline: one cache, one watch, one IP filter selection.
             self.cache = shared.cache
             host.report_status(self.settings.id, ComponentStatus.OK, "shares the cache of its first pipeline")
             return
-        if isinstance(shared, CacheService):
-            self.cache = shared.cache
-        elif isinstance(shared, K8sCache):
-            self.cache = shared
+        if self._given_cache is not None:
+            self.cache = self._given_cache
         else:
 
             def on_error(resource: str, reason: str) -> None:
@@ -331,14 +340,12 @@ class K8sAttributesProcessor:
         registered; the others share its cache."""
         return {K8S_CACHE: self}
 
-    def api_settings(self) -> Any:
+    def api_settings(self) -> ClientSettings | None:
         """The :class:`~retina_otel.k8s.watch.ClientSettings` this processor watches the API server with,
         or None when its metadata comes from a file (other components watch with the same settings)."""
         return client_settings(self.config) if self.config.source == "kubernetes" else None
 
-    def set_namespace_filter(
-        self, include: list[str] | tuple[str, ...] = (), exclude: list[str] | tuple[str, ...] = ()
-    ) -> None:
+    def set_namespace_filter(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
         """Namespace include/exclude from the accepted MetricsConfiguration (without annotations).
         Before start, the filter is kept and applied when the processor starts."""
         if self.selection is None:

@@ -20,9 +20,9 @@ import logging
 import threading
 
 from retina_otel.component import CreateSettings, Host
+from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.flows import bytes_to_ip
 from retina_otel.k8s.models import NodeInfo
-from retina_otel.k8s.store import K8sCache
 from retina_otel.metrics.store import Family
 from retina_otel.receivers.nodeconnectivity.config import NodeConnectivityConfig
 from retina_otel.receivers.nodeconnectivity.probe import ProbeResult, probe_all
@@ -45,14 +45,6 @@ def pick_round(names: list[str], after: str, limit: int) -> list[str]:
     return [names[(start + i) % len(names)] for i in range(limit)]
 
 
-def _cache_of(shared: object) -> K8sCache | None:
-    """The K8sCache behind the ``k8s_cache`` extension (the processor, a CacheService or the cache)."""
-    if isinstance(shared, K8sCache):
-        return shared
-    cache = getattr(shared, "cache", None)
-    return cache if isinstance(cache, K8sCache) else None
-
-
 class NodeConnectivityReceiver:
     def __init__(self, settings: CreateSettings, config: NodeConnectivityConfig) -> None:
         self.id = settings.id
@@ -70,7 +62,7 @@ class NodeConnectivityReceiver:
         if self._host is not None:
             return
         self._host = host
-        if host.get_extension("k8s_cache") is None:
+        if host.get_extension(K8S_CACHE) is None:
             log.warning("%s: no k8sattributes processor in this agent, so no nodes to probe", self.id)
         self._status = host.metrics.gauge(
             STATUS,
@@ -100,7 +92,8 @@ class NodeConnectivityReceiver:
 
     def _targets(self) -> dict[str, NodeInfo]:
         assert self._host is not None
-        cache = _cache_of(self._host.get_extension("k8s_cache"))
+        shared = self._host.get_extension(K8S_CACHE)
+        cache = shared.cache if shared is not None else None
         if cache is None:
             return {}
         me = self._host.node_name

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from retina_otel.bpf import load_bpf
 from retina_otel.component import CreateSettings, Host
+from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.flows import ip_to_bytes
 from retina_otel.k8s.apiserver import ApiServerLocator
 from retina_otel.metrics.store import Family
@@ -138,9 +139,8 @@ class TcpLatencyReceiver:
         config = self.config
         watch: Any = None
         if not config.apiserver_ips and config.apiserver_discovery != "off":
-            shared = host.get_extension("k8s_cache")
-            settings = getattr(shared, "api_settings", None)
-            watch = settings() if callable(settings) else None
+            shared = host.get_extension(K8S_CACHE)
+            watch = shared.api_settings() if shared is not None else None
             if watch is None and config.apiserver_discovery == "kubernetes":
                 from retina_otel.k8s.watch import ClientSettings
 
