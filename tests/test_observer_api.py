@@ -592,9 +592,16 @@ def test_observe_builds_hubble_requests() -> None:
     request = build_request(flags, last=5)
     assert request.number == 5
     left, right = request.whitelist
-    assert list(left.source_pod) == ["shop/web", "shop/"] and list(left.protocol) == ["tcp"]
+    assert list(left.source_pod) == ["shop/web"] and list(left.protocol) == ["tcp"]
     assert list(right.destination_pod) == ["shop/web"] and list(right.source_pod) == ["shop/"]
     assert list(right.protocol) == ["tcp"]
+    # A pod without a namespace is looked for in the given namespaces, as hubble observe does.
+    (only,) = build_request(
+        [(False, "--from-pod", "web"), (False, "--from-namespace", "a"), (False, "--from-namespace", "b")]
+    ).whitelist
+    assert list(only.source_pod) == ["a/web", "b/web"]
+    left, right = build_request([(False, "--namespace", "shop"), (False, "--pod", "web")]).whitelist
+    assert (list(left.source_pod), list(right.destination_pod)) == (["shop/web"], ["shop/web"])
     extension = retina_pb2.GetFlowsExtension()
     assert request.extensions.Unpack(extension)
     assert [list(e.drop_reason) for e in extension.blacklist] == [["NO_SOCKET"]]

@@ -35,6 +35,24 @@ TCP_FLAGS = ("SYN", "ACK", "FIN", "RST", "PSH", "URG", "ECE", "CWR", "NS")
 class _Side:
     flow: flow_pb2.FlowFilter = field(default_factory=flow_pb2.FlowFilter)
     extension: retina_pb2.FilterExtension = field(default_factory=retina_pb2.FilterExtension)
+    # namespaces per end ("source"/"destination"), merged into that end's pod patterns at the end
+    namespaces: dict[str, list[str]] = field(default_factory=lambda: {"source": [], "destination": []})
+
+    def finished(self) -> flow_pb2.FlowFilter:
+        """The filter with namespaces applied the way hubble observe does: a pod without a namespace
+        is looked for in each given namespace (``ns/pod``); with no pod, the namespace alone (``ns/``)."""
+        flt = flow_pb2.FlowFilter()
+        flt.CopyFrom(self.flow)
+        for end, namespaces in self.namespaces.items():
+            if not namespaces:
+                continue
+            pods = getattr(flt, f"{end}_pod")
+            merged = [p if "/" in p else f"{ns}/{p}" for p in pods for ns in namespaces] or [
+                f"{ns}/" for ns in namespaces
+            ]
+            del pods[:]
+            pods.extend(dict.fromkeys(merged))
+        return flt
 
 
 @dataclass
@@ -52,9 +70,11 @@ class FilterTracker:
         sides = (self.left, self.right)
         if kind == "either":
             self.either = True
-            src, dst = _either_fields(target, value)
-            for side, name, item in ((self.left, src[0], src[1]), (self.right, dst[0], dst[1])):
-                getattr(side.flow, name).append(item)
+            for side, end in ((self.left, "source"), (self.right, "destination")):
+                if target == "namespace":
+                    side.namespaces[end].append(value)
+                else:
+                    getattr(side.flow, f"{end}_{target}").append(value)
             return
         for side in sides:
             _apply(side, target, value)
@@ -63,19 +83,13 @@ class FilterTracker:
         if not self.used:
             return [], []
         chosen = [self.left, self.right] if self.either else [self.left]
-        return [s.flow for s in chosen], [s.extension for s in chosen]
-
-
-def _either_fields(target: str, value: str) -> tuple[tuple[str, Any], tuple[str, Any]]:
-    if target == "namespace":
-        return ("source_pod", f"{value}/"), ("destination_pod", f"{value}/")
-    return (f"source_{target}", value), (f"destination_{target}", value)
+        return [s.finished() for s in chosen], [s.extension for s in chosen]
 
 
 def _apply(side: _Side, target: str, value: str) -> None:
     flt, ext = side.flow, side.extension
     if target.endswith("_namespace"):
-        getattr(flt, target.replace("_namespace", "_pod")).append(f"{value}/")
+        side.namespaces[target.removesuffix("_namespace")].append(value)
     elif target.startswith(("source_", "destination_")):  # pod, ip, port
         getattr(flt, target).append(value)
     elif target == "protocol":
