@@ -5,14 +5,14 @@ SDK (same attributes as :func:`retina_otel.flowschema.record_attributes`, timest
 event name, resource and scope), without an object per record: the encoded attribute of each distinct
 value (an address, an enum name, an endpoint entry) is made once per batch, integer attributes are
 encoded as varints in numpy, and every record is gathered from those pieces at once
-(:func:`~retina_otel.exporters.otlp.wire.assemble`). Only DNS rows' names and answers are encoded
+(:func:`~retina_otel.exporters.otlp.wire.assemble`: one ``bytes.join``). Only DNS rows' names and answers are encoded
 row by row. Attribute order within a record differs from the SDK's (OTLP attributes are a set).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,18 @@ from retina_otel.exporters.otlp.wire import (
     table,
     varint_matrix,
 )
-from retina_otel.flows import STRINGS, Direction, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict, bytes_to_ip
+from retina_otel.flows import (
+    STRINGS,
+    Direction,
+    EndpointTable,
+    Event,
+    FieldMask,
+    FlowBatch,
+    ObservationPoint,
+    TcpFlag,
+    Verdict,
+    bytes_to_ip,
+)
 from retina_otel.flowschema import SIDE_PREFIX
 
 __all__ = ["encode_flow_logs", "resource_bytes", "scope_bytes"]
@@ -131,12 +142,26 @@ class _Builder:
         self.columns.append(matrix(rows, np.full(self.n, 9, np.int64)))
 
 
+# Encoded address attributes, across batches (the same pods talk again); cleared when it grows too big.
+_ADDRESS_CACHE: dict[tuple[str, bytes], bytes] = {}
+_ADDRESS_CACHE_MAX = 65_536
+
+
+def _address(key: str, raw: bytes) -> bytes:
+    found = _ADDRESS_CACHE.get((key, raw))
+    if found is None:
+        if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_MAX:
+            _ADDRESS_CACHE.clear()
+        found = _ADDRESS_CACHE[(key, raw)] = _kv_field(key, str(bytes_to_ip(raw)))
+    return found
+
+
 def _addresses(b: _Builder, key: str, column: npt.NDArray[Any]) -> None:
     if not b.allowed(key):
         return
-    raw = np.ascontiguousarray(column).view("S16")
-    _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
-    fragments = [b.attr(key, str(bytes_to_ip(column[i]))) for i in first.tolist()]
+    raw = np.ascontiguousarray(column)
+    _, first, inverse = np.unique(raw.view("S16"), return_index=True, return_inverse=True)
+    fragments = [_address(key, raw[i].tobytes()) for i in first.tolist()]
     b.columns.append(table(fragments, inverse.reshape(-1)))
 
 
@@ -193,15 +218,38 @@ def _dns_extras(b: _Builder, batch: FlowBatch, is_dns: npt.NDArray[np.bool_]) ->
         b.columns.append(table(fragments, codes))
 
 
-def _endpoint(b: _Builder, entries: Sequence[Mapping[str, Any]], prefix: str, index: npt.NDArray[Any]) -> None:
+# Encoded endpoint entries, per (table, side, masks): an EndpointTable is shared by the batches of one
+# cache generation, so each entry is encoded once per generation, not once per batch. The last few
+# tables are kept (with a reference, so their ids stay theirs).
+_ENDPOINT_CACHE: dict[tuple[int, str, tuple[FieldMask, ...]], tuple[EndpointTable, list[bytes | None]]] = {}
+_ENDPOINT_TABLES_KEPT = 4
+
+
+def _endpoint_fragments(b: _Builder, table: EndpointTable, prefix: str) -> list[bytes | None]:
+    key = (id(table), prefix, b.masks)
+    found = _ENDPOINT_CACHE.get(key)
+    if found is None or found[0] is not table:
+        while len(_ENDPOINT_CACHE) >= _ENDPOINT_TABLES_KEPT:
+            _ENDPOINT_CACHE.pop(next(iter(_ENDPOINT_CACHE)), None)
+        found = _ENDPOINT_CACHE[key] = (table, [None] * len(table.entries))
+    return found[1]
+
+
+def _endpoint(b: _Builder, table: EndpointTable, prefix: str, index: npt.NDArray[Any]) -> None:
+    entries = table.entries
     valid = (index >= 0) & (index < len(entries))
     if not valid.any():
         return
+    cache = _endpoint_fragments(b, table, prefix)
 
     def make(i: int) -> bytes:
         if i < 0:
             return b""
-        return b"".join(b.attr(prefix + k, v) for k, v in entries[i].items() if v is not None and v != "")
+        fragment = cache[i]
+        if fragment is None:
+            items = entries[i].items()
+            fragment = cache[i] = b"".join(b.attr(prefix + k, v) for k, v in items if v is not None and v != "")
+        return fragment
 
     b.categorical(np.where(valid, index, -1), make)
 
@@ -271,9 +319,8 @@ def _record_columns(batch: FlowBatch, now: int) -> list[Segments]:
         b.integer("dns.answer_count", r["dns_answer_count"], is_dns)
         b.integer("dns.latency_us", r["dns_latency_us"], is_dns & (r["dns_latency_us"] != 0))
         _dns_extras(b, batch, is_dns)
-    entries = batch.endpoints.entries
     for side in ("src", "dst"):
-        _endpoint(b, entries, SIDE_PREFIX[side], r[f"{side}_endpoint"])
+        _endpoint(b, batch.endpoints, SIDE_PREFIX[side], r[f"{side}_endpoint"])
     b.categorical(r["event"], lambda c: field_bytes(12, _event_name(c).encode()))  # event_name
     return b.columns
 
@@ -300,7 +347,7 @@ def encode_flow_logs(
     head[:, 0] = 0x12  # ScopeLogs.log_records
     head[:, 1:] = digits
     records, _ = assemble([matrix(head, 1 + vlen), *columns])
-    scope_logs = field_bytes(1, scope_bytes(scope)) + records.tobytes()
+    scope_logs = field_bytes(1, scope_bytes(scope)) + records
     if scope.schema_url:
         scope_logs += field_bytes(3, scope.schema_url.encode())
     resource_logs = field_bytes(1, resource_bytes(resource)) + field_bytes(2, scope_logs)

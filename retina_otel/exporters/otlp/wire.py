@@ -9,6 +9,7 @@ here (AnyValue, KeyValue); the signal encoders build their messages from these.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,13 +32,19 @@ __all__ = [
     "varint_matrix",
 ]
 
+
 INT64_MAX = 2**63 - 1
 _U64 = 2**64 - 1
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]
     value &= _U64
     out = bytearray()
     while value > 0x7F:
@@ -49,7 +56,16 @@ def varint(value: int) -> bytes:
 
 def field_bytes(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
+    return _SMALL[number << 3 | 2] + varint(len(payload)) + payload if number < 16 else _long_field(number, payload)
+
+
+def _long_field(number: int, payload: bytes) -> bytes:
     return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_field(key: str) -> bytes:
+    return field_bytes(1, key.encode())
 
 
 def any_value(value: Any) -> bytes | None:
@@ -86,7 +102,7 @@ def key_value(key: str, value: Any) -> bytes | None:
     encoded = any_value(value)
     if encoded is None:
         return None
-    return field_bytes(1, key.encode()) + field_bytes(2, encoded)
+    return _key_field(key) + field_bytes(2, encoded)
 
 
 def varint_matrix(values: npt.NDArray[np.uint64]) -> tuple[U8, I64]:
@@ -109,51 +125,51 @@ def varint_matrix(values: npt.NDArray[np.uint64]) -> tuple[U8, I64]:
 
 @dataclass(frozen=True, slots=True)
 class Segments:
-    """One byte string per row: row ``i`` is ``data[starts[i]:starts[i] + lens[i]]`` (length 0 = absent)."""
+    """One byte string per row (``b""`` = absent) and its length."""
 
-    data: U8
-    starts: I64
+    parts: npt.NDArray[np.object_]
     lens: I64
 
 
+def _objects(values: Sequence[bytes]) -> npt.NDArray[np.object_]:
+    out = np.empty(len(values), object)
+    out[:] = values
+    return out
+
+
 def constant(payload: bytes, n: int) -> Segments:
-    return Segments(np.frombuffer(payload, np.uint8), np.zeros(n, np.int64), np.full(n, len(payload), np.int64))
+    parts = np.empty(n, object)
+    parts.fill(payload)
+    return Segments(parts, np.full(n, len(payload), np.int64))
 
 
 def table(fragments: Sequence[bytes], codes: npt.ArrayLike) -> Segments:
     """Row ``i`` is ``fragments[codes[i]]``: the bytes of each distinct value are made once."""
     lens = np.fromiter((len(f) for f in fragments), np.int64, len(fragments))
-    starts = np.zeros(len(fragments), np.int64)
-    if len(fragments) > 1:
-        np.cumsum(lens[:-1], out=starts[1:])
     index = np.asarray(codes, np.intp)
-    return Segments(np.frombuffer(b"".join(fragments) or b"\0", np.uint8), starts[index], lens[index])
+    return Segments(_objects(fragments)[index], lens[index])
 
 
 def matrix(rows: U8, lens: I64) -> Segments:
-    """Row ``i`` is the first ``lens[i]`` bytes of ``rows[i]``."""
-    width = rows.shape[1]
-    return Segments(np.ascontiguousarray(rows).reshape(-1), np.arange(rows.shape[0], dtype=np.int64) * width, lens)
+    """Row ``i`` is the first ``lens[i]`` bytes of ``rows[i]``; the rest of a row must be zeros unless its
+    length is 0 (an absent value)."""
+    n, width = rows.shape
+    fixed = np.ascontiguousarray(rows).view(f"S{width}").reshape(n)
+    # numpy's fixed-width bytes drop trailing NULs: put back those that belong to the row (a varint 0)
+    parts = fixed.astype(object)
+    missing = lens - np.char.str_len(fixed)
+    for count in np.unique(missing[missing > 0]).tolist():
+        short = np.flatnonzero(missing == count)
+        pad = bytes(count)
+        parts[short] = _objects([p + pad for p in parts[short].tolist()])
+    parts[lens == 0] = b""
+    return Segments(parts, lens)
 
 
-def assemble(columns: Sequence[Segments]) -> tuple[U8, I64]:
-    """Concatenate, for each row, its segment of every column in order; returns the bytes of all rows
-    back to back and each row's length."""
-    bases = np.cumsum([0] + [c.data.shape[0] for c in columns[:-1]])
-    data = np.concatenate([c.data for c in columns])
-    starts = np.stack([c.starts + b for c, b in zip(columns, bases, strict=True)], axis=1).reshape(-1)
-    lens = np.stack([c.lens for c in columns], axis=1)
-    flat = lens.reshape(-1)
-    used = flat != 0
-    flat, starts = flat[used], starts[used]
-    ends = np.cumsum(flat)
-    total = int(ends[-1]) if ends.shape[0] else 0
-    # index[j] = start of j's segment + offset within it: a running sum of 1s with a jump at each segment
-    index = np.ones(total, np.int32 if data.shape[0] < 2**31 and total < 2**31 else np.int64)
-    if total:
-        firsts = ends - flat
-        jumps = starts.copy()
-        jumps[1:] -= starts[:-1] + flat[:-1] - 1
-        index[firsts] = jumps
-        np.cumsum(index, out=index)
-    return data[index], lens.sum(axis=1)
+def assemble(columns: Sequence[Segments]) -> tuple[bytes, I64]:
+    """For each row, its part of every column in order, all rows back to back; and each row's length."""
+    n = columns[0].lens.shape[0]
+    grid = np.empty((n, len(columns)), object)
+    for j, column in enumerate(columns):
+        grid[:, j] = column.parts
+    return b"".join(grid.ravel().tolist()), np.sum([c.lens for c in columns], axis=0)
