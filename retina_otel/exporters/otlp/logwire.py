@@ -29,6 +29,7 @@ from retina_otel.exporters.otlp.wire import (
     key_value,
     matrix,
     table,
+    varint,
     varint_matrix,
 )
 from retina_otel.flows import (
@@ -346,11 +347,14 @@ def encode_flow_logs(
     head = np.empty((n, 11), np.uint8)
     head[:, 0] = 0x12  # ScopeLogs.log_records
     head[:, 1:] = digits
-    records, _ = assemble([matrix(head, 1 + vlen), *columns])
-    scope_logs = field_bytes(1, scope_bytes(scope)) + records
-    if scope.schema_url:
-        scope_logs += field_bytes(3, scope.schema_url.encode())
-    resource_logs = field_bytes(1, resource_bytes(resource)) + field_bytes(2, scope_logs)
-    if resource.schema_url:
-        resource_logs += field_bytes(3, resource.schema_url.encode())
-    return field_bytes(1, resource_logs)
+    records = [matrix(head, 1 + vlen), *columns]
+    records_size = int(content.sum() + (1 + vlen).sum())
+    # The enclosing messages' headers need only the sizes: everything is joined once, at the end.
+    scope_head = field_bytes(1, scope_bytes(scope))
+    scope_tail = field_bytes(3, scope.schema_url.encode()) if scope.schema_url else b""
+    scope_size = len(scope_head) + records_size + len(scope_tail)
+    resource_head = field_bytes(1, resource_bytes(resource)) + b"\x12" + varint(scope_size)
+    resource_tail = field_bytes(3, resource.schema_url.encode()) if resource.schema_url else b""
+    resource_size = len(resource_head) + scope_size + len(resource_tail)
+    prefix = b"\x0a" + varint(resource_size) + resource_head + scope_head
+    return assemble(records, prefix=prefix, suffix=scope_tail + resource_tail)

@@ -166,10 +166,13 @@ def matrix(rows: U8, lens: I64) -> Segments:
     return Segments(parts, lens)
 
 
-def assemble(columns: Sequence[Segments]) -> tuple[bytes, I64]:
-    """For each row, its part of every column in order, all rows back to back; and each row's length."""
+def assemble(columns: Sequence[Segments], prefix: bytes = b"", suffix: bytes = b"") -> bytes:
+    """``prefix``, then for each row its part of every column in order, then ``suffix``: one join."""
     n = columns[0].lens.shape[0]
     grid = np.empty((n, len(columns)), object)
     for j, column in enumerate(columns):
         grid[:, j] = column.parts
-    return b"".join(grid.ravel().tolist()), np.sum([c.lens for c in columns], axis=0)
+    parts = grid.ravel().tolist()
+    parts.insert(0, prefix)
+    parts.append(suffix)
+    return b"".join(parts)
