@@ -109,6 +109,20 @@ CASES: dict[str, dict[str, Any]] = {
         "agent": {"receivers": {"tcplatency": {"enabled": True, "config": {
             "apiserver_ips": ["198.18.0.1"], "use_kubernetes_service_host": False, "max_flows": 4096}}}},
     },
+    "hubble": {
+        "agent": {"hubble": {"enabled": True}, "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}
+    },
+    "hubble-otlp-custom": {
+        "agent": {
+            "otlp": {"enabled": True, "endpoint": "otel-collector.observability.svc:4317", "flowLogs": False},
+            "observer": {"enabled": False},
+            "processors": {"flowmetrics": {"enabled": False}},
+            "hubble": {"enabled": True, "metrics": {"enabled": ["dns:query;ignoreAAAA", "drop", "tcp", "flow", "icmp",
+                                                                 "port-distribution"], "port": 19965,
+                                                     "config": {"series_ttl_seconds": 600}}},
+        }
+    },
+    "no-flow-consumer": {"agent": {"podLevel": False, "observer": {"enabled": False}}},
     "digest-and-pull-secrets": {
         "image": {"digest": "sha256:" + "0" * 64},
         "imagePullSecrets": ["regcred"],
@@ -247,9 +261,10 @@ def test_default_pipeline_shape(chart: Any) -> None:
     pipelines = raw["service"]["pipelines"]
     assert {"packetforward", "linuxutil"} <= set(pipelines["metrics"]["receivers"])
     assert "prometheus" in pipelines["metrics"]["exporters"]
+    connectors = set(raw.get("connectors") or {})
     for pipeline in pipelines.values():
         for section in ("receivers", "processors", "exporters"):
-            assert set(pipeline.get(section, [])) <= set(raw.get(section) or {})
+            assert set(pipeline.get(section, [])) <= set(raw.get(section) or {}) | connectors
 
 
 def test_defaults_deploy_every_receiver_the_agent_has(chart: Any) -> None:
@@ -263,7 +278,7 @@ def test_defaults_deploy_every_receiver_the_agent_has(chart: Any) -> None:
     # tcplatency publishes metrics (API-server latency) and feeds RTT to flows through its processor.
     assert "tcplatency" in pipelines["metrics"]["receivers"]
     assert raw["receivers"]["tcplatency"] == {"interval": 10}
-    assert pipelines["logs"]["processors"] == ["k8sattributes", "tcplatency", "flowmetrics"]
+    assert pipelines["logs"]["processors"] == ["k8sattributes", "tcplatency"]
     config = parse_config(raw, env={})
     assert config.receivers["tcplatency"].config.apiserver_metrics is True  # type: ignore[attr-defined]
     assert config.receivers["tcplatency"].config.use_kubernetes_service_host is True  # type: ignore[attr-defined]
@@ -416,6 +431,76 @@ def test_traces_pipeline_sends_connection_spans_over_otlp(chart: Any) -> None:
     assert "tracesconfigurations" in {r for rule in role["rules"] for r in rule["resources"]}
     with pytest.raises(Exception, match=r"agent\.traces\.enabled needs agent\.otlp\.enabled"):
         render(chart, {"agent": {"traces": {"enabled": True}}})
+
+
+def test_flowmetrics_is_a_connector_and_every_receiver_publishes(chart: Any) -> None:
+    """The embedded default's form (docs/pipelines.md): flowmetrics ends the logs pipeline and feeds the
+    metrics pipeline; no nop exporter. Every receiver is in the metrics pipeline, since a receiver's own
+    metrics (dropreason's drop counts, dns's counts, ...) are published only by the pipelines listing it."""
+    raw = yaml.safe_load(agent_config_text(render(chart, {})))
+    pipelines = raw["service"]["pipelines"]
+    assert "flowmetrics" not in (raw.get("processors") or {})
+    assert raw["connectors"]["flowmetrics"]["metrics_configuration"] == {"enabled": True}
+    assert pipelines["logs"]["exporters"] == ["flowmetrics", "observer"]
+    assert pipelines["metrics"]["receivers"][-1] == "flowmetrics"
+    assert set(raw["receivers"]) <= set(pipelines["metrics"]["receivers"])
+    config = parse_config(raw, env={})
+    assert config.connectors["flowmetrics"].config.pod_level is True  # type: ignore[attr-defined]
+    for case in CASES.values():
+        if case.get("agent", {}).get("enabled", True):
+            text = agent_config_text(render(chart, case))
+            assert "nop" not in text, case
+    # Nothing takes flows (node level, no observer, no OTLP flow logs): no logs pipeline at all, the flow
+    # receivers still publish their node metrics.
+    raw = yaml.safe_load(agent_config_text(render(chart, CASES["no-flow-consumer"])))
+    assert list(raw["service"]["pipelines"]) == ["metrics"]
+    metric_receivers = set(raw["service"]["pipelines"]["metrics"]["receivers"])
+    assert {"packetparser", "dropreason", "tcpretrans", "dns"} <= metric_receivers
+    assert "connectors" not in raw
+
+
+def test_hubble_mode_serves_hubbles_metrics_on_9965(chart: Any) -> None:
+    """agent.hubble.enabled (Retina's Hubble chart): the hubblemetrics connector with Retina's default
+    handlers, a prometheus/hubble exporter on 9965, the port on the pod, the Service and both monitors."""
+    assert "hubblemetrics" not in agent_config_text(render(chart, {}))
+    docs = render(chart, CASES["hubble"])
+    raw = yaml.safe_load(agent_config_text(docs))
+    assert raw["connectors"]["hubblemetrics"] == {"metrics": [
+        "flow:sourceEgressContext=pod;destinationIngressContext=pod",
+        "tcp:sourceEgressContext=pod;destinationIngressContext=pod",
+        "dns:query;sourceEgressContext=pod;destinationIngressContext=pod",
+        "drop:sourceEgressContext=pod;destinationIngressContext=pod",
+    ]}
+    assert raw["exporters"]["prometheus/hubble"] == {"endpoint": "0.0.0.0:9965"}
+    pipelines = raw["service"]["pipelines"]
+    assert pipelines["logs"]["exporters"] == ["flowmetrics", "hubblemetrics", "observer"]
+    assert pipelines["metrics/hubble"] == {"receivers": ["hubblemetrics"], "exporters": ["prometheus/hubble"]}
+    assert "hubblemetrics" not in pipelines["metrics"]["receivers"]
+    config = parse_config(raw, env={"NODE_NAME": "node-1"})
+    assert config.connectors["hubblemetrics"].factory.kind == "connector"
+    (container,) = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["hubble-metrics"] == 9965
+    (svc,) = by_kind(docs, "Service")
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"metrics": 10093, "hubble-metrics": 9965}
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["metrics", "hubble-metrics"]
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics", "hubble-metrics"]
+    # Its own handlers, port and settings; also over OTLP with the agent's metrics; flowmetrics may be off.
+    raw = yaml.safe_load(agent_config_text(render(chart, CASES["hubble-otlp-custom"])))
+    assert raw["connectors"] == {"hubblemetrics": {
+        "metrics": ["dns:query;ignoreAAAA", "drop", "tcp", "flow", "icmp", "port-distribution"],
+        "series_ttl_seconds": 600}}
+    assert raw["exporters"]["prometheus/hubble"] == {"endpoint": "0.0.0.0:19965"}
+    assert raw["service"]["pipelines"]["metrics/hubble"]["exporters"] == ["prometheus/hubble", "otlp"]
+    assert raw["service"]["pipelines"]["logs"]["exporters"] == ["hubblemetrics"]
+    parse_config(raw, env={"NODE_NAME": "node-1"})
+    # No handler: off, like Retina's empty hubble.metrics.enabled.
+    off = render(chart, {"agent": {"hubble": {"enabled": True, "metrics": {"enabled": []}}}})
+    assert "hubble" not in agent_config_text(off)
+    assert [p["name"] for p in by_kind(off, "Service")[0]["spec"]["ports"]] == ["metrics"]
+    with pytest.raises(Exception, match=r"agent\.hubble\.enabled needs agent\.podLevel"):
+        render(chart, {"agent": {"podLevel": False, "hubble": {"enabled": True}}})
 
 
 def grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -575,6 +660,8 @@ BAD_VALUES = [
     ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
     ({"clusterName": "prod eu"}, r"/clusterName"),
     ({"agent": {"receivers": {"tcplatency": {"enable": False}}}}, r"/agent/receivers/tcplatency"),
+    ({"agent": {"hubble": {"metrics": {"enabled": ["flows"]}}}}, r"/agent/hubble/metrics/enabled/0"),
+    ({"agent": {"hubble": {"metrics": {"port": 0}}}}, r"/agent/hubble/metrics/port.*minimum"),
 ]
 
 

@@ -35,6 +35,11 @@ without it). */ -}}
 
 {{- $processors := dict -}}
 {{- $flowProcessors := list -}}
+{{- /* Connectors end the logs pipeline and feed metrics (flowmetrics, hubblemetrics) or traces (spans)
+pipelines (docs/pipelines.md). */ -}}
+{{- $connectors := dict -}}
+{{- $metricConnectors := list -}}
+{{- $logConnectors := list -}}
 {{- if and $flowReceivers $a.podLevel -}}
 {{- if $a.processors.k8sattributes.enabled -}}
 {{- $k8s := dict "source" "kubernetes" "enable_annotations" $a.enableAnnotations "remote_context" $a.remoteContext "use_retina_endpoints" $a.remoteContext -}}
@@ -47,9 +52,21 @@ without it). */ -}}
 {{- end -}}
 {{- if $a.processors.flowmetrics.enabled -}}
 {{- $fm := dict "pod_level" true "remote_context" $a.remoteContext "enable_annotations" $a.enableAnnotations "metrics_configuration" (dict "enabled" true) -}}
-{{- $_ := set $processors "flowmetrics" (merge (deepCopy ($a.processors.flowmetrics.config | default dict)) $fm) -}}
-{{- $flowProcessors = append $flowProcessors "flowmetrics" -}}
+{{- $_ := set $connectors "flowmetrics" (merge (deepCopy ($a.processors.flowmetrics.config | default dict)) $fm) -}}
+{{- $metricConnectors = append $metricConnectors "flowmetrics" -}}
+{{- $logConnectors = append $logConnectors "flowmetrics" -}}
 {{- end -}}
+{{- end -}}
+
+{{- /* Hubble mode: Hubble's metrics (hubble_*) on their own port, as Retina's Hubble chart serves them. */ -}}
+{{- $hubbleExporters := list -}}
+{{- if include "retina-otel.agent.hubbleMetrics" . -}}
+{{- if not $a.podLevel -}}{{- fail "agent.hubble.enabled needs agent.podLevel: Hubble's metrics have pod contexts" -}}{{- end -}}
+{{- if not $flowReceivers -}}{{- fail "agent.hubble.enabled needs a flow receiver (packetparser, dropreason, tcpretrans or dns)" -}}{{- end -}}
+{{- $hm := dict "metrics" $a.hubble.metrics.enabled -}}
+{{- $_ := set $connectors "hubblemetrics" (merge (deepCopy ($a.hubble.metrics.config | default dict)) $hm) -}}
+{{- $logConnectors = append $logConnectors "hubblemetrics" -}}
+{{- $hubbleExporters = list "prometheus/hubble" -}}
 {{- end -}}
 
 {{- if and (hasKey $receivers "nodeconnectivity") (not (hasKey $processors "k8sattributes")) -}}
@@ -59,7 +76,10 @@ without it). */ -}}
 
 {{- $exporters := dict "prometheus" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.metricsPort))) -}}
 {{- $metricExporters := list "prometheus" -}}
-{{- $logExporters := list -}}
+{{- $logExporters := $logConnectors -}}
+{{- if $hubbleExporters -}}
+{{- $_ := set $exporters "prometheus/hubble" (dict "endpoint" (printf "0.0.0.0:%d" (int $a.hubble.metrics.port))) -}}
+{{- end -}}
 {{- if $a.otlp.enabled -}}
 {{- $type := ternary "otlp" "otlphttp" (eq $a.otlp.protocol "grpc") -}}
 {{- $signals := list -}}
@@ -76,7 +96,10 @@ without it). */ -}}
 {{- $_ := set $otlp "headers" $headers -}}
 {{- end -}}
 {{- $_ := set $exporters $type $otlp -}}
-{{- if has "metrics" $signals -}}{{- $metricExporters = append $metricExporters $type -}}{{- end -}}
+{{- if has "metrics" $signals -}}
+{{- $metricExporters = append $metricExporters $type -}}
+{{- if $hubbleExporters -}}{{- $hubbleExporters = append $hubbleExporters $type -}}{{- end -}}
+{{- end -}}
 {{- if has "logs" $signals -}}{{- $logExporters = append $logExporters $type -}}{{- end -}}
 {{- end -}}
 {{- end -}}
@@ -97,7 +120,6 @@ without it). */ -}}
 {{- $logExporters = append $logExporters "observer" -}}
 {{- end -}}
 {{- /* Connection spans: the spans connector ends the logs pipeline and feeds a traces pipeline to OTLP. */ -}}
-{{- $connectors := dict -}}
 {{- $traceExporters := list -}}
 {{- if and $a.traces.enabled $flowReceivers $a.podLevel -}}
 {{- $type := ternary "otlp" "otlphttp" (eq $a.otlp.protocol "grpc") -}}
@@ -108,18 +130,19 @@ without it). */ -}}
 {{- $logExporters = append $logExporters "spans" -}}
 {{- $traceExporters = list $type -}}
 {{- end -}}
-{{- /* Flows only travel through logs pipelines (retina_otel/service.py). Without OTLP flow logs the
-logs pipeline ends in the nop exporter: the flowmetrics processor has already turned them into
-metrics. */ -}}
-{{- if not $logExporters -}}{{- $_ := set $exporters "nop" (dict) -}}{{- $logExporters = list "nop" -}}{{- end -}}
-
+{{- /* Flows only travel through logs pipelines (retina_otel/service.py); a logs pipeline exists when
+something takes its flows (a connector, OTLP flow logs, the observer). A receiver's own metrics are
+published by the metrics pipelines that list it, so every receiver is in the metrics pipeline. */ -}}
 {{- $pipelines := dict -}}
-{{- $metricReceivers := $nodeReceivers | default $flowReceivers -}}
+{{- $metricReceivers := concat $nodeReceivers $flowReceivers $metricConnectors -}}
 {{- if $metricReceivers -}}
 {{- $_ := set $pipelines "metrics" (dict "receivers" $metricReceivers "exporters" $metricExporters) -}}
 {{- end -}}
-{{- if $flowReceivers -}}
+{{- if and $flowReceivers $logExporters -}}
 {{- $_ := set $pipelines "logs" (dict "receivers" $flowReceivers "processors" $flowProcessors "exporters" $logExporters) -}}
+{{- end -}}
+{{- if $hubbleExporters -}}
+{{- $_ := set $pipelines "metrics/hubble" (dict "receivers" (list "hubblemetrics") "exporters" $hubbleExporters) -}}
 {{- end -}}
 {{- if $traceExporters -}}
 {{- $_ := set $pipelines "traces" (dict "receivers" (list "spans") "exporters" $traceExporters) -}}

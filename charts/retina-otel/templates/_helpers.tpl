@@ -80,3 +80,11 @@ app.kubernetes.io/component: operator
 {{- define "retina-otel.operator.peeringName" -}}
 {{- default (printf "%s-%s" (include "retina-otel.fullname" .) .Release.Namespace) .Values.operator.leaderElection.peeringName | trunc 253 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/*
+"true" when Hubble's metrics are on (agent.hubble.enabled with at least one handler in
+agent.hubble.metrics.enabled): the hubblemetrics connector, its port on the pod, Service and monitors.
+*/}}
+{{- define "retina-otel.agent.hubbleMetrics" -}}
+{{- if and .Values.agent.hubble.enabled .Values.agent.hubble.metrics.enabled -}}true{{- end -}}
+{{- end -}}
