@@ -145,7 +145,7 @@ class _Builder:
 
 # Encoded address attributes, across batches (the same pods talk again); cleared when it grows too big.
 _ADDRESS_CACHE: dict[tuple[str, bytes], bytes] = {}
-_ADDRESS_CACHE_MAX = 65_536
+_ADDRESS_CACHE_MAX = 16_384  # ~3 MB at most
 
 
 def _address(key: str, raw: bytes) -> bytes:
