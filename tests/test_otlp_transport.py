@@ -285,3 +285,20 @@ def test_partial_success_parsing() -> None:
     assert parse_partial_success(b"") == (0, "")
     assert parse_partial_success(_response(5)) == (5, "too old")
     assert parse_partial_success(b"\x0a\xff") == (0, "")  # truncated: nothing
+
+
+def test_settings_from_the_environment(grpc_logs: tuple[_Logs, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset config keys come from OTEL_EXPORTER_OTLP_LOGS_*, then OTEL_EXPORTER_OTLP_* (as the SDK reads them)."""
+    servicer, port = grpc_logs
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # the signal's own wins
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", f"http://127.0.0.1:{port}")  # http: plaintext
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=t%202,x-other=o")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    _send(OtlpConfig(flush_interval=0.05, signals=["logs"]), "grpc", 5, lambda: servicer.records() == 5)
+    assert servicer.metadata[0]["x-tenant"] == "t 2" and servicer.metadata[0]["x-other"] == "o"
+
+
+def test_http_endpoint_from_the_environment(http_logs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{http_logs}")
+    _send(OtlpConfig(flush_interval=0.05, signals=["logs"]), "http/protobuf", 5, lambda: _http_records() == 5)
+    assert _HttpLogs.seen[0][0] == "/v1/logs"
