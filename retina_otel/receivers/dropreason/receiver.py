@@ -152,7 +152,7 @@ class DropReasonReceiver(DrainingReceiver[DropReasonConfig]):
     # -- draining ---------------------------------------------------------------------------------
     def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
         """Metrics from the cumulative totals; the dropped flows of the interval as one batch."""
-        from retina_otel.bpf.mapdrain import drain
+        from retina_otel.bpf.mapbatch import drain
 
         if self._reasons is None or self._flows is None:
             return None

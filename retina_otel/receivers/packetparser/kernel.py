@@ -2,8 +2,7 @@
 
 * :func:`prog_test_run`: ``BPF_PROG_TEST_RUN`` through the raw ``bpf(2)`` syscall (used for the
   flush program and by the tests on crafted packets).
-* :func:`lookup_batch`: ``BPF_MAP_LOOKUP_BATCH`` straight into numpy buffers (bcc's
-  ``items_lookup_batch`` yields one ctypes object per entry).
+* Map batch reads and writes are :mod:`retina_otel.bpf.mapbatch`'s.
 * :class:`RingBufReader`: a ring-buffer consumer over the map's mmap'ed pages that hands back whole
   runs of fixed-size records as one numpy array, instead of one Python callback per record.
 """
@@ -12,10 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import mmap
-import os
-from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +20,7 @@ from retina_otel.bpf import atomics
 from retina_otel.bpf.ringsize import PAGE_SIZE, check_ring_size
 from retina_otel.bpf.syscall import bpf
 
-__all__ = ["RingBufReader", "TestRunResult", "iter_batches", "lookup_batch", "prog_test_run", "update_batch"]
+__all__ = ["RingBufReader", "TestRunResult", "prog_test_run"]
 
 _BPF_PROG_TEST_RUN = 10
 
@@ -77,76 +73,6 @@ def prog_test_run(prog_fd: int, data: bytes, *, ctx: bytes | None = None, repeat
         attr.ctx_size_in = len(ctx)
     bpf(_BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
     return TestRunResult(int(attr.retval), data_out.raw[: attr.data_size_out], int(attr.duration))
-
-
-def _libbcc() -> ctypes.CDLL:
-    from bcc.libbcc import lib
-
-    return lib  # type: ignore[no-any-return]
-
-
-def iter_batches(
-    map_fd: int, key_dtype: np.dtype, value_dtype: np.dtype, chunk: int
-) -> Iterator[tuple[npt.NDArray[np.void], npt.NDArray[np.void]]]:
-    """The entries of a hash map, ``chunk`` at a time, as numpy arrays (a consistent snapshot per
-    bucket). The arrays are reused between chunks: copy what must outlive the next one. Memory stays
-    at one chunk whatever the map's size (a whole 262,144-entry connection table is ~100 MB)."""
-    lib = _libbcc()
-    keys = np.zeros(chunk, dtype=key_dtype)
-    values = np.zeros(chunk, dtype=value_dtype)
-    token = ctypes.c_uint32(0)
-    count = ctypes.c_uint32(0)
-    first = True
-    while True:
-        count.value = chunk
-        res = lib.bpf_lookup_batch(
-            map_fd,
-            None if first else ctypes.byref(token),
-            ctypes.byref(token),
-            ctypes.c_void_p(keys.ctypes.data),
-            ctypes.c_void_p(values.ctypes.data),
-            ctypes.byref(count),
-        )
-        err = ctypes.get_errno()
-        first = False
-        if count.value:
-            yield keys[: count.value], values[: count.value]
-        if res != 0:
-            if err != errno.ENOENT:
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-            return
-        if count.value == 0:
-            return
-
-
-def lookup_batch(
-    map_fd: int, key_dtype: np.dtype, value_dtype: np.dtype, max_entries: int
-) -> tuple[npt.NDArray[np.void], npt.NDArray[np.void]]:
-    """All entries of a hash map as two numpy arrays (a consistent snapshot per bucket)."""
-    keys: list[npt.NDArray[np.void]] = []
-    values: list[npt.NDArray[np.void]] = []
-    for k, v in iter_batches(map_fd, key_dtype, value_dtype, min(max_entries, _CHUNK)):
-        keys.append(k.copy())
-        values.append(v.copy())
-    if not keys:
-        return np.zeros(0, dtype=key_dtype), np.zeros(0, dtype=value_dtype)
-    return np.concatenate(keys), np.concatenate(values)
-
-
-_CHUNK = 8192
-
-
-def update_batch(map_fd: int, keys: npt.NDArray[np.generic], values: npt.NDArray[np.generic]) -> None:
-    lib = _libbcc()
-    keys = np.ascontiguousarray(keys)
-    values = np.ascontiguousarray(values)
-    count = ctypes.c_uint32(int(keys.shape[0]))
-    res = lib.bpf_update_batch(
-        map_fd, ctypes.c_void_p(keys.ctypes.data), ctypes.c_void_p(values.ctypes.data), ctypes.byref(count)
-    )
-    if res != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_MAP_UPDATE_BATCH: {os.strerror(err)}")
 
 
 _BUSY = 1 << 31

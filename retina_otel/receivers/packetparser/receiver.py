@@ -32,6 +32,7 @@ from retina_otel.bpf.chain import OBSERVATION_POINTS, PendingChain
 from retina_otel.bpf.clock import kernel_hz, wall_offset_ns
 from retina_otel.bpf.directchain import DirectChain
 from retina_otel.bpf.doublebuffer import DoubleBuffer
+from retina_otel.bpf.mapbatch import iter_batches, lookup_batch, update_batch
 from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
@@ -42,7 +43,7 @@ from retina_otel.metrics.store import Family
 from .config import PacketParserConfig
 from .ctmetrics import ConntrackMetrics
 from .filtermap import lpm_keys
-from .kernel import RingBufReader, iter_batches, lookup_batch, prog_test_run, update_batch
+from .kernel import RingBufReader, prog_test_run
 from .records import (
     CT_ENTRY_DTYPE,
     CT_KEY_DTYPE,

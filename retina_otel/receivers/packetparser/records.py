@@ -208,8 +208,4 @@ def reports_to_batch(reports: npt.NDArray[np.void], clock_offset_ns: int, receiv
     return batch
 
 
-def empty_reports() -> npt.NDArray[np.void]:
-    return np.zeros(0, dtype=REPORT_DTYPE)
-
-
 assert FLOW_DTYPE["tcp_flags"].shape == (N_FLAGS,)

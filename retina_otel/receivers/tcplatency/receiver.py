@@ -214,7 +214,7 @@ class TcpLatencyReceiver:
 
     def poll(self) -> None:
         """Read the kernel tables now: refresh the flow snapshot and publish the histogram deltas."""
-        from retina_otel.bpf.mapdrain import drain
+        from retina_otel.bpf.mapbatch import drain
 
         assert self._bpf is not None and self._host is not None
         keys, values = drain(self._bpf["flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE, delete=False)

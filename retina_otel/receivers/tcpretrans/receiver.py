@@ -71,7 +71,7 @@ class TcpRetransReceiver(DrainingReceiver[TcpRetransConfig]):
 
     def _drain(self, bpf: Any, host: Host) -> FlowBatch | None:
         """The node total from the segment counter; the retransmitting flows of the interval as one batch."""
-        from retina_otel.bpf.mapdrain import drain
+        from retina_otel.bpf.mapbatch import drain
 
         if self._total is None or self._flows is None:
             return None
