@@ -3,8 +3,9 @@
 Flow batches and span batches each go into a bounded queue (:class:`~.queue.ExportQueue`, counted in
 records); a worker thread takes ``batch_size`` records at a time. Flow logs are encoded straight from the
 batch's columns into the bytes of an ``ExportLogsServiceRequest`` (:mod:`.logwire`, no object per record)
-and sent by :mod:`.transport` (a generic gRPC call or an HTTP POST); spans still go through the SDK's span
-exporter. When a queue is full, new batches are dropped and counted in
+and sent by :mod:`.transport` (a generic gRPC call or an HTTP POST); spans are written as the bytes of an
+``ExportTraceServiceRequest`` from their views (:mod:`.spanwire`) and sent the same way. When a queue is
+full, new batches are dropped and counted in
 ``controlplane_networkobservability_lost_events_counter{type="otlp_logs"|"otlp_traces",reason="queue_full"}``;
 failed exports are counted with ``reason="export_failed"``, records a collector rejects in a partial
 success with ``reason="export_rejected"``. Metrics are exported every ``interval`` from a store snapshot by
@@ -96,7 +97,7 @@ class OtlpExporter:
         self._threads: list[threading.Thread] = []
         self._metric_exporter: Any = None
         self._log_sender: Sender | None = None
-        self._span_exporter: Any = None
+        self._span_sender: Sender | None = None
         self._logs: ExportQueue[FlowBatch] | None = None
         self._spans: ExportQueue[SpanBatch] | None = None
 
@@ -170,16 +171,6 @@ class OtlpExporter:
             if "metrics" in self.config.signals:
                 self._metric_exporter = HttpMetricExporter(endpoint=self._endpoint("/v1/metrics"), **common)
 
-    def _make_span_exporter(self) -> Any:
-        common = self._exporter_settings()
-        if self.protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            return OTLPSpanExporter(**common)
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-        return HttpSpanExporter(endpoint=self._endpoint("/v1/traces"), **common)
-
     def _queue(self, signal: str, split: Any, export: Any) -> ExportQueue[Any]:
         host = self._host
         assert host is not None
@@ -225,15 +216,15 @@ class OtlpExporter:
         self._logs = None
         with self._lock:
             self._spans = None
-        for exporter in (self._metric_exporter, self._span_exporter):
-            if exporter is not None:
-                try:
-                    exporter.shutdown()
-                except Exception:
-                    log.debug("otlp exporter shutdown failed", exc_info=True)
-        if self._log_sender is not None:
-            self._log_sender.close()
-        self._metric_exporter = self._span_exporter = self._log_sender = None
+        if self._metric_exporter is not None:
+            try:
+                self._metric_exporter.shutdown()
+            except Exception:
+                log.debug("otlp exporter shutdown failed", exc_info=True)
+        for sender in (self._log_sender, self._span_sender):
+            if sender is not None:
+                sender.close()
+        self._metric_exporter = self._span_sender = self._log_sender = None
 
     # -- metrics ------------------------------------------------------------------------------------
     def export_metrics_now(self) -> bool:
@@ -283,7 +274,7 @@ class OtlpExporter:
             return
         with self._lock:
             if self._spans is None:
-                self._span_exporter = self._make_span_exporter()
+                self._span_sender = make_sender(self.config, self.protocol, "traces", self._stop)
                 self._spans = self._queue("traces", SpanBatch.split, self._export_spans)
                 self._spans.start()
             queue = self._spans
@@ -294,12 +285,14 @@ class OtlpExporter:
         return self._spans.queued if self._spans is not None else 0
 
     def _export_spans(self, batch: SpanBatch) -> bool:
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        """Raises on a failed export (the queue counts the batch as ``export_failed``)."""
+        from retina_otel.exporters.otlp.spanwire import encode_spans
 
-        from retina_otel.exporters.otlp.traces import spans_to_readable
-
-        result = self._span_exporter.export(spans_to_readable(batch, self._resource))
-        return result is SpanExportResult.SUCCESS
+        assert self._span_sender is not None and self._host is not None
+        rejected = self._span_sender.send(encode_spans(batch, self._resource, SCOPE))
+        if rejected:
+            self._host.count_lost("otlp_traces", "export_rejected", min(rejected, len(batch)))
+        return True
 
 
 def _split_flows(batch: FlowBatch, n: int) -> tuple[FlowBatch, FlowBatch]:
