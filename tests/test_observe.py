@@ -45,6 +45,7 @@ from tests.test_e2e_metrics import (
     dns_answer_of,
     dns_ask,
     nft,
+    nft_counters,
     pings,
     start_dnsmasq,
     tcp_exchange,
@@ -117,9 +118,11 @@ class Scene:
         """Flush, and wait until the sink has every record the observer has seen (same pipeline)."""
         self.flush()
         ring = self.components["observer"].ring
+        lost = self.agent.metrics.get("controlplane_networkobservability_lost_events_counter")
         assert wait_for(lambda: len(self.sink.log_records()) == ring.head, timeout=20), (
             len(self.sink.log_records()),
             ring.head,
+            lost.snapshot().series if lost is not None else None,
         )
 
 
@@ -151,8 +154,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         )
         nft(
             server,
-            "table ip obs_drop {\n chain input { type filter hook input priority 0;\n"
-            f"  udp dport {DROP_PORT} drop\n }}\n}}\n",
+            "table ip obs_drop {\n counter dropped { }\n chain input { type filter hook input priority 0;\n"
+            f'  udp dport {DROP_PORT} counter name "dropped" drop\n }}\n}}\n',
         )
         start_dnsmasq(dns, dns_answer_of(dns))
         for src, dst in ((client, server), (client, dns), (server, client)):
@@ -224,12 +227,12 @@ def flow_key(response: dict[str, Any]) -> Key:
         meta.get("event", ""),
         flow["IP"]["source"],
         flow["IP"]["destination"],
-        int(ports.get("sourcePort", 0)),
-        int(ports.get("destinationPort", 0)),
+        int(ports.get("source_port", 0)),
+        int(ports.get("destination_port", 0)),
         int(meta.get("packets", 0)),
         int(meta.get("bytes", 0)),
         flow.get("verdict", ""),
-        meta.get("dropReason", ""),
+        meta.get("drop_reason", ""),
         _ns(flow["time"]),
     )
 
@@ -376,11 +379,14 @@ def test_a_drop_shows_the_kernels_reason(scene: Scene) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines and all("DROPPED (NETFILTER_DROP)" in line for line in lines), out
-    dropped = sum(
-        int(r["flow"]["extensions"]["packets"])
-        for r in observe_json(scene, "--to-port", str(DROP_PORT), "--verdict", "DROPPED")
+    got, want = agree(
+        scene,
+        ["--to-port", str(DROP_PORT), "--verdict", "DROPPED"],
+        lambda a, e: a.get("destination.port") == DROP_PORT and a["retina.flow.verdict"] == "dropped",
     )
-    assert dropped == 7
+    assert got == want
+    dropped = sum(key[5] * count for key, count in got.items())  # packets
+    assert dropped == nft_counters(scene.server)["dropped"][0] == 7, (got, nft_counters(scene.server))
 
 
 def _sink_groups(scene: Scene) -> dict[tuple[str, str], tuple[int, int, int]]:
@@ -492,7 +498,8 @@ HUBBLE_CLIENT = textwrap.dedent(
     stub = observer_pb2_grpc.ObserverStub(channel)
     status = stub.ServerStatus(observer_pb2.ServerStatusRequest())
     nodes = stub.GetNodes(observer_pb2.GetNodesRequest())
-    flows = [json_format.MessageToDict(r) for r in stub.GetFlows(observer_pb2.GetFlowsRequest(number=int(sys.argv[3])))]
+    request = observer_pb2.GetFlowsRequest(number=int(sys.argv[3]))
+    flows = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in stub.GetFlows(request)]
     print(json.dumps({"seen": status.seen_flows, "max": status.max_flows,
                       "nodes": [(n.name, relay_pb2.NodeState.Name(n.state)) for n in nodes.nodes],
                       "flows": flows}))
@@ -533,7 +540,7 @@ def test_a_client_generated_from_hubbles_protos_streams_flows(scene: Scene, tmp_
         assert theirs["flow"]["IP"] == mine["flow"]["IP"]
         assert theirs["flow"]["time"] == mine["flow"]["time"]
         assert theirs["flow"].get("l4") == mine["flow"].get("l4")
-        assert theirs["flow"]["nodeName"] == NODE
+        assert theirs["flow"]["node_name"] == NODE
 
 
 def test_server_status_and_nodes(scene: Scene) -> None:

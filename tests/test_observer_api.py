@@ -334,7 +334,7 @@ def test_tcp_listener_with_tls_and_client_certificates(tmp_path: Path, mtls: boo
         ]
         code, out, err = _observe(*common, *client_cert, "--last", "2", "-o", "json")
         assert code == 0, err
-        assert [json.loads(line)["flow"]["l4"]["UDP"]["sourcePort"] for line in out.splitlines()] == [4, 5]
+        assert [json.loads(line)["flow"]["l4"]["UDP"]["source_port"] for line in out.splitlines()] == [4, 5]
         code, _, err = _observe(*common, "--last", "2", "--timeout", "3")
         assert (code == 0) is (not mtls), err  # without a client certificate: refused only under mTLS
         code, _, err = _observe("--server", server, "--last", "1", "--timeout", "2")  # plain text to a TLS port
@@ -513,8 +513,8 @@ def test_flow_fields_from_a_record(exporter: tuple[ObserverExporter, TestHost, s
     assert list(dns.l7.dns.qtypes) == ["A"] and dns.l4.UDP.destination_port == 53
     code, out, _ = _observe("--server", target, "--verdict", "DROPPED", "-o", "json")
     meta = json.loads(out)["flow"]["extensions"]
-    assert code == 0 and meta["dropReason"] == "NETFILTER_DROP" and meta["event"] == "drop"
-    assert meta["tcpFlagCounts"] == {"SYN": "1"}
+    assert code == 0 and meta["drop_reason"] == "NETFILTER_DROP" and meta["event"] == "drop"
+    assert meta["tcp_flag_counts"] == {"SYN": "1"}
 
 
 def test_group_by_follow_refreshes_its_table_every_second(exporter: tuple[ObserverExporter, TestHost, str]) -> None:

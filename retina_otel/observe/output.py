@@ -1,5 +1,6 @@
 """How ``retina-otel observe`` prints flows: ``compact`` (one line per flow, as hubble observe does),
-``json`` (one GetFlowsResponse per line, protobuf's JSON form) and ``table`` (aligned columns)."""
+``json`` (one GetFlowsResponse per line, protobuf's JSON form with the proto field names, as hubble
+prints it) and ``table`` (aligned columns)."""
 
 from __future__ import annotations
 
@@ -149,7 +150,9 @@ class Printer:
     def __call__(self, response: observer_pb2.GetFlowsResponse) -> None:
         kind = response.WhichOneof("response_types")
         if self.output == "json":
-            print(json.dumps(json_format.MessageToDict(response), separators=(",", ":")), file=self.out, flush=True)
+            # Proto field names (node_name, pod_name, ...), as hubble observe -o json prints them.
+            as_dict = json_format.MessageToDict(response, preserving_proto_field_name=True)
+            print(json.dumps(as_dict, separators=(",", ":")), file=self.out, flush=True)
             if kind == "lost_events":
                 self.lost += int(response.lost_events.num_events_lost)
             return
