@@ -8,7 +8,9 @@ for (old) ``flows_to_log_records`` -> the SDK's ``encode_logs`` -> ``SerializeTo
 ``encode_flow_logs``; both must give requests of the same size (same content, the equality itself is
 tests/test_otlp_logwire.py). Send rows: process CPU per record (both ends: the in-process gRPC receiving
 end, which takes the bytes without decoding them, is the same for both) of the SDK's ``OTLPLogExporter``
-versus encode + the exporter's own gRPC sender, to a loopback gRPC server.
+versus encode + the exporter's own gRPC sender, to a loopback gRPC server. Span rows: bench_spans'
+short connections between pods (client and server spans with events), SDK spans + the SDK's encoder
+versus :func:`~retina_otel.exporters.otlp.spanwire.encode_spans`, same batches, same request size.
 """
 
 from __future__ import annotations
@@ -159,6 +161,35 @@ def _send_costs(batches: list[FlowBatch]) -> tuple[float, float]:
     return old, new
 
 
+def _span_costs(quick: bool) -> tuple[float, float, float, int]:
+    """Seconds of the SDK path and of the direct encoder for the same span batches (bench_spans' short
+    connections between pods with metadata), and the span count; both give the same request size."""
+    import bench_spans
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode
+
+    from retina_otel.exporters.otlp.spanwire import encode_spans
+    from retina_otel.exporters.otlp.traces import spans_to_readable
+
+    entries = bench_spans._entries()
+    flows = [bench_spans.make_batch(i, 500, entries) for i in range(2 if quick else 6)]
+    _, n, batches = bench_spans._build(flows)
+    encode_spans(batches[0], RESOURCE, SCOPE), spans_to_readable(batches[0], RESOURCE)  # warm-up
+    started = time.thread_time()
+    old_size = sum(len(sdk_encode(spans_to_readable(b, RESOURCE)).SerializeToString()) for b in batches)
+    old = time.thread_time() - started
+    started = time.thread_time()
+    new_size = sum(len(encode_spans(b, RESOURCE, SCOPE)) for b in batches)
+    new = time.thread_time() - started
+    assert new_size == old_size, (new_size, old_size)
+    views = time.thread_time()
+    from retina_otel.traces.schema import span_views
+
+    for b in batches:
+        for _ in span_views(b):
+            pass
+    return old, new, time.thread_time() - views, n
+
+
 def run(quick: bool) -> dict[str, Any]:
     entries = _entries()
     batches = [make_batch(i, entries) for i in range(3 if quick else 15)]
@@ -170,6 +201,8 @@ def run(quick: bool) -> dict[str, Any]:
     old_cpu = convert + encode + serialize
     send_old, send_new = _send_costs(batches[: max(2, len(batches) // 3)])
     n_send = max(2, len(batches) // 3) * PER_BATCH
+
+    span_old, span_new, span_views_cpu, n_spans = _span_costs(quick)
 
     def us(seconds: float, records: int = n) -> float:
         return round(seconds / records * 1e6, 2)
@@ -206,6 +239,20 @@ def run(quick: bool) -> dict[str, Any]:
                 "us_per_record": us(send_new, n_send),
                 "records_per_s_per_core": int(n_send / send_new),
                 "speedup": round(send_old / send_new, 1),
+            },
+            {
+                "what": "spans, old: SDK spans -> SDK encode_spans -> serialize",
+                "spans": n_spans,
+                "us_per_span": us(span_old, n_spans),
+                "spans_per_s_per_core": int(n_spans / span_old),
+            },
+            {
+                "what": "spans, new: encode_spans (views -> bytes)",
+                "spans": n_spans,
+                "us_per_span": us(span_new, n_spans),
+                "spans_per_s_per_core": int(n_spans / span_new),
+                "of_which_views_us": us(span_views_cpu, n_spans),
+                "speedup": round(span_old / span_new, 1),
             },
         ],
         "targets": {"us_per_record_encode": "a few (<= 5)", "met": us(new_cpu) <= 5.0},

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from retina_otel.exporters.otlp.logwire import resource_bytes, scope_bytes
+from retina_otel.exporters.otlp.logwire import scope_bytes
 from retina_otel.exporters.otlp.wire import field_bytes, key_value, varint
 from retina_otel.traces.schema import SpanView, span_views
 from retina_otel.traces.spans import SpanBatch, StatusCode
@@ -29,8 +29,27 @@ _FLAGS_IS_REMOTE = 0x200
 _FLAGS_TAG = varint(16 << 3 | 5)  # Span.flags, fixed32
 
 
+# Encoded attributes with text or boolean values (pod metadata, enum names: they repeat from span to
+# span), per field number; cleared when it grows too big.
+_CACHE: dict[tuple[int, str, str | bool], bytes] = {}
+_CACHE_MAX = 16_384
+
+
+def _attribute(number: int, key: str, value: Any) -> bytes:
+    if not isinstance(value, str | bool):
+        kv = key_value(key, value)
+        return b"" if kv is None else field_bytes(number, kv)
+    found = _CACHE.get((number, key, value))
+    if found is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        kv = key_value(key, value)
+        found = _CACHE[(number, key, value)] = b"" if kv is None else field_bytes(number, kv)
+    return found
+
+
 def _attributes(number: int, attributes: dict[str, Any]) -> bytes:
-    return b"".join(field_bytes(number, kv) for k, v in attributes.items() if (kv := key_value(k, v)) is not None)
+    return b"".join([_attribute(number, k, v) for k, v in attributes.items()])
 
 
 def _fixed64(tag: int, value: int) -> bytes:
@@ -65,16 +84,40 @@ def _span(view: SpanView) -> bytes:
     return b"".join(parts)
 
 
+# Encoded resources (the exporter's plus an endpoint's metadata), across batches; bounded like _CACHE.
+_RESOURCES: dict[tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]], bytes] = {}
+
+
+def _resource(
+    base_key: tuple[tuple[str, Any], ...],
+    base: dict[str, Any],
+    key: tuple[tuple[str, str], ...],
+    extra: dict[str, str],
+) -> bytes:
+    """``Resource`` bytes of ``base`` merged with ``extra`` (later keys win, as ``Resource.merge``)."""
+    found = _RESOURCES.get((base_key, key))
+    if found is None:
+        if len(_RESOURCES) >= _CACHE_MAX:
+            _RESOURCES.clear()
+        merged = {**base, **extra}
+        found = _RESOURCES[(base_key, key)] = b"".join(
+            field_bytes(1, kv) for k, v in merged.items() if (kv := key_value(k, v)) is not None
+        )
+    return found
+
+
 def encode_spans(batch: SpanBatch, base: Resource, scope: InstrumentationScope) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` of one span batch (b"" when it is empty)."""
     if batch.attributes:
         base = base.merge(Resource(dict(batch.attributes)))
+    base_attributes = dict(base.attributes)
+    base_key = tuple(base_attributes.items())
     groups: dict[tuple[tuple[str, str], ...], tuple[bytes, list[bytes]]] = {}
     for view in span_views(batch):
         key = tuple(sorted(view.resource.items()))
         group = groups.get(key)
         if group is None:
-            group = groups[key] = (resource_bytes(base.merge(Resource(view.resource))), [])
+            group = groups[key] = (_resource(base_key, base_attributes, key, view.resource), [])
         group[1].append(field_bytes(2, _span(view)))  # ScopeSpans.spans
     scope_field = field_bytes(1, scope_bytes(scope))
     out = []
