@@ -308,7 +308,7 @@ def test_shutdown_removes_own_filters_and_keeps_foreign(sandbox: Sandbox, make_a
         # A second agent (a restart after a crash) replaces our filter instead of adding one.
         # (TCX mode: tests/test_tcx.py; a crashed agent's links are gone with its process.)
         again = make_agent(attach_mode="clsact")  # type: ignore[operator]
-        ipr = foreign._iproute()
+        ipr = foreign.iproute()
         names = [f[3] for f in list_filters(ipr, a.host_ifindex, "ingress")]
         assert sorted(names) == sorted(["foreign_test", FILTER_SPEC.name])
         again.receiver.shutdown()
@@ -346,7 +346,7 @@ def test_host_interface_auto() -> None:
         assert set(rows["direction"].tolist()) == {Direction.EGRESS}
     finally:
         receiver.shutdown()
-    ipr = TcAttacher(FILTER_SPEC)._iproute()
+    ipr = TcAttacher(FILTER_SPEC).iproute()
     try:
         for hook in ("ingress", "egress"):
             assert all(f[3] != FILTER_SPEC.name for f in list_filters(ipr, ifindex, hook))  # type: ignore[arg-type]

@@ -32,18 +32,18 @@ def test_failed_detach_is_a_warning(sandbox: Sandbox, prog_fd: int, caplog: pyte
     pod = sandbox.add_pod("a")
     attacher = TcAttacher(SPEC)
     attacher.attach(pod.host_ifindex, "ingress", prog_fd)
-    attacher._iproute().close()  # the netlink socket fails under the attacher: nothing can be removed
+    attacher.iproute().close()  # the netlink socket fails under the attacher: nothing can be removed
     with caplog.at_level(logging.DEBUG, logger="retina_otel.bpf.tc"):
         attacher.detach_all()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"ifindex {pod.host_ifindex} ingress" in m and "left attached" in m for m in warnings), warnings
     survivor = TcAttacher(SPEC)  # the filter is indeed still there; a working attacher removes it
     try:
-        assert any(f[3] == SPEC.name for f in list_filters(survivor._iproute(), pod.host_ifindex, "ingress"))
+        assert any(f[3] == SPEC.name for f in list_filters(survivor.iproute(), pod.host_ifindex, "ingress"))
     finally:
         survivor.detach(pod.host_ifindex)
         survivor.close()
-    assert not any(f[3] == SPEC.name for f in list_filters(survivor._iproute(), pod.host_ifindex, "ingress"))
+    assert not any(f[3] == SPEC.name for f in list_filters(survivor.iproute(), pod.host_ifindex, "ingress"))
 
 
 def test_detach_from_a_deleted_interface_is_debug(

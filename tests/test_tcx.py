@@ -105,7 +105,7 @@ def _ids(ifindex: int, hook: str) -> list[int]:
 def _filter_names(ifindex: int, hook: str) -> list[str]:
     att = TcAttacher(FOREIGN_SPEC)
     try:
-        return sorted(f[3] for f in list_filters(att._iproute(), ifindex, hook))  # type: ignore[arg-type]
+        return sorted(f[3] for f in list_filters(att.iproute(), ifindex, hook))  # type: ignore[arg-type]
     finally:
         att.close()
 

@@ -102,7 +102,7 @@ class DirectChain:
         attacher = self._attacher
         if attacher is None:
             return
-        ipr = attacher._iproute()
+        ipr = attacher.iproute()
         links = list_links(ipr)
         host, pods = select_links(ipr, self._patterns, self._host_interface)
         for idx in list(self._attached):

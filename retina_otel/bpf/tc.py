@@ -128,7 +128,9 @@ class TcAttacher:
         self._attached: set[_Attached] = set()
         self._created_clsact: set[int] = set()
 
-    def _iproute(self) -> Any:
+    def iproute(self) -> Any:
+        """The attacher's netlink socket (pyroute2 ``IPRoute``), opened on first use in the caller's
+        network namespace; also for the caller's own link queries, closed by :meth:`close`."""
         if self._ipr is None:
             from pyroute2 import IPRoute
 
@@ -141,7 +143,7 @@ class TcAttacher:
             return {(a.ifindex, a.hook) for a in self._attached}
 
     def _has_clsact(self, ifindex: int) -> bool:
-        ipr = self._iproute()
+        ipr = self.iproute()
         return any(m.get_attr("TCA_KIND") == "clsact" for m in ipr.get_qdiscs(index=ifindex))
 
     def _is_ours(self, prio: int, handle: int, name: str) -> bool:
@@ -151,7 +153,7 @@ class TcAttacher:
     def attach(self, ifindex: int, hook: Hook, prog_fd: int) -> None:
         """Attach (or atomically replace our own earlier) filter on ``ifindex``'s ``hook``."""
         with self._lock:
-            ipr = self._iproute()
+            ipr = self.iproute()
             try:
                 if not self._has_clsact(ifindex):
                     ipr.tc("add", "clsact", ifindex)
@@ -182,7 +184,7 @@ class TcAttacher:
             self._attached.add(_Attached(ifindex, hook))
 
     def _detach_locked(self, ifindex: int, hook: Hook) -> None:
-        ipr = self._iproute()
+        ipr = self.iproute()
         for prio, handle, _kind, name in list_filters(ipr, ifindex, hook, detaching=True):
             if self._is_ours(prio, handle, name):
                 try:
@@ -202,7 +204,7 @@ class TcAttacher:
     def _maybe_remove_clsact(self, ifindex: int) -> None:
         if ifindex not in self._created_clsact:
             return
-        ipr = self._iproute()
+        ipr = self.iproute()
         if not list_filters(ipr, ifindex, "ingress") and not list_filters(ipr, ifindex, "egress"):
             try:
                 ipr.tc("del", "clsact", ifindex)
@@ -256,7 +258,7 @@ class Attacher(Protocol):
 
     spec: FilterSpec
 
-    def _iproute(self) -> Any: ...
+    def iproute(self) -> Any: ...
     def attached(self) -> set[tuple[int, str]]: ...
     def attach(self, ifindex: int, hook: Hook, prog_fd: int) -> None: ...
     def detach(self, ifindex: int) -> None: ...

@@ -300,7 +300,7 @@ class TcxAttacher:
     cls_bpf filters are never touched. With ``remove_clsact_leftovers`` (the default) the first
     attachment to an interface also removes cls_bpf filters of ours (``spec``'s prio, handle and name)
     that an agent in clsact mode left behind when it was killed, so an upgrade to TCX does not run the
-    old programs next to the new ones. Thread-safe; the netlink socket (``_iproute()``, used for link
+    old programs next to the new ones. Thread-safe; the netlink socket (``iproute()``, used for link
     listing and that cleanup) is created lazily in the caller's network namespace.
     """
 
@@ -312,8 +312,8 @@ class TcxAttacher:
         self._checked: set[int] = set()  # interfaces already cleaned of clsact leftovers
         self._links: dict[tuple[int, Hook], int] = {}  # (ifindex, hook) -> link fd
 
-    def _iproute(self) -> Any:
-        return self._clsact._iproute()
+    def iproute(self) -> Any:
+        return self._clsact.iproute()
 
     # -- queries --------------------------------------------------------------------------------
     def attached(self) -> set[tuple[int, str]]:
@@ -361,7 +361,7 @@ class TcxAttacher:
         self._checked.add(ifindex)
 
     def _clsact_count(self, ifindex: int) -> int:
-        ipr = self._iproute()
+        ipr = self.iproute()
         n = 0
         for hook in _HOOKS:
             for prio, handle, _kind, name in list_filters(ipr, ifindex, hook):
