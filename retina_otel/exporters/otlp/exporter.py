@@ -101,7 +101,7 @@ class OtlpExporter:
         self._logs: ExportQueue[FlowBatch] | None = None
         self._spans: ExportQueue[SpanBatch] | None = None
 
-    # -- exporter construction (SDK) ----------------------------------------------------------------
+    # -- metric exporter construction (SDK) ----------------------------------------------------------------
     def _endpoint(self, path: str) -> str | None:
         endpoint = self.config.endpoint
         if endpoint is None:
@@ -112,7 +112,7 @@ class OtlpExporter:
         return base.rstrip("/") + path
 
     def _exporter_settings(self) -> dict[str, Any]:
-        """Keyword arguments every SDK exporter of this protocol takes (endpoint excepted for HTTP)."""
+        """Keyword arguments of the SDK's metric exporter for this protocol (endpoint excepted for HTTP)."""
         cfg = self.config
         compression: Any = None
         if cfg.compression is not None:

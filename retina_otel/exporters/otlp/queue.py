@@ -1,8 +1,8 @@
 """The bounded export queue every pushed OTLP signal (flow logs, spans) goes through.
 
 Batches are queued whole and counted in records (rows); a worker thread takes at most ``batch_size``
-records at a time (splitting the head batch), converts and exports them, so only that many exist as SDK
-objects. Taken records stay counted in the queue until exported or counted lost, so queued plus
+records at a time (splitting the head batch), encodes and exports them, so only that many are encoded at
+once. Taken records stay counted in the queue until exported or counted lost, so queued plus
 in-flight records stay within ``queue_size``. Losses go to
 ``lost_events_counter{type=<lost_type>, reason=queue_full|export_failed}``. When shutting down with a
 failing endpoint, one failed export drops the rest of the queue (one timeout, not one per batch).
