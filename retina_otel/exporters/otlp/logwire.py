@@ -46,7 +46,7 @@ from retina_otel.flows import (
 )
 from retina_otel.flowschema import SIDE_PREFIX
 
-__all__ = ["encode_flow_logs", "resource_bytes", "scope_bytes"]
+__all__ = ["Builder", "encode_flow_logs", "flow_attributes", "resource_bytes", "scope_bytes"]
 
 _TRANSPORT = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 132: "sctp"}
 _IO_DIRECTION = {1: "receive", 2: "transmit"}
@@ -67,10 +67,10 @@ def scope_bytes(scope: InstrumentationScope) -> bytes:
     return out
 
 
-def _kv_field(key: str, value: Any) -> bytes:
-    """A log record's ``attributes`` entry (field 6); b"" where the SDK would drop the attribute."""
+def _kv_field(key: str, value: Any, number: int = 6) -> bytes:
+    """An ``attributes`` entry (field ``number``: 6 in a log record); b"" where the SDK would drop it."""
     kv = key_value(key, value)
-    return b"" if kv is None else field_bytes(6, kv)
+    return b"" if kv is None else field_bytes(number, kv)
 
 
 def _enum_name(enum: type[Direction] | type[ObservationPoint] | type[Verdict], code: int) -> str:
@@ -89,14 +89,20 @@ def _event_name(code: int) -> str:
         return f"retina.flow.{code}"
 
 
-class _Builder:
+class Builder:
     """The columns of one batch's records, in the order they are written."""
 
-    def __init__(self, batch: FlowBatch) -> None:
-        self.n = len(batch)
-        self.masks = batch.masks
+    def __init__(
+        self, n: int, masks: tuple[FieldMask, ...] = (), number: int = 6, exclude: frozenset[str] = frozenset()
+    ) -> None:
+        """``n`` rows; attributes go into field ``number`` of the row's message (6: LogRecord, 9: Span,
+        3: Span.Event); keys in ``exclude`` or refused by ``masks`` are left out."""
+        self.n = n
+        self.masks = masks
+        self.number = number
+        self.tag = number << 3 | 2
         self.columns: list[Segments] = []
-        self._allowed: dict[str, bool] = {}
+        self._allowed: dict[str, bool] = {k: False for k in exclude}
 
     def allowed(self, key: str) -> bool:
         found = self._allowed.get(key)
@@ -105,7 +111,7 @@ class _Builder:
         return found
 
     def attr(self, key: str, value: Any) -> bytes:
-        return _kv_field(key, value) if self.allowed(key) else b""
+        return _kv_field(key, value, self.number) if self.allowed(key) else b""
 
     def categorical(self, values: npt.NDArray[Any], make: Callable[[Any], bytes]) -> None:
         """One fragment per distinct value of ``values`` (``make(value)``, b"" for none)."""
@@ -127,7 +133,7 @@ class _Builder:
         encoded_key = key.encode()
         assert len(encoded_key) < 100
         digits, vlen = varint_matrix(v)
-        head = bytes([0x32, 0, 0x0A, len(encoded_key)]) + encoded_key + b"\x12\x00\x18"
+        head = bytes([self.tag, 0, 0x0A, len(encoded_key)]) + encoded_key + b"\x12\x00\x18"
         rows = np.empty((self.n, len(head) + 10), np.uint8)
         rows[:, : len(head)] = np.frombuffer(head, np.uint8)
         rows[:, len(head) :] = digits
@@ -136,37 +142,38 @@ class _Builder:
         rows[:, 1] = 2 + len(encoded_key) + 2 + anylen
         self.columns.append(matrix(rows, np.where(keep, len(head) + vlen, 0)))
 
-    def fixed64(self, tag: int, values: npt.NDArray[np.uint64]) -> None:
+    def fixed64(self, tag: int, values: npt.NDArray[Any], omit_zero: bool = False) -> None:
         rows = np.empty((self.n, 9), np.uint8)
         rows[:, 0] = tag
-        rows[:, 1:] = values.astype("<u8").view(np.uint8).reshape(self.n, 8)
-        self.columns.append(matrix(rows, np.full(self.n, 9, np.int64)))
+        rows[:, 1:] = np.ascontiguousarray(values, dtype="<u8").view(np.uint8).reshape(self.n, 8)
+        lens = np.where(values != 0, 9, 0) if omit_zero else np.full(self.n, 9, np.int64)
+        self.columns.append(matrix(rows, lens))
 
 
 # Encoded address attributes, across batches (the same pods talk again); cleared when it grows too big.
-_ADDRESS_CACHE: dict[tuple[str, bytes], bytes] = {}
+_ADDRESS_CACHE: dict[tuple[str, bytes, int], bytes] = {}
 _ADDRESS_CACHE_MAX = 16_384  # ~3 MB at most
 
 
-def _address(key: str, raw: bytes) -> bytes:
-    found = _ADDRESS_CACHE.get((key, raw))
+def _address(key: str, raw: bytes, number: int) -> bytes:
+    found = _ADDRESS_CACHE.get((key, raw, number))
     if found is None:
         if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_MAX:
             _ADDRESS_CACHE.clear()
-        found = _ADDRESS_CACHE[(key, raw)] = _kv_field(key, str(bytes_to_ip(raw)))
+        found = _ADDRESS_CACHE[(key, raw, number)] = _kv_field(key, str(bytes_to_ip(raw)), number)
     return found
 
 
-def _addresses(b: _Builder, key: str, column: npt.NDArray[Any]) -> None:
+def _addresses(b: Builder, key: str, column: npt.NDArray[Any]) -> None:
     if not b.allowed(key):
         return
     raw = np.ascontiguousarray(column)
     _, first, inverse = np.unique(raw.view("S16"), return_index=True, return_inverse=True)
-    fragments = [_address(key, raw[i].tobytes()) for i in first.tolist()]
+    fragments = [_address(key, raw[i].tobytes(), b.number) for i in first.tolist()]
     b.columns.append(table(fragments, inverse.reshape(-1)))
 
 
-def _network(b: _Builder, r: npt.NDArray[Any]) -> None:
+def _network(b: Builder, r: npt.NDArray[Any]) -> None:
     """The small enumerations of a row, as one column over their combinations."""
     code = (
         r["proto"].astype(np.int64)
@@ -194,7 +201,7 @@ def _network(b: _Builder, r: npt.NDArray[Any]) -> None:
     b.categorical(code, make)
 
 
-def _dns_extras(b: _Builder, batch: FlowBatch, is_dns: npt.NDArray[np.bool_]) -> None:
+def _dns_extras(b: Builder, batch: FlowBatch, is_dns: npt.NDArray[np.bool_]) -> None:
     """Names and answers of DNS rows: the only attributes encoded row by row."""
     if batch.dns is None:
         return
@@ -222,12 +229,14 @@ def _dns_extras(b: _Builder, batch: FlowBatch, is_dns: npt.NDArray[np.bool_]) ->
 # Encoded endpoint entries, per (table, side, masks): an EndpointTable is shared by the batches of one
 # cache generation, so each entry is encoded once per generation, not once per batch. The last few
 # tables are kept (with a reference, so their ids stay theirs).
-_ENDPOINT_CACHE: dict[tuple[int, str, tuple[FieldMask, ...]], tuple[EndpointTable, list[bytes | None]]] = {}
+_ENDPOINT_CACHE: dict[
+    tuple[int, str, tuple[FieldMask, ...], int, frozenset[str]], tuple[EndpointTable, list[bytes | None]]
+] = {}
 _ENDPOINT_TABLES_KEPT = 4
 
 
-def _endpoint_fragments(b: _Builder, table: EndpointTable, prefix: str) -> list[bytes | None]:
-    key = (id(table), prefix, b.masks)
+def _endpoint_fragments(b: Builder, table: EndpointTable, prefix: str) -> list[bytes | None]:
+    key = (id(table), prefix, b.masks, b.number, frozenset(k for k, v in b._allowed.items() if not v))
     found = _ENDPOINT_CACHE.get(key)
     if found is None or found[0] is not table:
         while len(_ENDPOINT_CACHE) >= _ENDPOINT_TABLES_KEPT:
@@ -236,7 +245,7 @@ def _endpoint_fragments(b: _Builder, table: EndpointTable, prefix: str) -> list[
     return found[1]
 
 
-def _endpoint(b: _Builder, table: EndpointTable, prefix: str, index: npt.NDArray[Any]) -> None:
+def _endpoint(b: Builder, table: EndpointTable, prefix: str, index: npt.NDArray[Any]) -> None:
     entries = table.entries
     valid = (index >= 0) & (index < len(entries))
     if not valid.any():
@@ -256,14 +265,23 @@ def _endpoint(b: _Builder, table: EndpointTable, prefix: str, index: npt.NDArray
 
 
 def _record_columns(batch: FlowBatch, now: int) -> list[Segments]:
-    from retina_otel.ifnames import INTERFACES
-
     r = batch.records
-    b = _Builder(batch)
+    b = Builder(len(batch), batch.masks)
     end = r["time_end_ns"].astype(np.uint64)
     b.fixed64(0x09, np.where(end != 0, end, np.uint64(now)))  # time_unix_nano
     b.columns.append(constant(_SEVERITY + b"\x59" + int(now).to_bytes(8, "little"), b.n))  # + observed time
     b.categorical(r["event"], lambda c: field_bytes(5, field_bytes(1, _event_name(c).encode())))  # body
+    flow_attributes(b, batch)
+    b.categorical(r["event"], lambda c: field_bytes(12, _event_name(c).encode()))  # event_name
+    return b.columns
+
+
+def flow_attributes(b: Builder, batch: FlowBatch) -> None:
+    """Columns of every flow-record attribute of :func:`retina_otel.flowschema.record_attributes` (those
+    ``b`` allows) for the rows of ``batch``."""
+    from retina_otel.ifnames import INTERFACES
+
+    r = batch.records
     _addresses(b, "source.address", r["src_ip"])
     _addresses(b, "destination.address", r["dst_ip"])
     _network(b, r)
@@ -322,8 +340,6 @@ def _record_columns(batch: FlowBatch, now: int) -> list[Segments]:
         _dns_extras(b, batch, is_dns)
     for side in ("src", "dst"):
         _endpoint(b, batch.endpoints, SIDE_PREFIX[side], r[f"{side}_endpoint"])
-    b.categorical(r["event"], lambda c: field_bytes(12, _event_name(c).encode()))  # event_name
-    return b.columns
 
 
 def encode_flow_logs(
