@@ -91,7 +91,8 @@ def snapshots_to_metrics_data(snapshots: Iterable[FamilySnapshot], resource: Res
 def flows_to_log_records(
     batch: FlowBatch, resource: Resource, extra_resource: Mapping[str, str] | None = None
 ) -> list[ReadableLogRecord]:
-    """One log record per row; the event name says which kind of flow it is."""
+    """One SDK log record per row; the event name says which kind of flow it is. The exporter encodes
+    flow logs itself (:mod:`.logwire`); this is the reference it is tested and benchmarked against."""
     if batch.attributes or extra_resource:
         resource = resource.merge(Resource({**batch.attributes, **(extra_resource or {})}))
     now = time.time_ns()

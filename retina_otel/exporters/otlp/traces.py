@@ -1,4 +1,5 @@
-"""Span batches as OpenTelemetry SDK spans, ready for the SDK's OTLP span exporters."""
+"""Span batches as OpenTelemetry SDK spans: the reference the exporter's own encoder
+(:mod:`.spanwire`) is tested and benchmarked against; the exporter does not use it."""
 
 from __future__ import annotations
 
