@@ -1,4 +1,4 @@
-"""The kernel's flag-counter columns (packetparser.bpf.c's F_* bits) are TcpFlag's columns."""
+"""The kernel's flag-counter columns (the F_* bits of packetparser's pp_common.h) are TcpFlag's columns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from retina_otel.flows import TcpFlag
 from retina_otel.receivers.packetparser import records
 
-SOURCE = Path(records.__file__).with_name("packetparser.bpf.c")
+SOURCE = Path(records.__file__).with_name("pp_common.h")
 
 
 def test_kernel_flag_bits_are_tcpflag_columns() -> None:

@@ -22,12 +22,20 @@ import ctypes
 import logging
 import os
 import platform
+import re
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BpfUnavailable", "check_environment", "load_bpf", "loaded_objects", "release_compiler_memory"]
+__all__ = [
+    "BpfUnavailable",
+    "bpf_source",
+    "check_environment",
+    "load_bpf",
+    "loaded_objects",
+    "release_compiler_memory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +67,45 @@ def check_environment() -> None:
         ) from exc
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.-]+\.h)"[ \t]*$')
+
+
+def bpf_source(src_file: Path) -> str:
+    """The program's text with its own headers inlined: each ``#include "name.h"`` naming a file next to
+    it is replaced by that file (recursively, each header once), between ``#line`` markers, so compiler
+    messages still name the header and its line.
+
+    Why not ``-I``: bcc compiles the text as one virtual main file and rewrites its map syntax
+    (``table.lookup(&key)``, ``events.ringbuf_reserve(...)``, ``prog_array.call(...)``) only there; in
+    an included header the same code compiles but the program is rejected at load. Inlined, a header may
+    declare maps and use them like the main file."""
+    seen: set[Path] = set()
+
+    def expand(path: Path) -> list[str]:
+        out = [f'#line 1 "{path.name}"']
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            found = _LOCAL_INCLUDE.match(line)
+            header = path.with_name(found.group(1)) if found else None
+            if header is None or not header.is_file():
+                out.append(line)
+                continue
+            if header not in seen:
+                seen.add(header)
+                out.extend(expand(header))
+            out.append(f'#line {number + 1} "{path.name}"')
+        return out
+
+    return "\n".join(expand(src_file)) + "\n"
+
+
 def load_bpf(src_file: Path, cflags: Sequence[str] = ()) -> Any:
-    """Compile and load a ``.bpf.c`` file with bcc; parameters go in as ``-D`` cflags."""
+    """Compile and load a ``.bpf.c`` file with bcc; parameters go in as ``-D`` cflags, headers next to the
+    file are inlined (:func:`bpf_source`)."""
     check_environment()
     from bcc import BPF
 
     try:
-        bpf = BPF(src_file=str(src_file).encode(), cflags=list(cflags))
+        bpf = BPF(text=bpf_source(src_file).encode(), cflags=list(cflags))
     except Exception as exc:
         raise BpfUnavailable(f"failed to compile/load {src_file.name}: {exc}") from exc
     finally:

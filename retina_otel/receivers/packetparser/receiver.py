@@ -74,7 +74,7 @@ _POLL_SECONDS = 0.1
 _READ_CHUNK = 8192  # connection-table entries read at a time when flushing (~3 MB)
 
 _POINTS = OBSERVATION_POINTS
-"""Observation points in the order of their numbers (OBS_* in packetparser.bpf.c, 1-based)."""
+"""Observation points in the order of their numbers (OBS_* in pp_common.h, 1-based)."""
 
 
 def _jiffy_ns(config: PacketParserConfig) -> int:
@@ -86,7 +86,7 @@ def _jiffy_ns(config: PacketParserConfig) -> int:
 
 
 def uses_fast_path(config: PacketParserConfig) -> bool:
-    """Whether the interfaces get the small fast-path programs (``pp_fast_*``, see packetparser.bpf.c)."""
+    """Whether the interfaces get the small fast-path programs (``pp_fast_*``, see pp_fastpath.h)."""
     return config.aggregation == "high" and config.bypass_lookup_ip_of_interest and config.sampling_rate == 1
 
 

@@ -1,7 +1,7 @@
 """The kernel's record layouts as numpy dtypes, and the vectorised conversion into flow batches.
 
-The dtypes mirror the C structs in ``packetparser.bpf.c`` byte for byte (checked against bcc's
-ctypes sizes when the program loads).
+The dtypes mirror the C structs in ``pp_common.h`` (the part of packetparser.bpf.c every program
+shares) byte for byte (checked against bcc's ctypes sizes when the program loads).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ _DIRECTION_OF_OBS = np.array(
     dtype=np.uint8,
 )
 
-# The kernel's flag counters: column i counts packets with flag F_<name> = 1 << i (packetparser.bpf.c),
+# The kernel's flag counters: column i counts packets with flag F_<name> = 1 << i (pp_common.h),
 # the same order as TcpFlag's columns, so reports_to_batch copies them as they are.
 KERNEL_FLAG_COLUMNS = ("FIN", "SYN", "SYNACK", "ACK", "RST", "PSH", "URG", "ECE", "CWR", "NS")
 assert [TcpFlag[name].value for name in KERNEL_FLAG_COLUMNS] == list(range(N_FLAGS))

@@ -1,0 +1,158 @@
+// packetparser, included first by packetparser.bpf.c: what every part shares. Observation points,
+// flag bits, statistics indices and entry lifetimes; the connection key and entry, the report record and
+// the parsed packet; the table clock (CT_NOW); the maps of the connection table, ring buffer, statistics,
+// IP filter, flush keys and clock sample; stat_add/stat_inc.
+
+#define OBS_FROM_ENDPOINT 1
+#define OBS_TO_ENDPOINT 2
+#define OBS_FROM_NETWORK 3
+#define OBS_TO_NETWORK 4
+
+// Flag bits, in the order of retina_otel.flows.TcpFlag.
+#define F_FIN (1 << 0)
+#define F_SYN (1 << 1)
+#define F_SYNACK (1 << 2)
+#define F_ACK (1 << 3)
+#define F_RST (1 << 4)
+#define F_PSH (1 << 5)
+#define F_URG (1 << 6)
+#define F_ECE (1 << 7)
+#define F_CWR (1 << 8)
+#define F_NS (1 << 9)
+#define N_FLAGS 10
+#define REPORT_FLAGS (F_FIN | F_SYN | F_SYNACK | F_RST | F_URG | F_ECE | F_CWR)
+
+// Per-CPU statistics (indexes mirror retina_otel/receivers/packetparser/records.py STAT_NAMES).
+#define ST_PACKETS 0         // packets considered (after sampling and filter)
+#define ST_REPORTS 1         // reports written to the ring buffer
+#define ST_RINGBUF_FULL 2    // bpf_ringbuf_reserve failed (counts stay in the table)
+#define ST_CT_CREATE 3       // connection entries created
+#define ST_CT_FULL 4         // connection entry could not be created (packet not counted)
+#define ST_NOT_IP 5          // ARP etc. (not an error)
+#define ST_TRUNC_L2 6
+#define ST_TRUNC_IP 7
+#define ST_BAD_IP 8
+#define ST_TRUNC_EXT 9       // IPv6 extension header truncated
+#define ST_EXT_LIMIT 10      // more IPv6 extension headers than we walk
+#define ST_TRUNC_L4 11
+#define ST_BAD_L4 12
+#define ST_FILTERED 13       // neither address in the filter map
+#define ST_SAMPLED_OUT 14
+#define ST_FLUSH_DELETED 15  // expired idle entries removed by the flush program
+#define ST_HOT_HITS 16       // packets counted in the per-CPU flow cache (high aggregation)
+#define ST_TAIL_CALL_FAILED 17  // fast path could not hand a packet to the full program (not counted)
+#define N_STATS 18
+
+#define TCP_LIFETIME_NS (360ULL * 1000000000ULL)
+#define TIME_WAIT_NS (30ULL * 1000000000ULL)
+#define OTHER_LIFETIME_NS (60ULL * 1000000000ULL)
+
+#define MAX_IPV6_EXT 8
+
+struct ct_key {
+    u8 a[16];
+    u8 b[16];
+    u16 pa;
+    u16 pb;
+    u32 ifindex;
+    u8 proto;
+    u8 pad[3];
+};
+
+struct ct_dir {  // one direction of a connection at one interface
+    u64 packets;      // since this direction's last report
+    u64 bytes;
+    u64 rev_packets;  // the opposite direction, since this direction's last report
+    u64 rev_bytes;
+    u64 first_ns;     // first packet since last report (0 = none)
+    u64 last_ns;
+    u64 last_report_ns;
+    u64 flags[N_FLAGS];  // 64-bit: atomic exchange needs it
+    u16 sport;        // row ports of the last packet (ICMP: type, code)
+    u16 dport;
+    u16 flags_seen;
+    u8 obs;
+    u8 pad;
+    u64 total_packets;  // since the connection began (CT_TOTALS: Retina's conntrack_* gauges), never reset by
+    u64 total_bytes;    // a report; zeroed when the entry is reused for a new connection
+};
+
+struct ct_entry {
+    struct ct_dir d[2];  // 0: initiator -> responder, 1: reply
+    u64 eviction_ns;
+    u8 init_is_a;        // the initiator is key.a
+    u8 closing;          // FIN or RST seen: TIME_WAIT lifetime
+    u8 ipver;
+    u8 pad[5];
+};
+
+struct report {
+    u64 t_first;
+    u64 t_last;
+    u64 packets;
+    u64 bytes;
+    u64 rev_packets;
+    u64 rev_bytes;
+    u8 src[16];
+    u8 dst[16];
+    u32 ifindex;
+    u32 flags[N_FLAGS];
+    u16 sport;
+    u16 dport;
+    u8 proto;
+    u8 ipver;
+    u8 obs;
+    u8 is_reply;
+    u8 sampled;
+    u8 reason;  // 1 packet, 2 flush
+    u8 pad[2];
+};
+
+struct pkt {
+    u8 src[16];
+    u8 dst[16];
+    u64 len;     // IP total length
+    u16 sport;   // row ports (ICMP: type, code)
+    u16 dport;
+    u16 ksport;  // connection-key ports (ICMP echo: identifier both ways)
+    u16 kdport;
+    u16 flags;
+    u8 proto;
+    u8 ipver;
+};
+
+// Clock of the connection table. Low aggregation (one row per packet) reads the precise clock. High
+// aggregation needs tick resolution only (rows are per connection and interval): bpf_ktime_get_ns reads
+// the clocksource, ~100 ns per packet in a VM (measured with kernel.bpf_stats_enabled under 64-byte
+// UDP); bpf_ktime_get_coarse_ns is cheaper but still a seqcount loop; jiffies scaled to ns (JIFFY_NS =
+// 1e9 / CONFIG_HZ, passed by user space when it knows HZ) cost one load, ~17 ns less per packet than
+// the coarse clock. Both tick clocks have tick resolution (1-10 ms). The jiffies clock has its own
+// origin: pp_clock samples it next to bpf_ktime_get_ns so user space can translate.
+#if !AGG_HIGH
+#define CT_NOW() bpf_ktime_get_ns()
+#elif JIFFY_NS
+#define CT_NOW() (bpf_jiffies64() * JIFFY_NS)
+#else
+#define CT_NOW() bpf_ktime_get_coarse_ns()
+#endif
+
+struct lpm_key {
+    u32 prefixlen;
+    u8 addr[16];
+};
+
+BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAX_ENTRIES);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(stats, u64, N_STATS);
+BPF_F_TABLE("lpm_trie", struct lpm_key, u8, ipfilter, FILTER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_ARRAY(flush_keys, struct ct_key, FLUSH_BATCH);
+BPF_PERCPU_ARRAY(scratch_entry, struct ct_entry, 1);  // a zeroed entry to insert (too big for the stack)
+BPF_ARRAY(clock_sample, u64, 2);  // written by pp_clock: [CT_NOW(), bpf_ktime_get_ns()]
+
+static __always_inline void stat_add(u32 idx, u64 n) {
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        *v += n;
+}
+
+static __always_inline void stat_inc(u32 idx) { stat_add(idx, 1); }
