@@ -3,10 +3,11 @@
 The same content as :func:`~retina_otel.exporters.otlp.convert.flows_to_log_records` encoded by the
 SDK (same attributes as :func:`retina_otel.flowschema.record_attributes`, timestamps, severity, body,
 event name, resource and scope), without an object per record: the encoded attribute of each distinct
-value (an address, an enum name, an endpoint entry) is made once per batch, integer attributes are
-encoded as varints in numpy, and every record is gathered from those pieces at once
-(:func:`~retina_otel.exporters.otlp.wire.assemble`: one ``bytes.join``). Only DNS rows' names and answers are encoded
-row by row. Attribute order within a record differs from the SDK's (OTLP attributes are a set).
+value (an address, an enum name, an endpoint entry) is made once (endpoint entries and addresses once
+across batches), integer attributes are encoded as varints in numpy, and every record is gathered from
+those pieces at once (:func:`~retina_otel.exporters.otlp.wire.assemble`: one ``bytes.join``). Only DNS
+rows' names and answers are looked up row by row (in a cache of encoded names). Attribute order within
+a record differs from the SDK's (OTLP attributes are a set).
 """
 
 from __future__ import annotations
@@ -201,8 +202,26 @@ def _network(b: Builder, r: npt.NDArray[Any]) -> None:
     b.categorical(code, make)
 
 
+# Encoded DNS names and answers, across batches (the same names are asked again and again); cleared
+# when it grows too big.
+_DNS_CACHE: dict[tuple[int, str, Any], bytes] = {}
+_DNS_CACHE_MAX = 16_384
+
+
+def _dns_attr(b: Builder, key: str, value: Any) -> bytes:
+    if not b.allowed(key):
+        return b""
+    cache_key = (b.number, key, tuple(value) if isinstance(value, list) else value)
+    found = _DNS_CACHE.get(cache_key)
+    if found is None:
+        if len(_DNS_CACHE) >= _DNS_CACHE_MAX:
+            _DNS_CACHE.clear()
+        found = _DNS_CACHE[cache_key] = _kv_field(key, value, b.number)
+    return found
+
+
 def _dns_extras(b: Builder, batch: FlowBatch, is_dns: npt.NDArray[np.bool_]) -> None:
-    """Names and answers of DNS rows: the only attributes encoded row by row."""
+    """Names and answers of DNS rows: the only attributes looked at row by row."""
     if batch.dns is None:
         return
     fragments = [b""]
@@ -213,13 +232,13 @@ def _dns_extras(b: Builder, batch: FlowBatch, is_dns: npt.NDArray[np.bool_]) -> 
             continue
         parts = []
         if extra.get("query") is not None:
-            parts.append(b.attr("dns.question.name", extra["query"]))
+            parts.append(_dns_attr(b, "dns.question.name", extra["query"]))
         if extra.get("answers"):
-            parts.append(b.attr("dns.answers", list(extra["answers"])))
+            parts.append(_dns_attr(b, "dns.answers", list(extra["answers"])))
         if extra.get("query_type"):
-            parts.append(b.attr("dns.question.type_name", extra["query_type"]))
+            parts.append(_dns_attr(b, "dns.question.type_name", extra["query_type"]))
         if extra.get("return_code"):
-            parts.append(b.attr("dns.response_code_name", extra["return_code"]))
+            parts.append(_dns_attr(b, "dns.response_code_name", extra["return_code"]))
         codes[i] = len(fragments)
         fragments.append(b"".join(parts))
     if len(fragments) > 1:
