@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retina_otel.component import ComponentConfig, ComponentKind, Factory
-from retina_otel.endpoints import parse_endpoint
+from retina_otel.endpoints import OptionalEndpoint
 from retina_otel.pipelinecheck import check_pipelines
 from retina_otel.registry import available_types, get_factory
 
@@ -80,17 +80,10 @@ class _Strict(BaseModel):
 
 
 class HealthConfig(_Strict):
-    endpoint: str = Field("0.0.0.0:18081", description="host:port of /healthz and /readyz; empty disables")
+    endpoint: OptionalEndpoint = Field("0.0.0.0:18081", description="host:port of /healthz and /readyz; empty disables")
     require_all_components: bool = Field(
         False, description="when true, /readyz fails while any component has failed to start"
     )
-
-    @field_validator("endpoint")
-    @classmethod
-    def _valid_endpoint(cls, value: str) -> str:
-        if value:
-            parse_endpoint(value)
-        return value
 
 
 class LogsConfig(_Strict):

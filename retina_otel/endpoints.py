@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["parse_endpoint"]
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+__all__ = ["Endpoint", "OptionalEndpoint", "checked_endpoint", "parse_endpoint"]
 
 
 def parse_endpoint(endpoint: str, *, field: str = "endpoint") -> tuple[str, int]:
@@ -15,3 +19,16 @@ def parse_endpoint(endpoint: str, *, field: str = "endpoint") -> tuple[str, int]
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{endpoint!r} is not host:port (e.g. 0.0.0.0:10093 or [::]:10093)")
     return host or "0.0.0.0", int(port_text)
+
+
+def checked_endpoint(value: str, *, optional: bool = False) -> str:
+    """``value`` when it is ``host:port`` (or empty and ``optional``); else :func:`parse_endpoint`'s error."""
+    if value or not optional:
+        parse_endpoint(value)
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(checked_endpoint)]
+"""A config field holding ``host:port``."""
+OptionalEndpoint = Annotated[str, AfterValidator(lambda value: checked_endpoint(value, optional=True))]
+"""A config field holding ``host:port``, or empty (the endpoint is off)."""

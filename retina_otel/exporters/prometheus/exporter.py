@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer, Host
-from retina_otel.endpoints import parse_endpoint
+from retina_otel.endpoints import Endpoint, parse_endpoint
 from retina_otel.httpserve import HttpServer, send_body
 from retina_otel.metrics.store import FamilySnapshot, HistogramValue, MetricKind, MetricStore
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class PrometheusConfig(ComponentConfig):
-    endpoint: str = Field("0.0.0.0:10093", description="host:port to serve /metrics on (Retina's port 10093)")
+    endpoint: Endpoint = Field("0.0.0.0:10093", description="host:port to serve /metrics on (Retina's port 10093)")
     const_labels: dict[str, str] = Field(
         default_factory=dict, description="labels added to every series (e.g. cluster); none by default"
     )
@@ -40,12 +40,6 @@ class PrometheusConfig(ComponentConfig):
         "(Retina's dashboards filter on `cluster`); empty: none (e.g. when Prometheus adds its own cluster label). "
         "A same-named key in `const_labels` wins",
     )
-
-    @field_validator("endpoint")
-    @classmethod
-    def _valid_endpoint(cls, value: str) -> str:
-        parse_endpoint(value)
-        return value
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from retina_otel.component import ComponentConfig
-from retina_otel.endpoints import parse_endpoint
+from retina_otel.endpoints import OptionalEndpoint
 from retina_otel.processors.hubblemetrics.spec import SpecError, parse_metric
 
 __all__ = ["DEFAULT_METRICS", "HubbleMetricsConfig"]
@@ -20,7 +20,7 @@ DEFAULT_METRICS = (
 
 
 class HubbleMetricsConfig(ComponentConfig):
-    endpoint: str = Field(
+    endpoint: OptionalEndpoint = Field(
         "0.0.0.0:9965", description="host:port of this family's own /metrics (Hubble's port 9965); empty: not served"
     )
     metrics: list[str] = Field(
@@ -40,13 +40,6 @@ class HubbleMetricsConfig(ComponentConfig):
     max_series_per_metric: int | None = Field(
         100_000, ge=1, description="series budget per metric; further label sets fold into one overflow series"
     )
-
-    @field_validator("endpoint")
-    @classmethod
-    def _valid_endpoint(cls, value: str) -> str:
-        if value:
-            parse_endpoint(value)
-        return value
 
     @field_validator("metrics")
     @classmethod
