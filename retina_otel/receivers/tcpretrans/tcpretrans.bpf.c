@@ -75,6 +75,21 @@ static __always_inline void v4mapped(u8 *dst, const u8 *src) {
     __builtin_memcpy(dst + 12, src, 4);
 }
 
+// The flow key from the arguments of tcp_retransmit_skb or tcp_retransmit_synack: the same address and
+// port fields, in a struct of each tracepoint's own (hence a macro).
+#define KEY_FROM_ARGS(key, args)                                     \
+    do {                                                             \
+        if ((args)->family == 2) {                                   \
+            v4mapped((key)->saddr, (args)->saddr);                   \
+            v4mapped((key)->daddr, (args)->daddr);                   \
+        } else {                                                     \
+            __builtin_memcpy((key)->saddr, (args)->saddr_v6, 16);    \
+            __builtin_memcpy((key)->daddr, (args)->daddr_v6, 16);    \
+        }                                                            \
+        (key)->sport = (args)->sport;                                \
+        (key)->dport = (args)->dport;                                \
+    } while (0)
+
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
 #ifdef HAVE_ERR
     int err = args->err;
@@ -82,15 +97,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
         return 0;
 #endif
     struct retrans_key key = {};
-    if (args->family == 2) {
-        v4mapped(key.saddr, args->saddr);
-        v4mapped(key.daddr, args->daddr);
-    } else {
-        __builtin_memcpy(key.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(key.daddr, args->daddr_v6, 16);
-    }
-    key.sport = args->sport;
-    key.dport = args->dport;
+    KEY_FROM_ARGS(&key, args);
     u16 segs = 0;
     bpf_probe_read_kernel(&segs, sizeof(segs), (void *)args->skbaddr + OFF_SKB_CB + OFF_GSO_SEGS);
     count(&key, segs ? segs : 1, args->state);
@@ -100,15 +107,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
 #ifdef HAVE_SYNACK
 TRACEPOINT_PROBE(tcp, tcp_retransmit_synack) {
     struct retrans_key key = {};
-    if (args->family == 2) {
-        v4mapped(key.saddr, args->saddr);
-        v4mapped(key.daddr, args->daddr);
-    } else {
-        __builtin_memcpy(key.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(key.daddr, args->daddr_v6, 16);
-    }
-    key.sport = args->sport;
-    key.dport = args->dport;
+    KEY_FROM_ARGS(&key, args);
     count(&key, 1, 12);  // TCP_NEW_SYN_RECV: a request socket's SYN-ACK
     return 0;
 }
