@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.flows import FlowBatch
+from retina_otel.metrics.deferred import Deferred
 from retina_otel.metrics.store import Family, MetricKind, MetricStore
 from retina_otel.processors.flowmetrics.aggregate import Aggregator, BatchResult
 from retina_otel.processors.flowmetrics.config import FlowMetricsConfig
@@ -84,7 +84,7 @@ class FlowMetricsProcessor:
         self._static_plan: Plan = Plan()
         self._crd_plan: Plan | None = None
         self._watcher: Any = None
-        self._pending_forget: list[tuple[float, frozenset[str]]] = []
+        self._pending_forget: Deferred[frozenset[str]] = Deferred()
         self._started = False
         self._errors = 0
 
@@ -137,8 +137,7 @@ class FlowMetricsProcessor:
             return 0
         delay = self.config.pod_forget_delay_seconds if delay_seconds is None else delay_seconds
         if delay > 0:
-            with self._lock:
-                self._pending_forget.append((time.monotonic() + delay, wanted))
+            self._pending_forget.add(wanted, delay)
             return 0
         return self._remove_pods(wanted)
 
@@ -160,13 +159,7 @@ class FlowMetricsProcessor:
         return removed
 
     def _sweep_forgotten(self) -> None:
-        if not self._pending_forget:
-            return
-        now = time.monotonic()
-        with self._lock:
-            due = [pods for deadline, pods in self._pending_forget if deadline <= now]
-            self._pending_forget = [(d, p) for d, p in self._pending_forget if d > now]
-        for pods in due:
+        for pods in self._pending_forget.due():
             self._remove_pods(pods)
 
     # -- the flow path -----------------------------------------------------------------------------

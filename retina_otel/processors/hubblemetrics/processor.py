@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.exporters.prometheus import PrometheusConfig, PrometheusExporter, with_cluster_label
 from retina_otel.extension_keys import K8S_CACHE
 from retina_otel.flows import FlowBatch
+from retina_otel.metrics.deferred import Deferred
 from retina_otel.metrics.store import Family, MetricStore
 from retina_otel.processors.hubblemetrics.aggregate import FAMILIES, HubbleAggregator, family_labels
 from retina_otel.processors.hubblemetrics.config import HubbleMetricsConfig
@@ -51,9 +51,8 @@ class HubbleMetricsProcessor:
         self._server: PrometheusExporter | None = None
         self._started = False
         self._errors = 0
-        self._lock = threading.Lock()
         self._aggregate_lock = threading.Lock()
-        self._pending_forget: list[tuple[float, set[str]]] = []  # (monotonic deadline, pod context values)
+        self._pending_forget: Deferred[set[str]] = Deferred()  # pod context values
         # Families with a `pod` context: Hubble removes a deleted pod's series from them.
         self._pod_labels = {
             name: [label for label, present in (("source", spec.context.has_source),
@@ -106,8 +105,7 @@ class HubbleMetricsProcessor:
         if not values:
             return 0
         if delay_seconds:
-            with self._lock:
-                self._pending_forget.append((time.monotonic() + delay_seconds, values))
+            self._pending_forget.add(values, delay_seconds)
             return 0
         return self._remove(values)
 
@@ -120,13 +118,7 @@ class HubbleMetricsProcessor:
         return removed
 
     def _sweep_forgotten(self) -> None:
-        if not self._pending_forget:
-            return
-        now = time.monotonic()
-        with self._lock:
-            due = [values for deadline, values in self._pending_forget if deadline <= now]
-            self._pending_forget = [(d, v) for d, v in self._pending_forget if d > now]
-        for values in due:
+        for values in self._pending_forget.due():
             self._remove(values)
 
     def consume_flows(self, batch: FlowBatch) -> None:
