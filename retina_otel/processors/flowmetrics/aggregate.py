@@ -195,6 +195,20 @@ class Aggregator:
                 columns.append(column)
 
     @staticmethod
+    def _add_reason_direction(
+        flat: FlatRows, reason: bool, parts: list[tuple[npt.NDArray[np.integer], int]], columns: list[LabelColumn]
+    ) -> None:
+        """Append the drop reason (with ``reason``) and direction codes and label columns: the base labels of
+        the forward, drop and retransmission counts."""
+        if reason:
+            codes, size, table = reason_column(flat.column("drop_reason"))
+            parts.append((codes, size))
+            columns.append((table, codes))
+        direction = flat.direction()
+        parts.append((direction, 3))
+        columns.append((DIRECTION_LABELS, direction))
+
+    @staticmethod
     def _plan_key(mp: MetricPlan) -> tuple[Any, ...]:
         return (mp.remote, mp.source, mp.destination if mp.remote else None, mp.is_reply)
 
@@ -222,13 +236,7 @@ class Aggregator:
                 continue
             parts: list[tuple[npt.NDArray[np.integer], int]] = []
             columns: list[LabelColumn] = []
-            if reason:
-                codes, size, table = reason_column(flat.column("drop_reason"))
-                parts.append((codes, size))
-                columns.append((table, codes))
-            direction = flat.direction()
-            parts.append((direction, 3))
-            columns.append((DIRECTION_LABELS, direction))
+            self._add_reason_direction(flat, reason, parts, columns)
             self._add_contexts(flat, mp0, parts, columns)
             if mp0.is_reply:
                 is_reply = flat.is_reply()
@@ -369,13 +377,7 @@ class Aggregator:
             return
         parts: list[tuple[npt.NDArray[np.integer], int]] = []
         columns: list[LabelColumn] = []
-        if kind == "drop":
-            codes, size, table = reason_column(flat.column("drop_reason"))
-            parts.append((codes, size))
-            columns.append((table, codes))
-        direction = flat.direction()
-        parts.append((direction, 3))
-        columns.append((DIRECTION_LABELS, direction))
+        self._add_reason_direction(flat, kind == "drop", parts, columns)
         grouping = group_rows(flat.n, parts)
         labels = compose(grouping.rep, columns)
         packets = np.maximum(flat.column("packets"), 1) if kind == "drop" else flat.column("packets")
