@@ -9,6 +9,7 @@ import types
 from typing import Any
 
 import numpy as np
+import pytest
 from google.protobuf.json_format import MessageToDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -199,3 +200,18 @@ def test_a_large_realistic_batch() -> None:
 
 def test_empty_batch_is_an_empty_request() -> None:
     assert encode_flow_logs(FlowBatch.empty(0), BASE, SCOPE) == b""
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.lists(rows(), min_size=1, max_size=6), min_size=2, max_size=4))
+def test_address_cache_overflow_starts_over(
+    monkeypatch: pytest.MonkeyPatch, batches: list[list[dict[str, Any]]]
+) -> None:
+    from retina_otel.exporters.otlp import logwire
+
+    monkeypatch.setattr(logwire, "_ADDRESS_CACHE_MAX", 5)  # a few batches fill it, empty it, fill it again
+    monkeypatch.setattr(logwire, "_ADDRESS_CACHE", {})
+    for values in batches:
+        assert_same(make_batch(values))

@@ -29,6 +29,7 @@ from retina_otel.exporters.otlp.wire import (
     field_bytes,
     key_value,
     matrix,
+    objects,
     table,
     varint,
     varint_matrix,
@@ -151,27 +152,37 @@ class Builder:
         self.columns.append(matrix(rows, lens))
 
 
-# Encoded address attributes, across batches (the same pods talk again); cleared when it grows too big.
-_ADDRESS_CACHE: dict[tuple[str, bytes, int], bytes] = {}
-_ADDRESS_CACHE_MAX = 16_384  # ~3 MB at most
-
-
-def _address(key: str, raw: bytes, number: int) -> bytes:
-    found = _ADDRESS_CACHE.get((key, raw, number))
-    if found is None:
-        if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_MAX:
-            _ADDRESS_CACHE.clear()
-        found = _ADDRESS_CACHE[(key, raw, number)] = _kv_field(key, str(bytes_to_ip(raw)), number)
-    return found
+# Encoded address attributes, across batches (the same pods talk again), per (key, field number): the
+# known addresses sorted (numpy looks a batch's addresses up at once), their encoded attributes and
+# lengths. Replaced whole on a miss (a reader keeps a consistent snapshot); emptied past the maximum.
+_ADDRESS_CACHE: dict[tuple[str, int], tuple[npt.NDArray[Any], npt.NDArray[np.object_], npt.NDArray[np.int64]]] = {}
+_ADDRESS_CACHE_MAX = 16_384  # per key: ~1 MB
 
 
 def _addresses(b: Builder, key: str, column: npt.NDArray[Any]) -> None:
     if not b.allowed(key):
         return
     raw = np.ascontiguousarray(column)
-    _, first, inverse = np.unique(raw.view("S16"), return_index=True, return_inverse=True)
-    fragments = [_address(key, raw[i].tobytes(), b.number) for i in first.tolist()]
-    b.columns.append(table(fragments, inverse.reshape(-1)))
+    uniq, first, inverse = np.unique(raw.view("S16"), return_index=True, return_inverse=True)
+    empty = (np.empty(0, "S16"), np.empty(0, object), np.empty(0, np.int64))
+    known, parts, lens = _ADDRESS_CACHE.get((key, b.number)) or empty
+    pos = np.searchsorted(known, uniq)
+    hit = pos < known.shape[0]
+    hit[hit] = known[pos[hit]] == uniq[hit]
+    if not hit.all():
+        if known.shape[0] + int((~hit).sum()) > _ADDRESS_CACHE_MAX:
+            known, parts, lens = known[:0], parts[:0], lens[:0]
+            hit[:] = False
+        new = [_kv_field(key, str(bytes_to_ip(raw[i])), b.number) for i in first[~hit].tolist()]
+        known = np.concatenate([known, uniq[~hit]])
+        parts = np.concatenate([parts, objects(new)])
+        lens = np.concatenate([lens, np.fromiter(map(len, new), np.int64, len(new))])
+        order = np.argsort(known, kind="stable")
+        known, parts, lens = known[order], parts[order], lens[order]
+        _ADDRESS_CACHE[(key, b.number)] = (known, parts, lens)
+        pos = np.searchsorted(known, uniq)
+    rows = pos[inverse.reshape(-1)]
+    b.columns.append(Segments(parts[rows], lens[rows]))
 
 
 def _network(b: Builder, r: npt.NDArray[Any]) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "field_bytes",
     "key_value",
     "matrix",
+    "objects",
     "table",
     "varint",
     "varint_matrix",
@@ -131,7 +132,8 @@ class Segments:
     lens: I64
 
 
-def _objects(values: Sequence[bytes]) -> npt.NDArray[np.object_]:
+def objects(values: Sequence[bytes]) -> npt.NDArray[np.object_]:
+    """A numpy array of the byte strings (object dtype: numpy keeps them as they are)."""
     out = np.empty(len(values), object)
     out[:] = values
     return out
@@ -147,7 +149,7 @@ def table(fragments: Sequence[bytes], codes: npt.ArrayLike) -> Segments:
     """Row ``i`` is ``fragments[codes[i]]``: the bytes of each distinct value are made once."""
     lens = np.fromiter((len(f) for f in fragments), np.int64, len(fragments))
     index = np.asarray(codes, np.intp)
-    return Segments(_objects(fragments)[index], lens[index])
+    return Segments(objects(fragments)[index], lens[index])
 
 
 def matrix(rows: U8, lens: I64) -> Segments:
@@ -161,7 +163,7 @@ def matrix(rows: U8, lens: I64) -> Segments:
     for count in np.unique(missing[missing > 0]).tolist():
         short = np.flatnonzero(missing == count)
         pad = bytes(count)
-        parts[short] = _objects([p + pad for p in parts[short].tolist()])
+        parts[short] = objects([p + pad for p in parts[short].tolist()])
     parts[lens == 0] = b""
     return Segments(parts, lens)
 
