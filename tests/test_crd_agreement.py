@@ -1,5 +1,5 @@
 """The CRDs' OpenAPI schemas (crds/schemas.py) and the pydantic models the operator and agent parse specs
-with (crds/models.py) accept and reject the same objects.
+with (crds/models/) accept and reject the same objects.
 
 Cases are generated both ways from valid seeds (the example manifests and minimal specs), at every
 node the schema describes: *breaking* mutations the schema forbids (another JSON type, a value outside
