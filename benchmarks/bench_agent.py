@@ -150,16 +150,27 @@ class AgentProcess:
 
 
 def _config_with(receivers: tuple[str, ...], workdir: Path) -> Path:
-    """The embedded default restricted to ``receivers`` (pipelines left without one are dropped)."""
+    """The embedded default restricted to ``receivers`` (pipelines left without one are dropped; a
+    connector stays when a kept pipeline feeds it)."""
     raw = yaml.safe_load(default_config_text(env={}))
     raw["receivers"] = {k: v for k, v in raw["receivers"].items() if k in receivers}
-    pipelines = {}
-    for name, p in raw["service"]["pipelines"].items():
-        p["receivers"] = [r for r in p["receivers"] if r in receivers]
-        if p["receivers"]:
-            pipelines[name] = p
-    raw["service"]["pipelines"] = pipelines
-    used = {proc for p in pipelines.values() for proc in p.get("processors", [])}
+    connectors = raw.get("connectors") or {}
+    pipelines = raw["service"]["pipelines"]
+    fed = {
+        e for p in pipelines.values() if any(r in receivers for r in p["receivers"]) for e in p["exporters"]
+    } & set(connectors)
+    kept = {}
+    for name, p in pipelines.items():
+        p["receivers"] = [r for r in p["receivers"] if r in receivers or r in fed]
+        p["exporters"] = [e for e in p["exporters"] if e not in connectors or e in fed]
+        if p["receivers"] and p["exporters"]:
+            kept[name] = p
+    raw["service"]["pipelines"] = kept
+    if connectors:
+        raw["connectors"] = {k: v for k, v in connectors.items() if k in fed}
+        if not raw["connectors"]:
+            del raw["connectors"]
+    used = {proc for p in kept.values() for proc in p.get("processors", [])}
     raw["processors"] = {k: v for k, v in raw["processors"].items() if k in used}
     path = workdir / f"alone-{'-'.join(receivers)}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
