@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,11 @@ def running(
     sandbox: Sandbox, request: pytest.FixtureRequest
 ) -> Iterator[tuple[PacketParserReceiver, TestHost, Sandbox]]:
     client, server = sandbox.add_pod("cli", ipv6=False), sandbox.add_pod("srv", ipv6=False)
+    # No IPv6 at all on these links: router solicitations and MLD reports of link-local addresses would be
+    # connections in the table too, and they are sent at times the test does not control.
+    for pod in (client, server):
+        pod.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+        Path(f"/proc/sys/net/ipv6/conf/{pod.host_veth}/disable_ipv6").write_text("1")
     for src, dst in ((client, server), (server, client)):
         assert wait_for(lambda s=src, d=dst: pings(s, d.ipv4))
     nft(client, count_table([server.ipv4]))
