@@ -428,7 +428,29 @@ def test_file_source_reloads(tmp_path: Any) -> None:
         assert wait_for(lambda: cache.pod_by_ip("198.18.3.7") is None)
         assert cache.service_by_ip("198.18.100.1") is None
         path.write_text("endpoints: [{oops")
-        time.sleep(0.2)
-        assert cache.pod_by_ip("198.18.3.8") is not None and source.errors >= 1
+        assert wait_for(lambda: source.errors >= 1)
+        assert cache.pod_by_ip("198.18.3.8") is not None
+    finally:
+        source.shutdown()
+
+
+def test_file_source_waits_for_a_write_to_settle(tmp_path: Any) -> None:
+    """A writer that truncates and then writes is not seen half-way (the empty file would remove every pod)."""
+    path = tmp_path / "endpoints.yaml"
+    path.write_text("endpoints: [{name: web-1, namespace: shop, ips: [198.18.3.7]}]\n")
+    cache = K8sCache(grace_period=0)
+    source = FileSource(cache, path, poll_interval=3600)  # polled by hand below
+    source.start()
+    try:
+        assert cache.pod_by_ip("198.18.3.7") is not None
+        path.write_text("")  # the truncation, as a poll sees it between open(path, "w") and write()
+        assert not source.reload_if_changed() and cache.pod_by_ip("198.18.3.7") is not None
+        path.write_text(
+            "endpoints: [{name: web-1, namespace: shop, ips: [198.18.3.7]}, {name: api-1, ips: [198.18.3.8]}]\n"
+        )
+        assert not source.reload_if_changed() and cache.pod_by_ip("198.18.3.8") is None
+        assert source.reload_if_changed()  # unchanged for one poll: loaded
+        assert cache.pod_by_ip("198.18.3.7") is not None and cache.pod_by_ip("198.18.3.8") is not None
+        assert source.loads == 2 and source.errors == 0
     finally:
         source.shutdown()

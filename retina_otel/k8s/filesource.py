@@ -27,7 +27,10 @@ Format (every section optional)::
 
 The file is polled for a changed modification time or size (``poll_interval``, default 1 s) and every
 change replaces the whole cache content, exactly like a relist (removed endpoints become tombstones).
-A file that fails to parse is logged and the previous content kept.
+A change is loaded once it has been stable for one poll (same modification time and size on two polls
+in a row): a writer that truncates and then writes (most editors, ``open(path, "w")``) is otherwise
+seen half-way, as an empty file that would remove every endpoint. A file that fails to parse is logged
+and the previous content kept.
 """
 
 from __future__ import annotations
@@ -122,7 +125,8 @@ class FileSource:
         self.poll_interval = poll_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int] | None = None  # of the content loaded
+        self._seen: tuple[int, int] | None = None  # at the previous poll
         self.loads = 0
         self.errors = 0
 
@@ -130,7 +134,7 @@ class FileSource:
         if self._thread is not None:
             return
         self.cache.expect(("pods", "services", "nodes", "namespaces"))
-        self.reload_if_changed()
+        self.reload_if_changed(settle=False)
         self._thread = threading.Thread(target=self._run, name="k8s-file-source", daemon=True)
         self._thread.start()
 
@@ -144,13 +148,15 @@ class FileSource:
             self.reload_if_changed()
             self.cache.purge()
 
-    def reload_if_changed(self) -> bool:
+    def reload_if_changed(self, settle: bool = True) -> bool:
+        """Load the file if it changed; with ``settle``, only once the change held for one poll."""
         try:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size)
         except OSError:
             stamp = (0, 0)
-        if stamp == self._stamp:
+        seen, self._seen = self._seen, stamp
+        if stamp == self._stamp or (settle and stamp != seen):
             return False
         self._stamp = stamp
         try:
