@@ -13,6 +13,10 @@
 3. N short TCP connections (20K, quick: 2K) with TCP timestamps off, each with a distinct client port and
    request/response sizes: per connection, the rows must give exactly 1 SYN, 1 SYN-ACK, 1 FIN each way and
    payload = bytes - 40 * packets - SYN options (12 bytes) in each direction.
+4. User space per flow row (no kernel; alone: ``python benchmarks/bench_packetparser.py``): ring-buffer
+   records -> emitted FlowBatch through the receiver's own path, on 16,384 fake records in memory laid
+   out like the ring buffer; the conntrack metrics' sums per batch; the column-by-column conversion the
+   receiver did before reports were laid out as flow rows, for comparison.
 """
 
 from __future__ import annotations
@@ -32,10 +36,20 @@ import numpy as np
 from retina_otel.bpf.tc import Attacher, FilterSpec, make_attacher
 from retina_otel.bpf.tcx import tcx_supported
 from retina_otel.component import CreateSettings
-from retina_otel.flows import TcpFlag, ip_to_bytes
+from retina_otel.flows import FlowBatch, TcpFlag, ip_to_bytes
+from retina_otel.metrics.store import MetricStore
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
+from retina_otel.receivers.packetparser.ctmetrics import ConntrackMetrics
 from retina_otel.receivers.packetparser.kernel import prog_test_run
 from retina_otel.receivers.packetparser.receiver import FILTER_SPEC, PacketParserReceiver
+from retina_otel.receivers.packetparser.records import (
+    FLOW_COLUMN_OF_REPORT,
+    N_FLAGS,
+    REPORT_BYTES,
+    RINGBUF_RECORD_DTYPE,
+    reports_to_batch,
+)
+from retina_otel.receivers.packetparser.ringmem import RingMemory
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import CollectingConsumer, TestHost
 
@@ -467,6 +481,79 @@ def _prog_ns_per_run(sb: Sandbox, repeat: int = 200_000, samples: int = 9) -> di
     }
 
 
+class _Discard:
+    """A next consumer that lets each batch go (its rows are freed, as when an exporter is done with them)."""
+
+    def consume_flows(self, batch: FlowBatch) -> None:
+        pass
+
+
+def _fake_ring_records(n: int) -> np.ndarray:
+    """``n`` committed ring records of reports like short TCP connections' (random addresses and ports)."""
+    rng = np.random.default_rng(13)
+    recs = np.zeros(n, dtype=RINGBUF_RECORD_DTYPE)
+    recs.view(np.uint8).reshape(n, recs.itemsize)[:, 8:] = rng.integers(0, 256, (n, recs.itemsize - 8), np.uint8)
+    recs["hdr_len"] = REPORT_BYTES
+    r = recs["report"]
+    r["t_first"] = rng.integers(1 << 40, 1 << 41, n, dtype=np.uint64)
+    r["t_last"] = r["t_first"] + rng.integers(0, 1 << 20, n, dtype=np.uint64)
+    r["obs"] = rng.integers(1, 5, n)
+    r["packets"] = rng.integers(1, 8, n)
+    r["bytes"] = r["packets"] * 60
+    r["flags"] = rng.integers(0, 2, (n, N_FLAGS))
+    return recs
+
+
+def _column_by_column(reports: np.ndarray, offset: int) -> np.ndarray:
+    """The conversion before reports were laid out as flow rows: one strided copy per column."""
+    out = FlowBatch.empty(int(reports.shape[0])).records
+    for field, column in FLOW_COLUMN_OF_REPORT.items():
+        out[column] = reports[field]
+    out["time_start_ns"] += np.uint64(offset)
+    out["time_end_ns"] += np.uint64(offset)
+    return out
+
+
+def user_space_ns_per_row(rows: int = 16384, reads: tuple[int, ...] = (1, 8), reps: int = 30) -> dict[str, Any]:
+    """User-space ns per flow row from ring-buffer records to an emitted FlowBatch, on records written into
+    memory laid out like the ring buffer (no kernel): the receiver's own _drain_ring and _emit, the batch of
+    ``rows`` rows arriving in 1 or 8 ring reads; count_records (conntrack metrics) per batch; and the
+    column-by-column conversion of the same reports for comparison."""
+    recs = _fake_ring_records(rows)
+    ring = RingMemory(1 << (recs.nbytes - 1).bit_length())
+    offset = 1_700_000_000_000_000_000
+    out: dict[str, Any] = {"test": "user_space_rows", "agent": "low", "rows": rows}
+    for n_reads in reads:
+        config = PacketParserConfig(max_batch_size=rows, enable_conntrack_metrics=False)
+        receiver = PacketParserReceiver(CreateSettings("packetparser", "receiver"), config, _Discard())
+        receiver._ring = ring.reader(RINGBUF_RECORD_DTYPE)
+        receiver._clock_offset_ns = offset
+        times = []
+        for _ in range(reps):
+            elapsed = 0
+            for part in np.array_split(recs, n_reads):
+                ring.publish(part)
+                started = time.perf_counter_ns()
+                receiver._drain_ring()  # emits when the batch is full
+                elapsed += time.perf_counter_ns() - started
+            assert receiver.rows_emitted % rows == 0
+            times.append(elapsed)
+        out[f"ring_to_batch_ns_per_row_{n_reads}_reads"] = round(float(np.median(times)) / rows, 1)
+    batch = reports_to_batch(recs["report"], offset, "packetparser").records
+    metrics = ConntrackMetrics(MetricStore())
+    for name, fn in (
+        ("count_records_ns_per_row", lambda: metrics.count_records(batch)),
+        ("column_by_column_ns_per_row", lambda: _column_by_column(recs["report"], offset)),
+    ):
+        samples = []
+        for _ in range(reps):
+            started = time.perf_counter_ns()
+            fn()
+            samples.append(time.perf_counter_ns() - started)
+        out[name] = round(float(np.median(samples)) / rows, 1)
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     seconds = 3.0 if quick else 4.0
     rounds = 2 if quick else 8
@@ -482,6 +569,7 @@ def run(quick: bool) -> dict[str, Any]:
         rows.append(toggled)
         rows.append(_tcp_connections(sb, a, b, conns))
     rows.append(prog_ns)
+    rows.append(user_space_ns_per_row())
     high = next(r for r in rows if r["agent"] == "high" and r["test"] == "udp64")
     low = next(r for r in rows if r["agent"] == "low" and r["test"] == "udp64")
     tcp = next(r for r in rows if r["test"] == "short_tcp")
@@ -534,6 +622,13 @@ def run(quick: bool) -> dict[str, Any]:
             "ringbuf_full counts reports that did not fit (their counts ride on a later report, so totals "
             "stay exact). agent_cpu_s: user+system CPU of the agent process (reader thread, link watcher) "
             "during the run; the in-kernel BPF cost shows in the pps ratio instead. short_tcp: per-connection "
-            "exact payload bytes and SYN/SYN-ACK/FIN counts from the rows, TCP timestamps off."
+            "exact payload bytes and SYN/SYN-ACK/FIN counts from the rows, TCP timestamps off. user_space_rows: "
+            "median ns per row over 30 batches of 16,384 fake reports (ring_to_batch: the receiver's "
+            "_drain_ring and _emit, the batch arriving in 1 or 8 ring reads; count_records: the conntrack "
+            "metrics' sums; column_by_column: the former conversion of the same reports)."
         ),
     }
+
+
+if __name__ == "__main__":  # only the user-space case (no kernel, ~2 s): python benchmarks/bench_packetparser.py
+    print(json.dumps(user_space_ns_per_row(), indent=1))

@@ -79,11 +79,15 @@ def test_request_and_response_at_one_veth_count_once() -> None:
 
     # The kernel's two reports at the client's veth for one UDP request and its response (packetparser.bpf.c:
     # the request is added to d[0].packets and d[1].rev_packets; the response's report takes both).
+    # The kernel writes direction (from the observation point), verdict and event itself (pp_report.h).
     reports = np.zeros(2, dtype=records.REPORT_DTYPE)
     reports["proto"], reports["ipver"], reports["ifindex"] = 17, 4, 11
+    reports["verdict"], reports["event"] = Verdict.FORWARDED, Event.FLOW
     reports["packets"], reports["bytes"] = 1, 100
-    reports["src"][0], reports["dst"][0], reports["obs"][0] = ip_to_bytes(CLIENT), ip_to_bytes(SERVER), 1
-    reports["src"][1], reports["dst"][1], reports["obs"][1] = ip_to_bytes(SERVER), ip_to_bytes(CLIENT), 2
+    reports["src"][0], reports["dst"][0] = ip_to_bytes(CLIENT), ip_to_bytes(SERVER)
+    reports["obs"][0], reports["direction"][0] = ObservationPoint.FROM_ENDPOINT, Direction.EGRESS
+    reports["src"][1], reports["dst"][1] = ip_to_bytes(SERVER), ip_to_bytes(CLIENT)
+    reports["obs"][1], reports["direction"][1] = ObservationPoint.TO_ENDPOINT, Direction.INGRESS
     reports["is_reply"][1], reports["rev_packets"][1], reports["rev_bytes"][1] = 1, 1, 100
     batch = records.reports_to_batch(reports, 0, "packetparser")
     # Two packets crossed the veth, one each way: reply columns are informational (flows.FLOW_DTYPE).

@@ -23,7 +23,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 from retina_otel.bpf import load_bpf
-from retina_otel.flows import TcpFlag, bytes_to_ip
+from retina_otel.flows import Direction, Event, ObservationPoint, TcpFlag, Verdict, bytes_to_ip
 from retina_otel.receivers.packetparser import PacketParserConfig
 from retina_otel.receivers.packetparser.kernel import RingBufReader, prog_test_run
 from retina_otel.receivers.packetparser.receiver import BPF_SOURCE, build_cflags
@@ -84,6 +84,25 @@ def test_ipv4_tcp_flags(harness: Harness) -> None:
     r = _one(harness.run(bytes(synack))[0])
     assert r["is_reply"] == 1
     assert r["flags"][TcpFlag.SYNACK] == 1 and r["flags"][TcpFlag.SYN] == 0 and r["flags"][TcpFlag.ECE] == 1
+
+
+def test_each_observation_point_reports_its_direction(harness: Harness) -> None:
+    """The kernel writes direction (from the observation point), verdict and event into the report itself."""
+    from bcc import BPF
+
+    want = {
+        "pp_from_endpoint": (ObservationPoint.FROM_ENDPOINT, Direction.EGRESS),
+        "pp_to_endpoint": (ObservationPoint.TO_ENDPOINT, Direction.INGRESS),
+        "pp_from_network": (ObservationPoint.FROM_NETWORK, Direction.INGRESS),
+        "pp_to_network": (ObservationPoint.TO_NETWORK, Direction.EGRESS),
+    }
+    for i, (name, (obs, direction)) in enumerate(want.items()):
+        fd = harness.bpf.load_func(name.encode(), BPF.SCHED_CLS).fd
+        pkt = Ether() / IP(src="198.18.1.1", dst="198.18.1.2") / UDP(sport=7000 + i, dport=9) / b"x"
+        assert prog_test_run(fd, bytes(pkt)).retval == TC_ACT_UNSPEC
+        r = _one(harness.ring.read()["report"])
+        assert (r["obs"], r["direction"], r["verdict"], r["event"]) == (obs, direction, Verdict.FORWARDED, Event.FLOW)
+        assert (r["sport"], r["packets"], r["bytes"], r["sampled"]) == (7000 + i, 1, 29, 0)
 
 
 def test_ipv4_options(harness: Harness) -> None:

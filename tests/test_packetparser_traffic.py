@@ -20,7 +20,7 @@ from pyroute2 import IPRoute
 from retina_otel.bpf.tc import FilterSpec, TcAttacher, list_filters
 from retina_otel.bpf.tcx import tcx_query
 from retina_otel.component import CreateSettings
-from retina_otel.flows import Direction, ObservationPoint, TcpFlag, ip_to_bytes
+from retina_otel.flows import Direction, Event, ObservationPoint, TcpFlag, Verdict, ip_to_bytes
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
 from retina_otel.receivers.packetparser.receiver import FILTER_SPEC, PacketParserReceiver
 from retina_otel.sandbox import Pod, Sandbox
@@ -176,6 +176,10 @@ def test_tcp_exchange_exact_totals(sandbox: Sandbox, make_agent: object, ipv6: b
         assert set(rev["observation_point"].tolist()) == {rev_obs}
         want_dir = Direction.EGRESS if fwd_obs == ObservationPoint.FROM_ENDPOINT else Direction.INGRESS
         assert set(fwd["direction"].tolist()) == {want_dir}
+        assert set(rev["direction"].tolist()) == {Direction.EGRESS + Direction.INGRESS - want_dir}
+        both = np.concatenate([fwd, rev])  # verdict and event are the kernel's too (pp_report.h)
+        assert set(both["verdict"].tolist()) == {Verdict.FORWARDED} and set(both["event"].tolist()) == {Event.FLOW}
+        assert set(both["src_endpoint"].tolist()) == set(both["dst_endpoint"].tolist()) == {-1}
         assert set(fwd["dst_port"].tolist()) == {port}
         f_flags = fwd["tcp_flags"].sum(axis=0)
         r_flags = rev["tcp_flags"].sum(axis=0)

@@ -26,7 +26,8 @@ from retina_otel.metrics.store import Family, MetricStore
 
 __all__ = ["ConntrackMetrics"]
 
-_TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.uint8)
+_TX_POINTS = np.array([ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_NETWORK], dtype=np.intp)
+_N_POINTS = max(ObservationPoint) + 1
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -81,12 +82,14 @@ class ConntrackMetrics:
         self._ids: list[npt.NDArray[np.uint64]] = []
 
     def count_records(self, records: npt.NDArray[np.void]) -> None:
-        tx = np.isin(records["observation_point"], _TX_POINTS)
-        packets, size = records["packets"], records["bytes"]
-        self._counters["packets_tx"].add((), float(packets[tx].sum()))
-        self._counters["packets_rx"].add((), float(packets[~tx].sum()))
-        self._counters["bytes_tx"].add((), float(size[tx].sum()))
-        self._counters["bytes_rx"].add((), float(size[~tx].sum()))
+        """Add a batch's packets and bytes to the counters: sums per observation point (one bincount per
+        column), then the tx points' sums and the rest's."""
+        obs = records["observation_point"]
+        for column, tx_name, rx_name in (("packets", "packets_tx", "packets_rx"), ("bytes", "bytes_tx", "bytes_rx")):
+            per_point = np.bincount(obs, weights=records[column], minlength=_N_POINTS)
+            tx = float(per_point[_TX_POINTS].sum())
+            self._counters[tx_name].add((), tx)
+            self._counters[rx_name].add((), float(per_point.sum()) - tx)
 
     def begin(self) -> None:
         self._totals[:] = 0

@@ -4,7 +4,8 @@
   flush program and by the tests on crafted packets).
 * Map batch reads and writes are :mod:`retina_otel.bpf.mapbatch`'s.
 * :class:`RingBufReader`: a ring-buffer consumer over the map's mmap'ed pages that hands back whole
-  runs of fixed-size records as one numpy array, instead of one Python callback per record.
+  runs of fixed-size records as one numpy array (or copies their bodies straight into rows the caller
+  owns), instead of one Python callback per record.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ class RingBufReader:
     """Consume a BPF ring buffer whose records all have ``record_dtype`` (header included).
 
     The kernel maps the data area twice in a row, so a run of records that wraps around the end is
-    contiguous in our mapping. We copy the run ``[consumer, producer)`` in one go, stop at the first
-    record still being written (BUSY bit), skip discarded ones, and advance the consumer position.
+    contiguous in our mapping. We copy the run ``[consumer, producer)`` in one go (:meth:`read`: the
+    records; :meth:`read_into`: their bodies, into the caller's rows), stop at the first record still
+    being written (BUSY bit), skip discarded ones, and advance the consumer position.
     Single consumer: callers serialise :meth:`read`.
 
     Memory ordering (the kernel's side is ``kernel/bpf/ringbuf.c``: reserve publishes ``producer_pos``
@@ -106,45 +108,98 @@ class RingBufReader:
     def __init__(self, map_fd: int, size: int, record_dtype: np.dtype) -> None:
         page = PAGE_SIZE
         check_ring_size(size)
-        self._size = size
-        self._rec = record_dtype
-        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self._page = page
-        self._data = np.frombuffer(self._producer, dtype=np.uint8)
-        self._atomics = atomics.load()
-        self._consumer_addr = np.frombuffer(self._consumer, dtype=np.uint8).ctypes.data
-        self._producer_addr = self._data.ctypes.data
+        consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._maps: tuple[mmap.mmap, ...] = (consumer, producer)
+        as_bytes = np.frombuffer(consumer, dtype=np.uint8), np.frombuffer(producer, dtype=np.uint8)
+        self._setup(*as_bytes, size, record_dtype)
+
+    @classmethod
+    def over_memory(
+        cls, consumer: npt.NDArray[np.uint8], producer: npt.NDArray[np.uint8], size: int, record_dtype: np.dtype
+    ) -> RingBufReader:
+        """A reader over memory laid out like the map's: ``consumer`` (a page starting with the consumer
+        position) and ``producer`` (a page starting with the producer position, then the data area twice);
+        for measuring and testing the reader without a kernel."""
+        reader = cls.__new__(cls)
+        reader._maps = ()
+        reader._setup(consumer, producer, size, record_dtype)
+        return reader
+
+    def _setup(
+        self, consumer: npt.NDArray[np.uint8], producer: npt.NDArray[np.uint8], size: int, record_dtype: np.dtype
+    ) -> None:
         if record_dtype.fields is None or record_dtype.fields["hdr_len"][1] != 0 or record_dtype.itemsize % 8:
             raise ValueError("record_dtype must start with the 4-byte hdr_len and be a multiple of 8 bytes")
+        if producer.shape[0] < PAGE_SIZE + 2 * size:
+            raise ValueError("the producer mapping holds a page and the data area twice")
+        self._size = size
+        self._rec = record_dtype
+        self._page = PAGE_SIZE
+        self._data = producer
+        self._atomics = atomics.load()
+        self._consumer_addr = consumer.ctypes.data
+        self._producer_addr = producer.ctypes.data
 
-    def read(self, max_records: int | None = None) -> npt.NDArray[np.void]:
+    def _committed(self, max_records: int | None) -> tuple[int, int, int, npt.NDArray[np.uint32]]:
+        """Steps 1-2: (consumer position, start in our mapping, records ready, their headers)."""
         rec = self._rec.itemsize
         cons = self._atomics.load_acquire(self._consumer_addr)  # only we write it
         prod = self._atomics.load_acquire(self._producer_addr)
         avail = prod - cons
         if avail <= 0:
-            return np.zeros(0, dtype=self._rec)
+            return cons, 0, 0, np.zeros(0, dtype=np.uint32)
         n = avail // rec
         if avail % rec:
             raise RuntimeError("ring buffer holds records of an unexpected size")
         if max_records is not None:
             n = min(n, max_records)
         start = self._page + (cons & (self._size - 1))
-        headers = np.ndarray((n,), dtype="<u4", buffer=self._data, offset=start, strides=(rec,))
-        busy = (headers & _BUSY) != 0  # one aligned 4-byte load per header
+        # One aligned 4-byte load per header, each value kept: the DISCARD bit is read from the same load
+        # that saw BUSY clear.
+        headers = np.ndarray((n,), dtype="<u4", buffer=self._data, offset=start, strides=(rec,)).copy()
+        busy = (headers & _BUSY) != 0
         if busy.any():
             n = int(np.argmax(busy))
+        return cons, start, n, headers[:n]
+
+    def read(self, max_records: int | None = None) -> npt.NDArray[np.void]:
+        """The committed records (headers included), discarded ones left out."""
+        cons, start, n, headers = self._committed(max_records)
         if n == 0:
             return np.zeros(0, dtype=self._rec)
+        rec = self._rec.itemsize
         self._atomics.fence_acquire()
         chunk = self._data[start : start + n * rec].copy().view(self._rec)
         self._atomics.store_release(self._consumer_addr, cons + n * rec)
-        keep = (chunk["hdr_len"] & _DISCARD) == 0
+        keep = (headers & _DISCARD) == 0
         return chunk if keep.all() else chunk[keep]
+
+    def read_into(self, out: npt.NDArray[np.void]) -> tuple[int, int]:
+        """Copy the records' bodies (without the 8-byte header) of at most ``out.shape[0]`` committed
+        records into ``out``, one per element, straight from the ring: ``out`` is a 1-D array of opaque
+        values of the body's size (``np.void``, any strides, e.g. the first bytes of each of a block of
+        wider rows). Discarded records are left out. Returns (records consumed, elements written, at the
+        front of ``out``); (0, 0) when nothing is ready."""
+        rec = self._rec.itemsize
+        if out.dtype.itemsize != rec - 8:
+            raise ValueError(f"out holds {out.dtype.itemsize}-byte elements; the records carry {rec - 8}")
+        cons, start, n, headers = self._committed(int(out.shape[0]))
+        if n == 0:
+            return 0, 0
+        bodies = np.ndarray((n,), dtype=out.dtype, buffer=self._data, offset=start + 8, strides=(rec,))
+        self._atomics.fence_acquire()
+        np.copyto(out[:n], bodies)
+        self._atomics.store_release(self._consumer_addr, cons + n * rec)
+        keep = (headers & _DISCARD) == 0
+        if keep.all():
+            return n, n
+        kept = out[:n][keep]  # boolean indexing copies
+        out[: kept.shape[0]] = kept
+        return n, int(kept.shape[0])
 
     def close(self) -> None:
         self._data = np.zeros(0, dtype=np.uint8)
-        for m in (self._consumer, self._producer):
+        for m in self._maps:
             with contextlib.suppress(BufferError):  # a view still alive; the mapping goes with the process
                 m.close()

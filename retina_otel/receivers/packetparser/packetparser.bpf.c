@@ -163,7 +163,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
     if (now - d->last_report_ns >= REPORT_INTERVAL_NS)
         report = 1;
     if (report)
-        emit(e, &k, dir, now, 1);
+        emit(e, &k, dir, now);
 #if AGG_HIGH
     // A DNS flow never gets a slot, so the fast path never counts a DNS packet in the cache: it always
     // reaches the full program and its DNS chain, at no cost to the fast path's hit (see handle_fast).
@@ -219,11 +219,11 @@ int pp_flush(struct __sk_buff *skb) {
             continue;
         int any = 0;
         if (e->d[0].packets) {
-            emit(e, &k, 0, now, 2);
+            emit(e, &k, 0, now);
             any = 1;
         }
         if (e->d[1].packets) {
-            emit(e, &k, 1, now, 2);
+            emit(e, &k, 1, now);
             any = 1;
         }
         if (!any && e->eviction_ns < now) {

@@ -86,27 +86,43 @@ struct ct_entry {
     u8 pad[5];
 };
 
+// A flow report, laid out byte for byte as the first 136 bytes of a flow record (retina_otel.flows.FLOW_DTYPE,
+// time_start_ns .. tcp_flags; records.py asserts REPORT_DTYPE against both), so user space copies a report
+// into a flow row as one block of bytes. Times are the table clock (user space adds the wall-clock
+// offset); direction, verdict and event are the values of the Python enums, passed as -D flags
+// (records.report_cflags: DIR_OF_OBS_<obs>, DIR_UNKNOWN, VERDICT_FORWARDED, EVENT_FLOW).
 struct report {
-    u64 t_first;
-    u64 t_last;
-    u64 packets;
-    u64 bytes;
-    u64 rev_packets;
-    u64 rev_bytes;
-    u8 src[16];
-    u8 dst[16];
-    u32 ifindex;
-    u32 flags[N_FLAGS];
-    u16 sport;
-    u16 dport;
-    u8 proto;
-    u8 ipver;
-    u8 obs;
-    u8 is_reply;
-    u8 sampled;
-    u8 reason;  // 1 packet, 2 flush
-    u8 pad[2];
+    u64 t_first;         //   0 time_start_ns
+    u64 t_last;          //   8 time_end_ns
+    u8 src[16];          //  16 src_ip
+    u8 dst[16];          //  32 dst_ip
+    u16 sport;           //  48 src_port
+    u16 dport;           //  50 dst_port
+    u8 proto;            //  52
+    u8 ipver;            //  53 ip_version
+    u8 direction;        //  54 from obs (direction_of)
+    u8 obs;              //  55 observation_point
+    u8 verdict;          //  56 VERDICT_FORWARDED
+    u8 event;            //  57 EVENT_FLOW
+    u8 is_reply;         //  58
+    u8 sampled;          //  59
+    u32 ifindex;         //  60
+    u64 packets;         //  64
+    u64 bytes;           //  72
+    u64 rev_packets;     //  80 reply_packets
+    u64 rev_bytes;       //  88 reply_bytes
+    u32 flags[N_FLAGS];  //  96 tcp_flags
 };
+_Static_assert(sizeof(struct report) == 136, "struct report is the 136-byte prefix of FLOW_DTYPE");
+_Static_assert(__builtin_offsetof(struct report, sport) == 48, "struct report: src_port at 48");
+_Static_assert(__builtin_offsetof(struct report, ifindex) == 60, "struct report: ifindex at 60");
+_Static_assert(__builtin_offsetof(struct report, packets) == 64, "struct report: packets at 64");
+_Static_assert(__builtin_offsetof(struct report, flags) == 96, "struct report: tcp_flags at 96");
+
+#if !defined(DIR_OF_OBS_1) || !defined(DIR_OF_OBS_2) || !defined(DIR_OF_OBS_3) || !defined(DIR_OF_OBS_4) || \
+    !defined(DIR_UNKNOWN) || !defined(VERDICT_FORWARDED) || !defined(EVENT_FLOW)
+#error "the report's enum values come from user space: records.report_cflags()"
+#endif
 
 struct pkt {
     u8 src[16];

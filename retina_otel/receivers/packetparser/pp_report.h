@@ -12,7 +12,25 @@ static __always_inline u64 take_count(u64 *counter) {
     return __sync_lock_test_and_set(counter, 0ULL);
 }
 
-static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int dir, u64 now, u8 reason) {
+// Direction seen from the observed endpoint (pod or node) for an observation point: records._DIRECTION_OF_OBS,
+// passed as DIR_OF_OBS_<obs>.
+static __always_inline u8 direction_of(u8 obs) {
+    switch (obs) {
+    case OBS_FROM_ENDPOINT:
+        return DIR_OF_OBS_1;
+    case OBS_TO_ENDPOINT:
+        return DIR_OF_OBS_2;
+    case OBS_FROM_NETWORK:
+        return DIR_OF_OBS_3;
+    case OBS_TO_NETWORK:
+        return DIR_OF_OBS_4;
+    default:
+        return DIR_UNKNOWN;
+    }
+}
+
+// Every byte of the record is written (the ring buffer's memory is not zeroed; struct report has no holes).
+static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int dir, u64 now) {
     struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
     struct report *r = events.ringbuf_reserve(sizeof(struct report));
     if (!r) {
@@ -44,11 +62,11 @@ static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int
     r->proto = k->proto;
     r->ipver = e->ipver;
     r->obs = d->obs;
+    r->direction = direction_of(d->obs);
+    r->verdict = VERDICT_FORWARDED;
+    r->event = EVENT_FLOW;
     r->is_reply = dir;
     r->sampled = SAMPLING_RATE > 1;
-    r->reason = reason;
-    r->pad[0] = 0;
-    r->pad[1] = 0;
     d->last_report_ns = now;
     events.ringbuf_submit(r, 0);
     stat_inc(ST_REPORTS);

@@ -2,10 +2,11 @@
 
 Threads (all started in :meth:`PacketParserReceiver.start`):
 
-* ``packetparser-reader``: every 20 ms copies the ring buffer's committed records into numpy
-  (:class:`~.kernel.RingBufReader`), converts them to ``FLOW_DTYPE`` rows in bulk and hands batches to
-  the next consumer every ``batch_interval``; every ``report_interval`` it flushes the connection
-  table (unreported counters of idle flows) and publishes the kernel's statistics.
+* ``packetparser-reader``: every 0.1 s copies the ring buffer's committed reports straight into the
+  pending ``FLOW_DTYPE`` rows (:class:`~.kernel.RingBufReader`; a report is the first 136 bytes of a flow
+  record, see records.py), completes them in bulk and hands them to the next consumer every
+  ``batch_interval`` or when ``max_batch_size`` rows are pending; every ``report_interval`` it flushes the
+  connection table (unreported counters of idle flows) and publishes the kernel's statistics.
 * ``packetparser-links``: netlink link events -> attach to new interfaces, forget vanished ones.
 
 Exact totals: counters live in the kernel table until a report takes them with an atomic exchange;
@@ -37,7 +38,7 @@ from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.errorlog import RepeatedError
-from retina_otel.flows import FlowBatch
+from retina_otel.flows import FLOW_DTYPE, FlowBatch
 from retina_otel.metrics.store import Family
 
 from .config import PacketParserConfig
@@ -51,7 +52,9 @@ from .records import (
     LOST_STATS,
     RINGBUF_RECORD_DTYPE,
     STAT_NAMES,
-    reports_to_batch,
+    complete_rows,
+    report_bytes,
+    report_cflags,
 )
 
 __all__ = ["BPF_SOURCE", "FILTER_SPEC", "PARSED_PACKETS", "PacketParserReceiver", "build_cflags", "uses_fast_path"]
@@ -72,6 +75,9 @@ _ST_PACKETS = STAT_NAMES.index("packets")
 # keeps up with 700,000 reports/s before the kernel counts ringbuf_full.
 _POLL_SECONDS = 0.1
 _READ_CHUNK = 8192  # connection-table entries read at a time when flushing (~3 MB)
+_HANDOFF_FRACTION = 4
+"""A batch of at least 1/_HANDOFF_FRACTION of the pending buffer's rows is handed on as the buffer itself
+(a new one takes its place), a smaller one as a copy."""
 
 _POINTS = OBSERVATION_POINTS
 """Observation points in the order of their numbers (OBS_* in pp_common.h, 1-based)."""
@@ -104,14 +110,8 @@ def build_cflags(config: PacketParserConfig) -> list[str]:
         f"-DFLUSH_BATCH={FLUSH_BATCH}",
         f"-DHOT_SLOTS={HOT_SLOTS}",
         f"-DCT_TOTALS={1 if config.enable_conntrack_metrics else 0}",
+        *report_cflags(),
     ]
-
-
-def _concatenate(parts: list[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
-    """Flow records of several reads as one array. Concatenated as opaque rows of the record's size: numpy
-    copies a structured dtype field by field (~4x slower per row; every flow report goes through here)."""
-    row = np.dtype((np.void, parts[0].dtype.itemsize))
-    return np.concatenate([p.view(row) for p in parts]).view(parts[0].dtype)
 
 
 class PacketParserReceiver:
@@ -143,7 +143,9 @@ class PacketParserReceiver:
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.RLock()  # serialises ring reads, kernel flushes and emits
-        self._pending: list[FlowBatch] = []
+        # Rows of the next batch, filled straight from the ring buffer (records.complete_rows); handed on
+        # at emit. np.empty: pages are only touched as rows arrive.
+        self._pending = np.empty(config.max_batch_size, dtype=FLOW_DTYPE)
         self._pending_rows = 0
         self._clock_offset_ns = 0  # table clock -> unix epoch ns
         self._table_minus_mono_ns = 0  # table clock - CLOCK_MONOTONIC
@@ -311,29 +313,30 @@ class PacketParserReceiver:
                 self._loop_errors.exception()
 
     def _drain_ring(self) -> int:
+        """Move every committed report into the pending rows (emitting whenever they are full); returns
+        how many reports were consumed."""
         assert self._ring is not None
         total = 0
         while True:
-            recs = self._ring.read()
-            if recs.shape[0] == 0:
+            fill = self._pending_rows
+            consumed, written = self._ring.read_into(report_bytes(self._pending[fill:]))
+            if consumed == 0:
                 return total
-            total += int(recs.shape[0])
-            self._add_reports(recs["report"])
-
-    def _add_reports(self, reports: npt.NDArray[np.void]) -> None:
-        batch = reports_to_batch(reports, self._clock_offset_ns, self.settings.id)
-        if len(batch) == 0:
-            return
-        self._pending.append(batch)
-        self._pending_rows += len(batch)
-        if self._pending_rows >= self.config.max_batch_size:
-            self._emit()
+            total += consumed
+            self._pending_rows += complete_rows(self._pending[fill : fill + written], self._clock_offset_ns)
+            if self._pending_rows >= self._pending.shape[0]:
+                self._emit()
 
     def _emit(self) -> None:
-        if not self._pending:
+        n = self._pending_rows
+        if n == 0:
             return
-        batches, self._pending, self._pending_rows = self._pending, [], 0
-        records = batches[0].records if len(batches) == 1 else _concatenate([b.records for b in batches])
+        if n * _HANDOFF_FRACTION >= self._pending.shape[0]:
+            records = self._pending[:n]
+            self._pending = np.empty_like(self._pending)
+        else:  # a small batch does not pin the whole buffer (an exporter's queue may hold many batches)
+            records = self._pending[:n].copy()
+        self._pending_rows = 0
         batch = FlowBatch(records=records, receiver=self.settings.id)
         if self._host is not None:
             batch.attributes["k8s.node.name"] = self._host.node_name
