@@ -13,7 +13,9 @@ Workloads:
 
 * ``udp64_in_path``: iperf3 64-byte UDP frames pod a -> pod b; both host veths match packetparser's
   default patterns, so packetparser (and DNS, drops, ...) sit in the path. A no-op TC program on the same
-  hooks is toggled in the same stream: what the kernel itself charges for a hook.
+  hooks, and no-op programs on the raw tracepoints the agent uses per packet or connection
+  (``kfree_skb``, ``tcp_probe``, ``inet_sock_set_state``), are toggled in the same stream: what the
+  kernel itself charges for the hooks.
 * ``udp64_not_in_path``: the same between pods whose veths match no pattern.
 * ``tcp_bulk``: iperf3 TCP (default), bytes/s.
 * ``short_tcp``: one TCP connection after another (request, response, close), connections/s.
@@ -24,8 +26,8 @@ Workloads:
   ``tcp_bulk`` and ``short_tcp`` with an agent that runs only that receiver (where the whole agent's
   cost comes from).
 
-The no-op hook is toggled in ``udp64_in_path``, ``tcp_bulk`` and ``short_tcp``: the part of the cost no
-program on packetparser's hooks can avoid.
+The no-op hooks are toggled in ``udp64_in_path``, ``tcp_bulk`` and ``short_tcp``: the part of the cost no
+program on the agent's hooks can avoid.
 
 Also: idle RSS, threads and CPU after ready (no traffic), ready time of every start, and the peak RSS
 through 150,000 new UDP flows with the OTLP endpoint down.
@@ -156,9 +158,9 @@ def _config_with(receivers: tuple[str, ...], workdir: Path) -> Path:
     raw["receivers"] = {k: v for k, v in raw["receivers"].items() if k in receivers}
     connectors = raw.get("connectors") or {}
     pipelines = raw["service"]["pipelines"]
-    fed = {
-        e for p in pipelines.values() if any(r in receivers for r in p["receivers"]) for e in p["exporters"]
-    } & set(connectors)
+    fed = {e for p in pipelines.values() if any(r in receivers for r in p["receivers"]) for e in p["exporters"]} & set(
+        connectors
+    )
     kept = {}
     for name, p in pipelines.items():
         p["receivers"] = [r for r in p["receivers"] if r in receivers or r in fed]
@@ -318,33 +320,55 @@ class _ProgLoadAttr(ctypes.Structure):
     ]
 
 
-def _load_noop() -> int:
-    """``return TC_ACT_UNSPEC;`` as a SCHED_CLS program, loaded with bpf(2) directly: the benchmark
-    process must not map libLLVM/libclang (bcc), or the agent's pages of them stay shared and resident
-    and its RSS reads ~75 MB high."""
+_PROG_TYPE_SCHED_CLS = 3
+_PROG_TYPE_RAW_TRACEPOINT = 17
+_CMD_PROG_LOAD = 5
+_CMD_RAW_TRACEPOINT_OPEN = 17
+# The raw tracepoints the agent's programs run on per packet or per connection (dropreason, tcplatency).
+NOOP_TRACEPOINTS = ("kfree_skb", "tcp_probe", "inet_sock_set_state")
+
+
+class _RawTracepointOpenAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32)]
+
+
+def _load_noop(prog_type: int = _PROG_TYPE_SCHED_CLS) -> int:
+    """A two-instruction program (``return TC_ACT_UNSPEC;`` for SCHED_CLS, ``return 0;`` for a raw
+    tracepoint), loaded with bpf(2) directly: the benchmark process must not map libLLVM/libclang (bcc),
+    or the agent's pages of them stay shared and resident and its RSS reads ~75 MB high."""
     from retina_otel.bpf.syscall import bpf
 
+    ret = 0xFFFFFFFF if prog_type == _PROG_TYPE_SCHED_CLS else 0
     insns = (ctypes.c_uint64 * 2)(
-        0xFFFFFFFF_000000B7,  # BPF_MOV64_IMM(BPF_REG_0, -1): opcode 0xb7, imm -1 in the high word
+        (ret << 32) | 0xB7,  # BPF_MOV64_IMM(BPF_REG_0, ret): opcode 0xb7, imm in the high word
         0x95,  # BPF_EXIT
     )
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = _ProgLoadAttr(
-        prog_type=3,  # BPF_PROG_TYPE_SCHED_CLS
-        insn_cnt=2,
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_),
+        prog_type=prog_type, insn_cnt=2, insns=ctypes.addressof(insns), license=ctypes.addressof(license_)
     )
-    return bpf(5, attr, "BPF_PROG_LOAD")  # BPF_PROG_LOAD
+    return bpf(_CMD_PROG_LOAD, attr, "BPF_PROG_LOAD")
+
+
+def _raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attach ``prog_fd`` to the raw tracepoint ``name``; closing the returned fd detaches it."""
+    from retina_otel.bpf.syscall import bpf
+
+    name_buf = ctypes.create_string_buffer(name.encode())
+    attr = _RawTracepointOpenAttr(name=ctypes.addressof(name_buf), prog_fd=prog_fd)
+    return bpf(_CMD_RAW_TRACEPOINT_OPEN, attr, "BPF_RAW_TRACEPOINT_OPEN")
 
 
 class Hook:
-    """A no-op TC program switched onto the pods' host veths exactly as packetparser attaches."""
+    """A no-op TC program switched onto the pods' host veths exactly as packetparser attaches, and no-op
+    programs on the agent's per-packet raw tracepoints (:data:`NOOP_TRACEPOINTS`)."""
 
     def __init__(self, pods: tuple[Pod, Pod]) -> None:
         from retina_otel.bpf.tc import FilterSpec, make_attacher
 
         self._fd = _load_noop()
+        self._tp_fd = _load_noop(_PROG_TYPE_RAW_TRACEPOINT)
+        self._links: list[int] = []
         from retina_otel.receivers.packetparser.receiver import FILTER_SPEC
 
         spec = FilterSpec(name="retina_otel_bench_noop", prio=FILTER_SPEC.prio, handle=FILTER_SPEC.handle)
@@ -355,14 +379,21 @@ class Hook:
         for pod in self._pods:
             self._attacher.attach(pod.host_ifindex, "ingress", self._fd)
             self._attacher.attach(pod.host_ifindex, "egress", self._fd)
+        self._links = [_raw_tracepoint_open(name, self._tp_fd) for name in NOOP_TRACEPOINTS]
 
     def off(self) -> None:
         for pod in self._pods:
             self._attacher.detach(pod.host_ifindex)
+        for fd in self._links:
+            os.close(fd)
+        self._links = []
 
     def close(self) -> None:
+        for fd in self._links:
+            os.close(fd)
         self._attacher.close()
         os.close(self._fd)
+        os.close(self._tp_fd)
 
 
 @contextlib.contextmanager
@@ -676,7 +707,8 @@ def run(quick: bool) -> dict[str, Any]:
     }
     notes = (
         "ratio = median over on-intervals of (interval / median of the neighbouring off phases), 95% bootstrap "
-        "interval; noop_ratio: a no-op TC program on the same hooks (the kernel's own price for a hook). "
+        "interval; noop_ratio: a no-op TC program on the same hooks and no-op programs on the raw tracepoints "
+        "kfree_skb, tcp_probe and inet_sock_set_state (the kernel's own price for the hooks). "
         "Targets are null for rows not run."
     )
     return {"rows": rows, "targets": targets, "notes": notes}
