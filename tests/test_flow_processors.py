@@ -122,6 +122,11 @@ def test_filter_on_drop_reason_and_dns_name() -> None:
         ({"include": [{"source.address": {"cidr": "10.0.0.0/33"}}]}, "processors.filter.include", "cidr"),
         ({"include": [{"network.transport": "tcpp"}]}, "processors.filter.include", "unknown value 'tcpp'"),
         ({"exclude": [{"destination.port": {"between": 1}}]}, "processors.filter.exclude", "unknown operator"),
+        ({"include": [{"source.address": "nope"}]}, "processors.filter.include", "[0].source.address.eq: 'nope'"),
+        ({"include": [{"source.address": ["198.18.0.1", "10.0.0.1/8"]}]}, "processors.filter.include", ".in: 10.0"),
+        ({"include": [{"source.address": {"in": []}}]}, "processors.filter.include", "[0].source.address: an empty"),
+        ({"exclude": [{"destination.port": []}]}, "processors.filter.exclude", "[0].destination.port: an empty"),
+        ({"include": []}, "processors.filter.include", "leave include out to keep every row"),
         ({"drop": []}, "processors.transform", "set keep, drop or both"),
         ({"records_per_second": 0}, "processors.ratelimit.records_per_second", "greater than 0"),
         (

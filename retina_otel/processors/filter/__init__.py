@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from retina_otel.component import ComponentConfig, CreateSettings, Factory, FlowConsumer
 from retina_otel.flows import FlowBatch
@@ -36,7 +36,9 @@ class FilterConfig(ComponentConfig):
 
     @field_validator("include", "exclude")
     @classmethod
-    def _compiles(cls, value: list[Condition] | None) -> list[Condition] | None:
+    def _compiles(cls, value: list[Condition] | None, info: ValidationInfo) -> list[Condition] | None:
+        if info.field_name == "include" and value == []:
+            raise ValueError("an empty include list keeps no row; leave include out to keep every row")
         for i, condition in enumerate(value or ()):
             try:
                 compile_condition(f"[{i}]", condition)

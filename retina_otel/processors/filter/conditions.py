@@ -104,10 +104,14 @@ def _operators(path: str, spec: Any) -> dict[str, Any]:
             raise ConditionError(f"{path}: unknown operator {unknown[0]!r}; valid: {', '.join(_OPERATORS)}")
         if not spec:
             raise ConditionError(f"{path}: empty matcher")
-        return dict(spec)
-    if isinstance(spec, (list, tuple)):
-        return {"in": list(spec)}
-    return {"eq": spec}
+        ops = dict(spec)
+    elif isinstance(spec, (list, tuple)):
+        ops = {"in": list(spec)}
+    else:
+        ops = {"eq": spec}
+    if "in" in ops and not _as_list(ops["in"]):
+        raise ConditionError(f"{path}: an empty list of values matches nothing; list at least one value")
+    return ops
 
 
 def _range(path: str, ops: Mapping[str, Any]) -> tuple[float | None, float | None]:
@@ -197,8 +201,11 @@ def _address_predicate(path: str, column: str, spec: Any) -> Predicate:
         raise ConditionError(f"{path}: {bad[0]!r} does not apply to addresses; use eq, in, cidr or not")
     nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for key in ("eq", "in"):
-        if key in ops:
-            nets.extend(ipaddress.ip_network(str(v)) for v in _as_list(ops[key]))
+        for v in _as_list(ops.get(key, [])):
+            try:
+                nets.append(ipaddress.ip_network(str(v)))
+            except ValueError as exc:
+                raise ConditionError(f"{path}.{key}: {exc} (an address, or a network in `cidr`)") from None
     if "cidr" in ops:
         nets.extend(_networks(path, ops["cidr"]))
     if ("eq" in ops or "in" in ops) and "cidr" in ops:
