@@ -125,6 +125,19 @@ def test_ring_to_batches_exact_with_discards_busy_and_wrap(max_batch_size: int) 
         assert pending_rows == len(b) or (pending_rows == max_batch_size and len(b) * 4 >= max_batch_size)
 
 
+def test_read_leaves_out_discarded_records_and_stops_at_a_busy_one() -> None:
+    ring = RingMemory(1 << 16)
+    reader = ring.reader(records.RINGBUF_RECORD_DTYPE)
+    recs = _ring_records(10, np.random.default_rng(3))
+    recs["hdr_len"][[2, 5]] |= 1 << 30  # DISCARD
+    recs["hdr_len"][8] |= 1 << 31  # BUSY
+    ring.publish(recs)
+    got = reader.read()
+    assert got.tobytes() == recs[[0, 1, 3, 4, 6, 7]].tobytes()
+    assert ring.consumer_pos == 8 * recs.itemsize
+    assert reader.read().shape[0] == 0  # still busy
+
+
 def test_count_records_sums_by_observation_point() -> None:
     store = MetricStore()
     metrics = ConntrackMetrics(store)

@@ -84,7 +84,7 @@ class ConntrackMetrics:
     def count_records(self, records: npt.NDArray[np.void]) -> None:
         """Add a batch's packets and bytes to the counters: sums per observation point (one bincount per
         column), then the tx points' sums and the rest's."""
-        obs = records["observation_point"]
+        obs = records["observation_point"].astype(np.intp)  # once: bincount would convert it per call
         for column, tx_name, rx_name in (("packets", "packets_tx", "packets_rx"), ("bytes", "bytes_tx", "bytes_rx")):
             per_point = np.bincount(obs, weights=records[column], minlength=_N_POINTS)
             tx = float(per_point[_TX_POINTS].sum())

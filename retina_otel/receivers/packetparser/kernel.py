@@ -141,39 +141,43 @@ class RingBufReader:
         self._consumer_addr = consumer.ctypes.data
         self._producer_addr = producer.ctypes.data
 
-    def _committed(self, max_records: int | None) -> tuple[int, int, int, npt.NDArray[np.uint32]]:
-        """Steps 1-2: (consumer position, start in our mapping, records ready, their headers)."""
+    def _committed(self, max_records: int | None) -> tuple[int, int, int, npt.NDArray[np.uint32] | None]:
+        """Steps 1-2: (consumer position, start in our mapping, records ready, the ready records' DISCARD
+        bits or None when none is set)."""
         rec = self._rec.itemsize
         cons = self._atomics.load_acquire(self._consumer_addr)  # only we write it
         prod = self._atomics.load_acquire(self._producer_addr)
         avail = prod - cons
         if avail <= 0:
-            return cons, 0, 0, np.zeros(0, dtype=np.uint32)
+            return cons, 0, 0, None
         n = avail // rec
         if avail % rec:
             raise RuntimeError("ring buffer holds records of an unexpected size")
         if max_records is not None:
             n = min(n, max_records)
         start = self._page + (cons & (self._size - 1))
-        # One aligned 4-byte load per header, each value kept: the DISCARD bit is read from the same load
-        # that saw BUSY clear.
-        headers = np.ndarray((n,), dtype="<u4", buffer=self._data, offset=start, strides=(rec,)).copy()
-        busy = (headers & _BUSY) != 0
+        # One aligned 4-byte load per header, keeping its BUSY and DISCARD bits: a record's DISCARD bit is
+        # read by the same load that saw its BUSY bit clear.
+        headers = np.ndarray((n,), dtype="<u4", buffer=self._data, offset=start, strides=(rec,))
+        marks = headers & np.uint32(_BUSY | _DISCARD)
+        if not marks.any():  # the common case: every record committed, none discarded
+            return cons, start, n, None
+        busy = (marks & np.uint32(_BUSY)) != 0
         if busy.any():
             n = int(np.argmax(busy))
-        return cons, start, n, headers[:n]
+        discard = marks[:n] & np.uint32(_DISCARD)
+        return cons, start, n, discard if discard.any() else None
 
     def read(self, max_records: int | None = None) -> npt.NDArray[np.void]:
         """The committed records (headers included), discarded ones left out."""
-        cons, start, n, headers = self._committed(max_records)
+        cons, start, n, discard = self._committed(max_records)
         if n == 0:
             return np.zeros(0, dtype=self._rec)
         rec = self._rec.itemsize
         self._atomics.fence_acquire()
         chunk = self._data[start : start + n * rec].copy().view(self._rec)
         self._atomics.store_release(self._consumer_addr, cons + n * rec)
-        keep = (headers & _DISCARD) == 0
-        return chunk if keep.all() else chunk[keep]
+        return chunk if discard is None else chunk[discard == 0]
 
     def read_into(self, out: npt.NDArray[np.void]) -> tuple[int, int]:
         """Copy the records' bodies (without the 8-byte header) of at most ``out.shape[0]`` committed
@@ -184,17 +188,16 @@ class RingBufReader:
         rec = self._rec.itemsize
         if out.dtype.itemsize != rec - 8:
             raise ValueError(f"out holds {out.dtype.itemsize}-byte elements; the records carry {rec - 8}")
-        cons, start, n, headers = self._committed(int(out.shape[0]))
+        cons, start, n, discard = self._committed(int(out.shape[0]))
         if n == 0:
             return 0, 0
         bodies = np.ndarray((n,), dtype=out.dtype, buffer=self._data, offset=start + 8, strides=(rec,))
         self._atomics.fence_acquire()
         np.copyto(out[:n], bodies)
         self._atomics.store_release(self._consumer_addr, cons + n * rec)
-        keep = (headers & _DISCARD) == 0
-        if keep.all():
+        if discard is None:
             return n, n
-        kept = out[:n][keep]  # boolean indexing copies
+        kept = out[:n][discard == 0]  # boolean indexing copies
         out[: kept.shape[0]] = kept
         return n, int(kept.shape[0])
 

@@ -53,6 +53,7 @@ from .records import (
     RINGBUF_RECORD_DTYPE,
     STAT_NAMES,
     complete_rows,
+    opaque_rows,
     report_bytes,
     report_cflags,
 )
@@ -335,7 +336,7 @@ class PacketParserReceiver:
             records = self._pending[:n]
             self._pending = np.empty_like(self._pending)
         else:  # a small batch does not pin the whole buffer (an exporter's queue may hold many batches)
-            records = self._pending[:n].copy()
+            records = opaque_rows(self._pending[:n]).copy().view(FLOW_DTYPE)
         self._pending_rows = 0
         batch = FlowBatch(records=records, receiver=self.settings.id)
         if self._host is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "RINGBUF_RECORD_DTYPE",
     "STAT_NAMES",
     "complete_rows",
+    "opaque_rows",
     "report_bytes",
     "report_cflags",
     "reports_to_batch",
@@ -237,6 +238,12 @@ def _bytes_view(rows: FlowArray, offset: int, dtype: npt.DTypeLike) -> npt.NDArr
     return np.ndarray(rows.shape, dtype=dtype, buffer=rows, offset=offset, strides=rows.strides)
 
 
+def opaque_rows(rows: FlowArray) -> npt.NDArray[np.void]:
+    """``rows`` as opaque values of the row's size, sharing their memory: numpy copies a structured dtype
+    field by field, an opaque one in one block (~60 ns a row less for FLOW_DTYPE)."""
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize)))
+
+
 def report_bytes(rows: FlowArray) -> npt.NDArray[np.void]:
     """The first ``REPORT_BYTES`` of each flow row (contiguous ``FLOW_DTYPE`` rows), as opaque values to
     copy reports into (:meth:`~.kernel.RingBufReader.read_into`, :func:`reports_to_batch`)."""
@@ -262,8 +269,9 @@ def complete_rows(rows: FlowArray, clock_offset_ns: int) -> int:
     packets = rows["packets"]
     if packets.all():
         return n
-    kept = rows[packets > 0]  # boolean indexing copies
-    rows[: kept.shape[0]] = kept
+    whole = opaque_rows(rows)
+    kept = whole[packets > 0]  # boolean indexing copies
+    whole[: kept.shape[0]] = kept
     return int(kept.shape[0])
 
 
