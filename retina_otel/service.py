@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,25 @@ def metric_sources(config: AgentConfig) -> dict[str, frozenset[str]]:
             if exp_id not in config.connectors:
                 sources.setdefault(exp_id, set()).update(owners)
     return {exp_id: frozenset(owners) for exp_id, owners in sources.items()}
+
+
+def _declared(
+    entry: ComponentEntry, services: Mapping[ExtensionKey[Any] | str, object]
+) -> dict[ExtensionKey[Any] | str, object]:
+    """A component's extensions under the typed keys its factory declares (``provides``), so each service
+    is checked against its key's type when registered, even when the component names it by string. An
+    extension the factory does not declare is a bug in the component: the config check of duplicate
+    providers could not see it."""
+    declared = {key.name: key for key in entry.factory.provides}
+    typed: dict[ExtensionKey[Any] | str, object] = {}
+    for key, service in services.items():
+        name = key if isinstance(key, str) else key.name
+        if name not in declared:
+            raise TypeError(
+                f"{entry.kind} {entry.id} offers extension {name!r}, which its factory does not list in provides"
+            )
+        typed[declared[name]] = service
+    return typed
 
 
 class ComponentHost:
@@ -188,7 +208,7 @@ class Agent:
         component = entry.factory.create(settings, entry.config, next_consumer)
         if isinstance(component, ProvidesExtensions):
             try:
-                self._extensions.register_all(component.extensions(), owner)
+                self._extensions.register_all(_declared(entry, component.extensions()), owner)
             except DuplicateExtensionError as exc:
                 raise ConfigError([ConfigProblem(owner, str(exc))]) from exc
         view = self._metrics.view(owner, self._sources.get(entry.id, frozenset()) if entry.kind == "exporter" else None)

@@ -357,3 +357,45 @@ def test_an_exporter_in_logs_pipelines_only_sends_no_metrics(sinks: tuple[OtlpSi
     finally:
         agent.shutdown()
     assert not sink.metric_requests
+
+
+def test_extensions_register_under_the_typed_keys_their_factories_declare(tmp_path: Path) -> None:
+    import dataclasses
+
+    from retina_otel.extension_keys import IP_FILTER, K8S_CACHE
+    from retina_otel.extensions import ExtensionKey
+
+    config = parse_config(
+        {
+            "receivers": {"packetparser": {"interfaces": ["rotelnone*"], "host_interface": "none"}},
+            "processors": {"k8sattributes": _k8s(_endpoints(tmp_path / "e.yaml"))},
+            "exporters": {"nop": {}},
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {
+                    "logs": {"receivers": ["packetparser"], "processors": ["k8sattributes"], "exporters": ["nop"]}
+                },
+            },
+        },
+        env={},
+    )
+    agent = Agent(config)  # built, never started: constructors do no I/O
+    try:
+        receiver = next(s.component for s in agent.states() if s.id == "packetparser")
+        assert agent.get_extension(IP_FILTER) is receiver  # offered under the name "ip_filter", stored typed
+        assert agent.get_extension(K8S_CACHE) is not None
+    finally:
+        agent.shutdown()
+
+    entry = config.processors["k8sattributes"]
+
+    def with_provides(*keys: ExtensionKey[Any]) -> Any:
+        factory = dataclasses.replace(entry.factory, provides=keys)
+        return dataclasses.replace(
+            config, processors={"k8sattributes": dataclasses.replace(entry, factory=factory)}
+        )
+
+    with pytest.raises(TypeError, match="does not list in provides"):
+        Agent(with_provides())  # offers k8s_cache without declaring it: the duplicate check could not see it
+    with pytest.raises(TypeError, match="not a"):
+        Agent(with_provides(ExtensionKey("k8s_cache", int)))  # declared with another type
