@@ -235,7 +235,11 @@ def test_field_masks_of_a_transform_processor_hold_for_the_api(
     table = EndpointTable([{"k8s.namespace.name": "shop", "k8s.pod.name": "web-1", "k8s.pod.label.app": "web"}])
     masked = batch(2, table=table)
     masked.records["dst_endpoint"] = 0
-    masked.masks = (FieldMask(drop=frozenset({"source.address", "source.k8s.*", "retina.flow.bytes"})),)
+    masked.masks = (
+        FieldMask(drop=frozenset({"source.address", "source.k8s.*", "retina.flow.bytes", "retina.drop.reason"})),
+    )
+    masked.records["event"], masked.records["verdict"] = Event.DROP, 2
+    masked.records["drop_reason"] = STRINGS.intern("NETFILTER_DROP")
     exp.consume_flows(masked)
     exp.consume_flows(batch(1, 9, table=table))  # the same table, no mask
     with grpc.insecure_channel(target) as channel:
@@ -254,6 +258,11 @@ def test_field_masks_of_a_transform_processor_hold_for_the_api(
         assert [f.l4.UDP.source_port for f in get(flow_pb2.FlowFilter(source_ip=["198.18.0.1"]))] == [9]
         assert [f.l4.UDP.source_port for f in get(flow_pb2.FlowFilter(source_pod=["shop/web"]))] == [9]
         assert len(get(flow_pb2.FlowFilter(destination_pod=["shop/web"]))) == 2
+        # A masked drop reason shows no Hubble drop code either, nor can a filter find it.
+        assert [(f.drop_reason_desc, f.event_type.sub_type) for f in flows[:2]] == [(0, 0), (0, 0)]
+        assert get(flow_pb2.FlowFilter(drop_reason_desc=[flow_pb2.POLICY_DENIED])) == []
+        drop_133 = flow_pb2.EventTypeFilter(type=1, match_sub_type=True, sub_type=133)
+        assert get(flow_pb2.FlowFilter(event_type=[drop_133])) == []
     code, out, _ = _observe("--server", target, "--last", "3", "-o", "json")
     sizes = [json.loads(line)["flow"]["extensions"].get("bytes", "0") for line in out.splitlines()]
     assert code == 0 and sizes == ["0", "0", "100"]
@@ -377,6 +386,8 @@ def test_observe_rejects_bad_flags() -> None:
     assert code == 2 and "valid:" in err
     with pytest.raises(SystemExit):
         _observe("--tcp-flags", "SYN,BOGUS")
+    with pytest.raises(SystemExit):  # not one of Hubble's drop codes
+        _observe("--drop-reason-desc", "NETFILTER_DROP")
 
 
 # -- kubectl retina observe -------------------------------------------------------------------------------
@@ -495,8 +506,11 @@ def test_flow_fields_from_a_record(exporter: tuple[ObserverExporter, TestHost, s
     assert icmp.is_reply.value is True and icmp.event_type.type == 4
     assert (icmp.interface.index, icmp.interface.name) == (1, "lo")
     assert icmp.time.seconds == T0 // 10**9 and icmp.node_name == "test-node"
-    assert drop.verdict == flow_pb2.DROPPED and drop.drop_reason_desc == flow_pb2.DROP_REASON_UNKNOWN
-    assert drop.event_type.type == 1 and drop.trace_observation_point == flow_pb2.UNKNOWN_POINT
+    # Retina's mapping: a netfilter rule drop is POLICY_DENIED (133), also the drop event's sub-type as in Cilium.
+    assert drop.verdict == flow_pb2.DROPPED and drop.drop_reason_desc == flow_pb2.POLICY_DENIED == 133
+    assert (drop.event_type.type, drop.event_type.sub_type) == (1, 133)
+    assert drop.trace_observation_point == flow_pb2.UNKNOWN_POINT
+    assert icmp.drop_reason_desc == dns.drop_reason_desc == flow_pb2.DROP_REASON_UNKNOWN
     assert drop.l4.TCP.flags.SYN and not drop.l4.TCP.flags.ACK
     assert (drop.source.namespace, drop.source.pod_name, list(drop.source.labels)) == ("shop", "web-1", ["app=web"])
     assert [(w.kind, w.name) for w in drop.source.workloads] == [("Deployment", "web")]
@@ -512,9 +526,26 @@ def test_flow_fields_from_a_record(exporter: tuple[ObserverExporter, TestHost, s
     )
     assert list(dns.l7.dns.qtypes) == ["A"] and dns.l4.UDP.destination_port == 53
     code, out, _ = _observe("--server", target, "--verdict", "DROPPED", "-o", "json")
-    meta = json.loads(out)["flow"]["extensions"]
+    shown = json.loads(out)["flow"]
+    meta = shown["extensions"]
     assert code == 0 and meta["drop_reason"] == "NETFILTER_DROP" and meta["event"] == "drop"
-    assert meta["tcp_flag_counts"] == {"SYN": "1"}
+    assert meta["tcp_flag_counts"] == {"SYN": "1"} and shown["drop_reason_desc"] == "POLICY_DENIED"
+    # Hubble's filters on it: drop_reason_desc, and a drop event type with its sub-type.
+    no_socket = b.select(slice(1, 2))
+    no_socket.records["drop_reason"] = STRINGS.intern("NO_SOCKET")  # no Cilium code: DROP_REASON_UNKNOWN
+    exp.consume_flows(no_socket)
+    with grpc.insecure_channel(target) as channel:
+        stub = ObserverStub(channel)
+
+        def reasons(flt: flow_pb2.FlowFilter) -> list[int]:
+            request = observer_pb2.GetFlowsRequest(whitelist=[flt])
+            return [r.flow.drop_reason_desc for r in stub.GetFlows(request)]
+
+        assert reasons(flow_pb2.FlowFilter(drop_reason_desc=[flow_pb2.POLICY_DENIED])) == [133]
+        assert reasons(flow_pb2.FlowFilter(drop_reason_desc=[flow_pb2.DROP_REASON_UNKNOWN])) == [0]
+        drop_133 = flow_pb2.EventTypeFilter(type=1, match_sub_type=True, sub_type=133)
+        assert reasons(flow_pb2.FlowFilter(event_type=[drop_133])) == [133]
+        assert reasons(flow_pb2.FlowFilter(event_type=[flow_pb2.EventTypeFilter(type=1)])) == [133, 0]
 
 
 def test_group_by_follow_refreshes_its_table_every_second(exporter: tuple[ObserverExporter, TestHost, str]) -> None:
@@ -606,6 +637,8 @@ def test_observe_builds_hubble_requests() -> None:
     assert request.extensions.Unpack(extension)
     assert [list(e.drop_reason) for e in extension.blacklist] == [["NO_SOCKET"]]
     assert len(request.blacklist) == 1 and not request.blacklist[0].ListFields()
+    (desc,) = build_request([(False, "--drop-reason-desc", "POLICY_DENIED")]).whitelist
+    assert list(desc.drop_reason_desc) == [flow_pb2.POLICY_DENIED]
 
 
 def test_the_embedded_default_gets_the_observer_on_request() -> None:

@@ -62,6 +62,9 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class DropReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DROP_REASON_UNKNOWN: _ClassVar[DropReason]
+    POLICY_DENIED: _ClassVar[DropReason]
+    UNKNOWN_CONNECTION_TRACKING_STATE: _ClassVar[DropReason]
+    SNAT_NO_MAP_FOUND: _ClassVar[DropReason]
 
 class TrafficDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -108,6 +111,9 @@ REDIRECTED: Verdict
 TRACED: Verdict
 TRANSLATED: Verdict
 DROP_REASON_UNKNOWN: DropReason
+POLICY_DENIED: DropReason
+UNKNOWN_CONNECTION_TRACKING_STATE: DropReason
+SNAT_NO_MAP_FOUND: DropReason
 TRAFFIC_DIRECTION_UNKNOWN: TrafficDirection
 INGRESS: TrafficDirection
 EGRESS: TrafficDirection
@@ -297,7 +303,7 @@ class CiliumEventType(_message.Message):
     def __init__(self, type: _Optional[int] = ..., sub_type: _Optional[int] = ...) -> None: ...
 
 class FlowFilter(_message.Message):
-    __slots__ = ("source_ip", "source_pod", "source_label", "source_service", "source_workload", "destination_ip", "destination_pod", "destination_label", "destination_service", "destination_workload", "traffic_direction", "verdict", "event_type", "protocol", "source_port", "destination_port", "reply", "dns_query", "tcp_flags", "node_name", "ip_version", "interface")
+    __slots__ = ("source_ip", "source_pod", "source_label", "source_service", "source_workload", "destination_ip", "destination_pod", "destination_label", "destination_service", "destination_workload", "traffic_direction", "verdict", "drop_reason_desc", "event_type", "protocol", "source_port", "destination_port", "reply", "dns_query", "tcp_flags", "node_name", "ip_version", "interface")
     SOURCE_IP_FIELD_NUMBER: _ClassVar[int]
     SOURCE_POD_FIELD_NUMBER: _ClassVar[int]
     SOURCE_LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +316,7 @@ class FlowFilter(_message.Message):
     DESTINATION_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_DIRECTION_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DROP_REASON_DESC_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PORT_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +339,7 @@ class FlowFilter(_message.Message):
     destination_workload: _containers.RepeatedCompositeFieldContainer[Workload]
     traffic_direction: _containers.RepeatedScalarFieldContainer[TrafficDirection]
     verdict: _containers.RepeatedScalarFieldContainer[Verdict]
+    drop_reason_desc: _containers.RepeatedScalarFieldContainer[DropReason]
     event_type: _containers.RepeatedCompositeFieldContainer[EventTypeFilter]
     protocol: _containers.RepeatedScalarFieldContainer[str]
     source_port: _containers.RepeatedScalarFieldContainer[str]
@@ -342,7 +350,7 @@ class FlowFilter(_message.Message):
     node_name: _containers.RepeatedScalarFieldContainer[str]
     ip_version: _containers.RepeatedScalarFieldContainer[IPVersion]
     interface: _containers.RepeatedCompositeFieldContainer[NetworkInterface]
-    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., traffic_direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., event_type: _Optional[_Iterable[_Union[EventTypeFilter, _Mapping]]] = ..., protocol: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., reply: _Optional[_Iterable[bool]] = ..., dns_query: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[_Union[TCPFlags, _Mapping]]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[IPVersion, str]]] = ..., interface: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ...) -> None: ...
+    def __init__(self, source_ip: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., source_service: _Optional[_Iterable[str]] = ..., source_workload: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., destination_service: _Optional[_Iterable[str]] = ..., destination_workload: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., traffic_direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., drop_reason_desc: _Optional[_Iterable[_Union[DropReason, str]]] = ..., event_type: _Optional[_Iterable[_Union[EventTypeFilter, _Mapping]]] = ..., protocol: _Optional[_Iterable[str]] = ..., source_port: _Optional[_Iterable[str]] = ..., destination_port: _Optional[_Iterable[str]] = ..., reply: _Optional[_Iterable[bool]] = ..., dns_query: _Optional[_Iterable[str]] = ..., tcp_flags: _Optional[_Iterable[_Union[TCPFlags, _Mapping]]] = ..., node_name: _Optional[_Iterable[str]] = ..., ip_version: _Optional[_Iterable[_Union[IPVersion, str]]] = ..., interface: _Optional[_Iterable[_Union[NetworkInterface, _Mapping]]] = ...) -> None: ...
 
 class DNS(_message.Message):
     __slots__ = ("query", "ips", "ttl", "cnames", "observation_source", "rcode", "qtypes", "rrtypes")

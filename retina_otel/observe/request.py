@@ -103,6 +103,8 @@ def _apply(side: _Side, target: str, value: str) -> None:
         flt.tcp_flags.append(flow_pb2.TCPFlags(**{f: True for f in flags}))
     elif target == "drop_reason":
         ext.drop_reason.append(value.upper())
+    elif target == "drop_reason_desc":
+        flt.drop_reason_desc.append(flow_pb2.DropReason.Value(value.upper()))
     elif target == "type":
         ext.event.append(value.lower())
     elif target == "dns_query":
@@ -130,6 +132,7 @@ FILTER_FLAGS: dict[str, tuple[str, str]] = {
     "--protocol": ("one", "protocol"),
     "--verdict": ("one", "verdict"),
     "--drop-reason": ("one", "drop_reason"),
+    "--drop-reason-desc": ("one", "drop_reason_desc"),
     "--tcp-flags": ("one", "tcp_flags"),
     "--traffic-direction": ("one", "traffic_direction"),
     "--type": ("one", "type"),
@@ -153,6 +156,7 @@ _HELP = {
     "--protocol": "tcp, udp, icmp, icmpv4, icmpv6, sctp or dns",
     "--verdict": "FORWARDED or DROPPED",
     "--drop-reason": "the kernel's drop reason (e.g. NETFILTER_DROP, NO_SOCKET)",
+    "--drop-reason-desc": "Hubble's drop code (e.g. POLICY_DENIED for a netfilter rule drop)",
     "--tcp-flags": "TCP flags that were all seen, comma-separated (e.g. SYN or SYN,ACK)",
     "--traffic-direction": "ingress or egress",
     "--type": f"kind of record: {', '.join(TYPES)}",
@@ -164,6 +168,7 @@ _CHOICES = {
     "--verdict": ("FORWARDED", "DROPPED", "forwarded", "dropped"),
     "--traffic-direction": ("ingress", "egress", "INGRESS", "EGRESS"),
     "--type": TYPES,
+    "--drop-reason-desc": tuple(flow_pb2.DropReason.keys()),
 }
 
 

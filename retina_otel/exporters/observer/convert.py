@@ -5,8 +5,9 @@ flags or ICMP type/code, both endpoints with namespace, pod, labels and workload
 is_reply, traffic direction, observation point, interface, DNS as L7). The rest (the kernel's drop
 reason, packet and byte counts, retransmissions) goes in ``Flow.extensions`` as
 ``retina_otel.observer.v1.FlowMetadata``: Hubble's own place for additions, where Retina puts its
-metadata too. ``drop_reason_desc`` stays DROP_REASON_UNKNOWN: it holds Cilium datapath codes, and the
-kernel's skb drop reasons are not among them.
+metadata too. ``drop_reason_desc`` holds Cilium datapath codes: a drop gets the one Retina gives the
+same drop (a netfilter rule drop is POLICY_DENIED, :data:`mapping.DROP_REASON_DESC`), any other
+kernel reason DROP_REASON_UNKNOWN.
 """
 
 from __future__ import annotations
@@ -258,6 +259,9 @@ def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[obs
         flow.Type = flow_pb2.L7 if event == Event.DNS else flow_pb2.L3_L4
         flow.node_name = node_name
         flow.event_type.type, flow.event_type.sub_type = types_list[i], subtypes_list[i]
+        if event == Event.DROP:
+            desc = mapping.drop_reason_desc(row["drop_reason"])
+            flow.drop_reason_desc, flow.event_type.sub_type = flow_pb2.DropReason.ValueType(desc), desc
         flow.traffic_direction = row["direction"]
         flow.trace_observation_point = points[i]
         flow.is_reply.value = bool(row["is_reply"])

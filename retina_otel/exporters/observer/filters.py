@@ -257,7 +257,7 @@ def _event_type_test(values: Iterable[flow_pb2.EventTypeFilter]) -> Test:
     wanted = [(f.type, f.sub_type if f.match_sub_type else None) for f in values]
 
     def test(view: RingView) -> Mask:
-        types, subtypes = mapping.event_types(view.records)
+        types, subtypes = mapping.event_types(view.records, _descs(view))
         out = np.zeros(len(view), dtype=bool)
         for kind, sub in wanted:
             hit = types == kind
@@ -300,6 +300,19 @@ def _interface_test(values: Iterable[flow_pb2.NetworkInterface]) -> Test:
                 hit &= np.fromiter((names[int(i)] == name for i in ifindex.tolist()), dtype=bool, count=len(view))
             out |= hit
         return out
+
+    return test
+
+
+def _descs(view: RingView) -> npt.NDArray[np.int32]:
+    return mapping.drop_reason_descs(view.records, view.hidden("retina.drop.reason"))
+
+
+def _drop_reason_desc_test(values: Iterable[int]) -> Test:
+    wanted = sorted(set(values))
+
+    def test(view: RingView) -> Mask:
+        return np.asarray(np.isin(_descs(view), wanted) & (view.records["event"] == Event.DROP), dtype=bool)
 
     return test
 
@@ -380,6 +393,8 @@ def compile_filter(
         tests.append(_in_test("direction", flt.traffic_direction))
     if flt.verdict:
         tests.append(_in_test("verdict", flt.verdict))
+    if flt.drop_reason_desc:
+        tests.append(_drop_reason_desc_test(flt.drop_reason_desc))
     if flt.event_type:
         tests.append(_event_type_test(flt.event_type))
     if flt.protocol:

@@ -1,8 +1,12 @@
 """How flow-record columns map onto Hubble's enums, as vector operations (shared by the filters and
 the conversion to ``flow.Flow``, so both always agree).
 
-* event type (Cilium's monitor message types): drops are ``drop`` (1), DNS records ``l7`` (129),
-  everything else a ``trace`` (4) whose sub-type is Cilium's trace point of the observation point.
+* event type (Cilium's monitor message types): drops are ``drop`` (1) whose sub-type is the drop
+  reason's Hubble code (as Cilium's drop events), DNS records ``l7`` (129), everything else a
+  ``trace`` (4) whose sub-type is Cilium's trace point of the observation point.
+* drop reason: ``drop_reason_desc`` holds Cilium's datapath codes; the kernel's reasons that have one
+  get it the way Retina maps its own reasons (a netfilter rule drop is ``POLICY_DENIED``), any other
+  ``DROP_REASON_UNKNOWN`` (the kernel's name travels in FlowMetadata).
 * TCP flags: a record counts segments per flag; Hubble's ``TCPFlags`` says which were seen. SYN is
   set for SYN and SYN-ACK segments (the record keeps those apart), ACK for every segment with ACK.
 """
@@ -15,15 +19,17 @@ import socket
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import Event, FlowArray, ObservationPoint, TcpFlag
+from retina_otel.flows import STRINGS, Event, FlowArray, ObservationPoint, TcpFlag
 
 __all__ = [
+    "DROP_REASON_DESC",
     "EVENT_DROP",
     "EVENT_L7",
     "EVENT_TRACE",
     "HUBBLE_TCP_FLAGS",
     "IP_VERSION_OF_HUBBLE",
     "OBSERVATION_POINT",
+    "drop_reason_descs",
     "event_types",
     "interface_name",
     "tcp_flags_seen",
@@ -54,13 +60,46 @@ def trace_points(records: FlowArray) -> npt.NDArray[np.int32]:
     return points
 
 
-def event_types(records: FlowArray) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-    """(Cilium message type, sub-type) per row."""
+# The record's drop reason (kernel name, or Retina's with dropreason's ``reason_names: retina``) ->
+# flow.DropReason, after Retina's GetDropReasonDesc (pkg/utils); absent names are DROP_REASON_UNKNOWN (0).
+DROP_REASON_DESC = {
+    "NETFILTER_DROP": 133,  # POLICY_DENIED (Retina: IPTABLE_RULE_DROP)
+    "IPTABLE_RULE_DROP": 133,
+    "IPTABLE_NAT_DROP": 191,  # SNAT_NO_MAP_FOUND
+    "CONNTRACK_ADD_DROP": 163,  # UNKNOWN_CONNECTION_TRACKING_STATE
+}
+_DESC_BY_ID = {STRINGS.intern(name): code for name, code in DROP_REASON_DESC.items()}
+
+
+def drop_reason_desc(reason_id: int) -> int:
+    """flow.DropReason of one interned drop reason."""
+    return _DESC_BY_ID.get(reason_id, 0)
+
+
+def drop_reason_descs(records: FlowArray, hidden: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.int32]:
+    """flow.DropReason per row (0 where the reason is ``hidden`` by a field mask)."""
+    reasons = records["drop_reason"]
+    out = np.zeros(len(records), dtype=np.int32)
+    for reason_id, code in _DESC_BY_ID.items():
+        out[reasons == reason_id] = code
+    if hidden is not None:
+        out[hidden] = 0
+    return out
+
+
+def event_types(
+    records: FlowArray, descs: npt.NDArray[np.int32] | None = None
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """(Cilium message type, sub-type) per row; ``descs``: the rows' :func:`drop_reason_descs` (computed
+    here when not given)."""
     event = records["event"]
     types = np.full(len(records), EVENT_TRACE, dtype=np.int32)
-    types[event == Event.DROP] = EVENT_DROP
+    drops = event == Event.DROP
+    types[drops] = EVENT_DROP
     types[event == Event.DNS] = EVENT_L7
     subtypes = np.where(types == EVENT_TRACE, _SUBTYPE_TABLE[records["observation_point"]], 0).astype(np.int32)
+    if drops.any():
+        subtypes[drops] = (drop_reason_descs(records) if descs is None else descs)[drops]
     return types, subtypes
 
 
