@@ -7,6 +7,12 @@ UDP and TCP client -> server, UDP dropped by an nft rule in the server (NETFILTE
 queries answered and NXDOMAIN. The agent runs packetparser, dropreason and dns -> k8sattributes ->
 the observer exporter AND an OTLP exporter into a real OTLP/gRPC sink, in the same logs pipeline:
 the sink's records are the truth every answer of the Observer API is compared with.
+
+dropreason reads every drop of the host (the kfree_skb tracepoint is not per interface), so a
+concurrent run of this module, or any test dropping to the same port, adds drop records of its own
+addresses. The scene makes that happen on purpose: a ``neighbour`` sandbox (veths outside the agent's
+pattern) drops the same 7 datagrams to DROP_PORT, and checks that count the scene's drops select them
+by the pods' addresses.
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ pytestmark = pytest.mark.kernel
 
 NODE = "observe-node"
 UDP_PORT, DROP_PORT, TCP_PORT = 7510, 7520, 7530
+DROPPED = 7  # datagrams to DROP_PORT, dropped by the server's nft rule
+DROP_RULES = (
+    "table ip obs_drop {\n counter dropped { }\n chain input { type filter hook input priority 0;\n"
+    f'  udp dport {DROP_PORT} counter name "dropped" drop\n }}\n}}\n'
+)
 NAMESPACES = {"client": "obs-shop", "server": "obs-backend", "dns": "obs-dns"}
 Key = tuple[Any, ...]
 
@@ -152,11 +163,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
                 }
             )
         )
-        nft(
-            server,
-            "table ip obs_drop {\n counter dropped { }\n chain input { type filter hook input priority 0;\n"
-            f'  udp dport {DROP_PORT} counter name "dropped" drop\n }}\n}}\n',
-        )
+        nft(server, DROP_RULES)
         start_dnsmasq(dns, dns_answer_of(dns))
         for src, dst in ((client, server), (client, dns), (server, client)):
             assert wait_for(lambda s=src, d=dst: pings(s, d.ipv4)), f"{src.name} cannot reach {dst.name}"
@@ -182,7 +189,14 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             udp_send(client, server.ipv4, UDP_PORT, [b"u" * size for size in (10, 100, 1000)])
             for _ in range(3):
                 sock.recv(2048)
-        udp_send(client, server.ipv4, DROP_PORT, [b"d" * 64] * 7)
+        udp_send(client, server.ipv4, DROP_PORT, [b"d" * 64] * DROPPED)
+        # Another "run" on the same host: the same drops between pods the agent does not watch.
+        neighbour = stack.enter_context(Sandbox())
+        n_client = neighbour.add_pod("client", ipv6=False, veth_prefix="ox")
+        n_server = neighbour.add_pod("server", ipv6=False, veth_prefix="ox")
+        nft(n_server, DROP_RULES)
+        assert wait_for(lambda: pings(n_client, n_server.ipv4)), "the neighbour's pods cannot reach each other"
+        udp_send(n_client, n_server.ipv4, DROP_PORT, [b"d" * 64] * DROPPED)
         tcp_exchange(client, server, TCP_PORT, send=2000, reply=3000)
         assert server.ipv6
         client.run(["ping", "-c2", "-i0.2", "-W2", server.ipv6])
@@ -330,6 +344,7 @@ def _cases(scene: Scene) -> list[tuple[list[str], Callable[[dict[str, Any], str]
         (["--protocol", "icmp"], lambda a, e: a["network.transport"] == "icmp"),
         (["--verdict", "DROPPED"], lambda a, e: a["retina.flow.verdict"] == "dropped"),
         (["--drop-reason", "NETFILTER_DROP"], lambda a, e: a.get("retina.drop.reason") == "NETFILTER_DROP"),
+        (["--drop-reason-desc", "POLICY_DENIED"], lambda a, e: a.get("retina.drop.reason") == "NETFILTER_DROP"),
         (
             ["--tcp-flags", "SYN"],
             lambda a, e: (
@@ -375,18 +390,35 @@ def test_dns_flows_show_the_query(scene: Scene) -> None:
 
 
 def test_a_drop_shows_the_kernels_reason(scene: Scene) -> None:
-    code, out, _ = observe(scene, "--verdict", "DROPPED", "--to-port", str(DROP_PORT), "--last", "100")
+    c, s = scene.client.ipv4, scene.server.ipv4
+    ours = ["--from-ip", c, "--to-ip", s, "--to-port", str(DROP_PORT)]
+    code, out, _ = observe(scene, "--verdict", "DROPPED", *ours, "--last", "100")
     assert code == 0
     lines = out.splitlines()
     assert lines and all("DROPPED (NETFILTER_DROP)" in line for line in lines), out
+    # Hubble's own field: a netfilter rule drop is POLICY_DENIED, as Retina reports it.
+    shown = observe_json(scene, "--verdict", "DROPPED", *ours)
+    assert shown and all(r["flow"]["drop_reason_desc"] == "POLICY_DENIED" for r in shown), shown
+    assert all(r["flow"]["event_type"] == {"type": 1, "sub_type": 133} for r in shown), shown
     got, want = agree(
         scene,
-        ["--to-port", str(DROP_PORT), "--verdict", "DROPPED"],
-        lambda a, e: a.get("destination.port") == DROP_PORT and a["retina.flow.verdict"] == "dropped",
+        [*ours, "--verdict", "DROPPED"],
+        lambda a, e: (
+            (a["source.address"], a["destination.address"], a.get("destination.port")) == (c, s, DROP_PORT)
+            and a["retina.flow.verdict"] == "dropped"
+        ),
     )
     assert got == want
     dropped = sum(key[5] * count for key, count in got.items())  # packets
-    assert dropped == nft_counters(scene.server)["dropped"][0] == 7, (got, nft_counters(scene.server))
+    assert dropped == nft_counters(scene.server)["dropped"][0] == DROPPED, (got, nft_counters(scene.server))
+    # The host's other drops to that port (at least the neighbour sandbox's) are records too: only the
+    # addresses make the count above the scene's own.
+    everywhere = agree(
+        scene,
+        ["--to-port", str(DROP_PORT), "--verdict", "DROPPED"],
+        lambda a, e: a.get("destination.port") == DROP_PORT and a["retina.flow.verdict"] == "dropped",
+    )[0]
+    assert sum(key[5] * count for key, count in everywhere.items()) >= 2 * DROPPED, everywhere
 
 
 def _sink_groups(scene: Scene) -> dict[tuple[str, str], tuple[int, int, int]]:
