@@ -12,6 +12,7 @@ workload's spec to tcpdump's argv (a list, the filter one item after ``--``).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import threading
@@ -32,7 +33,7 @@ from retina_otel.controller.handlers import refresh_capture
 from retina_otel.controller.kube import KubeClient
 from retina_otel.crds import CRDS
 from retina_otel.crds.capturejob import TcpdumpFlags
-from retina_otel.kubectl_plugin.cli import _own_secrets, main
+from retina_otel.kubectl_plugin.cli import _own_secrets, build_parser, main
 from retina_otel.testing_k8s import EmulatedCluster
 
 # --- Retina's documented manifests (docs/04-Captures/03-crd.md, docs/05-Concepts/CRDs/Capture.md) ---------
@@ -480,6 +481,11 @@ def test_debug_flag_uses_retina_agent_image(cluster: tuple[str, KubeClient], mon
     monkeypatch.setenv("RETINA_AGENT_IMAGE", "registry.example/retina-otel:debug")
     job = created_job(url, c, "dbg", "--debug")
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/retina-otel:debug"
+    # A Go bool flag, as in Retina: --debug=true / --debug=false.
+    job = created_job(url, c, "dbg-true", "--debug=true")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/retina-otel:debug"
+    job = created_job(url, c, "dbg-false", "--debug=false")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] != "registry.example/retina-otel:debug"
 
 
 def test_legacy_tcpdump_object_is_an_alias() -> None:
@@ -549,3 +555,25 @@ def test_minio_sample(cluster: tuple[str, KubeClient]) -> None:
     assert spec.outputs.s3 is not None
     assert (spec.outputs.s3.bucket, spec.outputs.s3.endpoint, spec.outputs.s3.path) == (
         "retina-bucket", "https://play.min.io:9000", "retina/captures")
+
+
+def test_version_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """``kubectl retina version`` prints the version, as Retina's does (no cluster needed)."""
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == importlib.metadata.version("retina-otel")
+
+
+def test_connection_flags_after_the_command(cluster: tuple[str, KubeClient]) -> None:
+    """Retina's commands take kubectl's connection flags after the command (``kubectl retina capture create
+    --context prod ...``); here too, and one given there wins over one given before the command."""
+    url, c = cluster
+    assert main(["capture", "create", "--api-url", url, "--name", "after", "-n", "default", "--node-names", "n1",
+                 "--host-path", "flags"]) == 0
+    assert c.list(kube.JOBS, "default", labels={LABEL_CAPTURE: "after"})
+    parser = build_parser()
+    for command in (["capture", "create"], ["capture", "list"], ["capture", "delete", "--name", "x"],
+                    ["capture", "download", "--all"], ["shell", "node-1"], ["observe"]):
+        args = parser.parse_args([*command, "--kubeconfig", "k", "--context", "prod", "--insecure-skip-tls-verify"])
+        assert (args.kubeconfig, args.context, args.insecure) == ("k", "prod", True), command
+        args = parser.parse_args(["--context", "before", *command])
+        assert (args.kubeconfig, args.context, args.insecure) == (None, "before", False), command

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.metadata
 import os
 import sys
 import time
@@ -89,10 +90,7 @@ def _selector(text: str | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl retina", description="Retina network captures (retina-otel)")
-    parser.add_argument("--kubeconfig", default=None)
-    parser.add_argument("--context", default=None)
-    parser.add_argument("--api-url", default=os.environ.get("RETINA_API_URL"), help="API server URL (tests, proxies)")
-    parser.add_argument("--insecure-skip-tls-verify", action="store_true", dest="insecure")
+    _connection_options(parser, top=True)
     top = parser.add_subparsers(dest="group", required=True)
     from retina_otel.kubectl_plugin import observe
 
@@ -150,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--job-num-limit", type=int, default=0)
     c.add_argument("--cleanup-after-upload", type=_bool, nargs="?", const=True, default=False,
                    help="delete Jobs and generated Secrets once uploaded (needs --blob-upload, --s3-bucket or --pvc)")
-    c.add_argument("--debug", action="store_true",
+    c.add_argument("--debug", type=_bool, nargs="?", const=True, default=False,
                    help="run the Jobs with the image in $RETINA_AGENT_IMAGE (Retina's debug mode)")
     c.add_argument("--no-wait", type=_bool, nargs="?", const=True, default=True,
                    help="return once the Jobs exist (default true, like Retina); --no-wait=false or --wait waits")
@@ -177,7 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--blob-url", default="", help="SAS URL (default: from the capture's secret)")
     dl.add_argument("--helper-image", default="busybox:1.36", help="image of the hostPath helper pod")
     shell.add_parser(top)
+    top.add_parser("version", help="print the plugin's version (Retina's `kubectl retina version`)").set_defaults(
+        cmd="version")
+    # Retina's commands take the connection flags after the command too (kubectl's ConfigFlags).
+    for sub in (obs, c, lst, d, dl, top.choices["shell"]):
+        _connection_options(sub)
     return parser
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """How to reach the API server. On a command the flags default to SUPPRESS, so a flag given before the
+    command stays unless it is given again after it."""
+    unset: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--kubeconfig", default=unset)
+    parser.add_argument("--context", default=unset)
+    parser.add_argument("--api-url", default=os.environ.get("RETINA_API_URL") if top else unset,
+                        help="API server URL (tests, proxies)")
+    parser.add_argument("--insecure-skip-tls-verify", action="store_true", dest="insecure",
+                        default=False if top else unset)
 
 
 def build_capture(args: argparse.Namespace) -> Obj:
@@ -425,6 +440,9 @@ def _delete(client: KubeClient, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "version":
+        print(importlib.metadata.version("retina-otel"))
+        return 0
     client = KubeClient.from_options(
         api_url=args.api_url, kubeconfig=args.kubeconfig, context=args.context, insecure=args.insecure
     )
