@@ -103,6 +103,7 @@ class Builder:
         self.masks = masks
         self.number = number
         self.tag = number << 3 | 2
+        self.exclude = exclude
         self.columns: list[Segments] = []
         self._allowed: dict[str, bool] = {k: False for k in exclude}
 
@@ -266,7 +267,7 @@ _ENDPOINT_TABLES_KEPT = 4
 
 
 def _endpoint_fragments(b: Builder, table: EndpointTable, prefix: str) -> list[bytes | None]:
-    key = (id(table), prefix, b.masks, b.number, frozenset(k for k, v in b._allowed.items() if not v))
+    key = (id(table), prefix, b.masks, b.number, b.exclude)
     found = _ENDPOINT_CACHE.get(key)
     if found is None or found[0] is not table:
         while len(_ENDPOINT_CACHE) >= _ENDPOINT_TABLES_KEPT:
