@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args, tracepoint_args
+from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args
 from retina_otel.component import CreateSettings
 from retina_otel.flows import STRINGS, Direction, Event, Verdict, ip_to_bytes
 from retina_otel.receivers.dropreason import FACTORY, DropReasonConfig, DropReasonReceiver
@@ -249,9 +249,9 @@ def test_hooks_the_kfree_skb_raw_tracepoint_checked_against_btf(
     bpf = rcv._bpf
     assert set(bpf.raw_tracepoint_fds) == {b"kfree_skb"} and not bpf.tracepoint_fds  # no trace record built
     btf = kernel_btf()
-    assert tracepoint_args(btf, "kfree_skb")[:3] == KFREE_SKB_ARGS  # (skb, location, reason[, rx_sk])
+    assert btf.tracepoint_args("kfree_skb")[:3] == KFREE_SKB_ARGS  # (skb, location, reason[, rx_sk])
     require_tracepoint_args(btf, "kfree_skb", KFREE_SKB_ARGS)
     with pytest.raises(BtfError, match="kfree_skb has arguments"):
         require_tracepoint_args(btf, "kfree_skb", ["struct sk_buff *", "enum skb_drop_reason"])
     with pytest.raises(BtfError, match="no_such_tracepoint"):
-        tracepoint_args(btf, "no_such_tracepoint")
+        btf.tracepoint_args("no_such_tracepoint")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args, tracepoint_args
+from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args
 from retina_otel.component import CreateSettings
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import HistogramValue
@@ -150,7 +150,7 @@ def test_hooks_raw_tracepoints_checked_against_btf(receiver: tuple[TcpLatencyRec
     btf = kernel_btf()
     for name, args in TRACEPOINT_ARGS.items():
         require_tracepoint_args(btf, name, args)
-    assert tracepoint_args(btf, "tcp_probe") == ["struct sock *", "const struct sk_buff *"]
+    assert btf.tracepoint_args("tcp_probe") == ["struct sock *", "const struct sk_buff *"]
     with pytest.raises(BtfError, match="tcp_probe has arguments"):
         require_tracepoint_args(btf, "tcp_probe", ["struct sk_buff *"])
 

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Btf", "BtfError", "MemberInfo", "kernel_btf", "require_tracepoint_args", "tracepoint_args"]
+__all__ = ["Btf", "BtfError", "MemberInfo", "kernel_btf", "require_tracepoint_args"]
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT = range(1, 12)
 _FUNC, _FUNC_PROTO, _VAR, _DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64 = range(12, 20)
 _MODIFIERS = {_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG}
+# How a type's kind is spelled before its name in C.
+_KIND_PREFIX = {_STRUCT: "struct ", _UNION: "union ", _ENUM: "enum ", _ENUM64: "enum ", _FWD: "struct "}
 # Bytes that follow a type's 12-byte header: a fixed part, and a part per vlen entry.
 _EXTRA_FIXED = {_INT: 4, _VAR: 4, _DECL_TAG: 4, _ARRAY: 12}
 _EXTRA_PER_VLEN = {_STRUCT: 12, _UNION: 12, _ENUM: 8, _ENUM64: 12, _FUNC_PROTO: 8, _DATASEC: 12}
@@ -164,9 +166,6 @@ class Btf:
             return t.size_or_type
         raise BtfError("type chain too long")
 
-    def struct_size(self, name: str) -> int:
-        return self._find((_STRUCT, _UNION), name).size_or_type
-
     def member(self, struct_name: str, member: str) -> MemberInfo:
         """Offset and size of ``struct_name.member`` (searching through anonymous structs and unions)."""
         found = self._member_in(self._find((_STRUCT, _UNION), struct_name), member, 0)
@@ -211,6 +210,41 @@ class Btf:
         """Enumerator names to values of ``enum name``."""
         return dict(self._find((_ENUM, _ENUM64), name).enum_values)
 
+    def _type_name(self, type_id: int) -> str:
+        """A C spelling of a type (``struct sk_buff *``, ``enum skb_drop_reason``, ``int``); qualifiers
+        and typedefs are kept by name (``const struct sock *``, ``u32``); ``void`` for type id 0."""
+        t = self._type(type_id)
+        if t is None:
+            return "void"
+        if t.kind == _PTR:
+            return self._type_name(t.size_or_type) + " *"
+        if t.kind == _CONST:
+            return "const " + self._type_name(t.size_or_type)
+        if t.kind == _VOLATILE:
+            return "volatile " + self._type_name(t.size_or_type)
+        if t.kind in (_RESTRICT, _TYPE_TAG):
+            return self._type_name(t.size_or_type)
+        if t.kind == _FUNC_PROTO:
+            return "function"
+        return _KIND_PREFIX.get(t.kind, "") + (t.name or "(anon)")
+
+    def tracepoint_args(self, name: str) -> list[str]:
+        """The arguments a RAW tracepoint program gets for tracepoint ``name`` (``ctx->args[i]``), as C type
+        spellings, read from the ``btf_trace_<name>`` typedef (a pointer to the probe's function prototype,
+        whose first parameter is the tracepoint's private ``void *`` data, not passed to the program)."""
+        typedef = self._find((_TYPEDEF,), f"btf_trace_{name}")
+        ptr = self._resolve(typedef.size_or_type)
+        if ptr is None or ptr.kind != _PTR:
+            raise BtfError(f"btf_trace_{name} is not a function pointer")
+        proto_id = ptr.size_or_type
+        proto = self._type(proto_id)
+        if proto is None or proto.kind != _FUNC_PROTO:
+            raise BtfError(f"btf_trace_{name} does not point to a function prototype")
+        pos = self._offsets[proto_id]
+        vlen = struct.unpack_from("<I", self._data, pos + 4)[0] & 0xFFFF
+        params = [struct.unpack_from("<II", self._data, pos + 12 + 8 * i)[1] for i in range(vlen)]
+        return [self._type_name(p) for p in params[1:]]
+
 
 def kernel_btf(path: Path = VMLINUX) -> Btf:
     """The running kernel's BTF (about 0.1 s; about 7 MB while referenced).
@@ -225,53 +259,12 @@ def kernel_btf(path: Path = VMLINUX) -> Btf:
     return Btf(blob)
 
 
-# -- additions: type names and raw-tracepoint argument lists ------------------------------------------
-_KIND_PREFIX = {_STRUCT: "struct ", _UNION: "union ", _ENUM: "enum ", _ENUM64: "enum ", _FWD: "struct "}
-
-
-def _type_name(btf: Btf, type_id: int) -> str:
-    """A C spelling of a type (``struct sk_buff *``, ``enum skb_drop_reason``, ``int``); qualifiers
-    and typedefs are kept by name (``const struct sock *``, ``u32``); ``void`` for type id 0."""
-    t = btf._type(type_id)
-    if t is None:
-        return "void"
-    if t.kind == _PTR:
-        return _type_name(btf, t.size_or_type) + " *"
-    if t.kind == _CONST:
-        return "const " + _type_name(btf, t.size_or_type)
-    if t.kind == _VOLATILE:
-        return "volatile " + _type_name(btf, t.size_or_type)
-    if t.kind in (_RESTRICT, _TYPE_TAG):
-        return _type_name(btf, t.size_or_type)
-    if t.kind == _FUNC_PROTO:
-        return "function"
-    return _KIND_PREFIX.get(t.kind, "") + (t.name or "(anon)")
-
-
-def tracepoint_args(btf: Btf, name: str) -> list[str]:
-    """The arguments a RAW tracepoint program gets for tracepoint ``name`` (``ctx->args[i]``), as C type
-    spellings, read from the ``btf_trace_<name>`` typedef (a pointer to the probe's function prototype,
-    whose first parameter is the tracepoint's private ``void *`` data, not passed to the program)."""
-    typedef = btf._find((_TYPEDEF,), f"btf_trace_{name}")
-    ptr = btf._resolve(typedef.size_or_type)
-    if ptr is None or ptr.kind != _PTR:
-        raise BtfError(f"btf_trace_{name} is not a function pointer")
-    proto_id = ptr.size_or_type
-    proto = btf._type(proto_id)
-    if proto is None or proto.kind != _FUNC_PROTO:
-        raise BtfError(f"btf_trace_{name} does not point to a function prototype")
-    pos = btf._offsets[proto_id]
-    vlen = struct.unpack_from("<I", btf._data, pos + 4)[0] & 0xFFFF
-    params = [struct.unpack_from("<II", btf._data, pos + 12 + 8 * i)[1] for i in range(vlen)]
-    return [_type_name(btf, p) for p in params[1:]]
-
-
 def require_tracepoint_args(btf: Btf, name: str, expected: list[str]) -> None:
     """Raise :class:`BtfError` unless raw tracepoint ``name`` starts with the ``expected`` arguments
     (compared without ``const``/``volatile``), so a program reading ``ctx->args[i]`` never misreads a
     kernel whose tracepoint changed."""
     try:
-        actual = tracepoint_args(btf, name)
+        actual = btf.tracepoint_args(name)
     except BtfError as exc:
         raise BtfError(f"raw tracepoint {name}: {exc}") from exc
 

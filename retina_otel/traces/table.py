@@ -77,10 +77,6 @@ class ConnectionTable:
     def __len__(self) -> int:
         return self.capacity - self._n_free
 
-    @property
-    def free(self) -> int:
-        return self._n_free
-
     def find(self, h: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """Slot of each hash, -1 when absent."""
         self._reindex()
