@@ -26,7 +26,7 @@ import yaml
 
 from retina_otel.capture.filters import build_filter
 from retina_otel.capture.spec import CaptureJobSpec as WorkloadSpec
-from retina_otel.capture.tcpdump import TcpdumpSettings, run_tcpdump, tcpdump_args
+from retina_otel.capture.tcpdump import MB, TcpdumpSettings, run_tcpdump, tcpdump_args
 from retina_otel.controller import kube
 from retina_otel.controller.capture import LABEL_CAPTURE, CaptureFailure, CaptureSettings, create_jobs, plan_jobs
 from retina_otel.controller.handlers import refresh_capture
@@ -577,3 +577,22 @@ def test_connection_flags_after_the_command(cluster: tuple[str, KubeClient]) -> 
         assert (args.kubeconfig, args.context, args.insecure) == ("k", "prod", True), command
         args = parser.parse_args(["--context", "before", *command])
         assert (args.kubeconfig, args.context, args.insecure) == (None, "before", False), command
+
+
+def test_target_size_and_ring_flags_reach_tcpdump(cluster: tuple[str, KubeClient]) -> None:
+    """Retina's --interfaces, --packet-size, --max-size, --file-count and --duration reach the Job and, as the
+    workload builds its settings from the Job, tcpdump's argv (-i per interface, -s, the -C/-W ring)."""
+    url, c = cluster
+    job = created_job(url, c, "sizes", "--interfaces", "eth0, eth1", "--packet-size", "96", "--max-size", "2",
+                      "--file-count", "3", "--duration", "30s")
+    _, spec, _ = job_view(job)
+    assert (spec.interfaces, spec.packet_size, spec.max_capture_size_mb, spec.file_count, spec.duration) == (
+        ("eth0", "eth1"), 96, 2, 3, 30.0)
+    assert spec.max_capture_size_mb is not None
+    settings = TcpdumpSettings(interfaces=spec.interfaces, duration=spec.duration, packet_size=spec.packet_size,
+                               max_bytes=spec.max_capture_size_mb * MB, file_count=spec.file_count)
+    for interface in spec.interfaces:
+        argv = tcpdump_args(settings, interface, Path(f"/retina/capture/work/x-{interface}.pcap"))
+        assert argv[argv.index("-i") + 1] == interface
+        assert argv[argv.index("-s") + 1] == "96"
+        assert argv[argv.index("-W") + 1] == "3" and int(argv[argv.index("-C") + 1]) >= 2
