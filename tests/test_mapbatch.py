@@ -55,3 +55,20 @@ def test_lookup_iter_drain(table: Any) -> None:
 def test_drain_checks_the_dtypes_against_the_map(table: Any) -> None:
     with pytest.raises(ValueError, match="do not match"):
         drain(table, KEY, np.dtype("<u8"))
+
+
+def test_a_bucket_larger_than_the_chunk_grows_the_chunk(table: Any) -> None:
+    """With 16K+ entries in 32K buckets many buckets hold two or more: a chunk of 1 gets ENOSPC from the
+    kernel, which the reader answers with a bigger chunk instead of an error. Also what the self-metrics
+    count with (objinfo.count_entries)."""
+    from retina_otel.bpf import objinfo
+
+    _fill(table, N)
+    seen = [int(k) for keys, _v in iter_batches(table.map_fd, KEY, VALUE, 1) for k in keys["k"]]
+    assert sorted(seen) == list(range(N))
+    keys, _values = lookup_batch(table.map_fd, KEY, VALUE, int(table.max_entries), delete=True)
+    assert sorted(keys["k"].tolist()) == list(range(N)) and len(table) == 0
+    _fill(table, 1000)
+    info = objinfo.map_info(table.map_fd)
+    assert objinfo.count_entries(table.map_fd, info, chunk=1) == 1000
+    assert objinfo.count_entries(table.map_fd, info, chunk=64, limit=100) in range(100, 165)

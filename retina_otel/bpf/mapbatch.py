@@ -40,8 +40,9 @@ def iter_batches(
 ) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
     """The entries of a hash map, ``chunk`` at a time, as numpy arrays (a consistent snapshot per
     bucket), deleted as they are read when ``delete``. The arrays are reused between chunks: copy what
-    must outlive the next one. Stops at the end of the map (ENOENT) or when a call makes no progress
-    (concurrent updates: the rest comes next time)."""
+    must outlive the next one. A hash bucket larger than ``chunk`` (ENOSPC) doubles the chunk. Stops at
+    the end of the map (ENOENT) or when a call makes no progress (concurrent updates: the rest comes
+    next time)."""
     lib = _libbcc()
     keys = np.zeros(chunk, dtype=key_dtype)
     values = np.zeros(chunk, dtype=value_dtype)
@@ -64,6 +65,10 @@ def iter_batches(
         if count.value:
             yield keys[: count.value], values[: count.value]
         if res != 0:
+            if err == errno.ENOSPC and not count.value and chunk < 1 << 22:  # a bucket larger than a chunk
+                chunk *= 2
+                keys, values = np.zeros(chunk, dtype=key_dtype), np.zeros(chunk, dtype=value_dtype)
+                continue  # from the bucket the kernel stopped at (it wrote it into the token)
             if err != errno.ENOENT:
                 name = "BPF_MAP_LOOKUP_AND_DELETE_BATCH" if delete else "BPF_MAP_LOOKUP_BATCH"
                 raise OSError(err, f"{name}: {os.strerror(err)}")

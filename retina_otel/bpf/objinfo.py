@@ -6,7 +6,8 @@
   ``run_cnt`` grow only while ``kernel.bpf_stats_enabled`` is 1 (:func:`stats_enabled`; this module
   never changes it: the accounting costs every program run a little);
 * :func:`count_entries`: live entries of a hash-type map, read with ``BPF_MAP_LOOKUP_BATCH`` a chunk at
-  a time into reused buffers (an LPM trie, which has no batch operations, with ``BPF_MAP_GET_NEXT_KEY``);
+  a time into reused buffers (:func:`retina_otel.bpf.mapbatch.iter_batches`; an LPM trie, which has no
+  batch operations, with ``BPF_MAP_GET_NEXT_KEY``);
 * :func:`ringbuf_used`: bytes written and not yet consumed in a ring buffer, from its consumer and
   producer position pages (``mmap`` read-only).
 
@@ -25,6 +26,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from retina_otel.bpf.syscall import bpf
 
@@ -45,7 +48,6 @@ __all__ = [
 
 _BPF_MAP_GET_NEXT_KEY = 4
 _BPF_OBJ_GET_INFO_BY_FD = 15
-_BPF_MAP_LOOKUP_BATCH = 24
 
 MAP_TYPES = {
     1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash", 6: "percpu_array",
@@ -117,19 +119,6 @@ class _MapInfo(ct.Structure):
         ("max_entries", ct.c_uint32),
         ("map_flags", ct.c_uint32),
         ("name", ct.c_char * 16),
-    ]
-
-
-class _BatchAttr(ct.Structure):
-    _fields_ = [
-        ("in_batch", ct.c_uint64),
-        ("out_batch", ct.c_uint64),
-        ("keys", ct.c_uint64),
-        ("values", ct.c_uint64),
-        ("count", ct.c_uint32),
-        ("map_fd", ct.c_uint32),
-        ("elem_flags", ct.c_uint64),
-        ("flags", ct.c_uint64),
     ]
 
 
@@ -215,42 +204,21 @@ def _possible_cpus() -> int:
 
 
 def count_entries(fd: int, info: MapInfo, chunk: int = 4096, limit: int = 1 << 22) -> int:
-    """Live entries of a hash-type map (``info.type`` in :data:`HASH_TYPES`); at most ``limit`` counted."""
+    """Live entries of a hash-type map (``info.type`` in :data:`HASH_TYPES`); at most ``limit`` counted
+    (a chunk more at the most)."""
     if info.type == 11:
         return _count_by_next_key(fd, info, limit)
+    from retina_otel.bpf.mapbatch import iter_batches
+
     value_size = info.value_size
     if info.type in PERCPU_TYPES:
         value_size = (value_size + 7) // 8 * 8 * _possible_cpus()
-    chunk = max(1, min(chunk, info.max_entries))
-    keys = ct.create_string_buffer(info.key_size * chunk)
-    values = ct.create_string_buffer(value_size * chunk)
-    token_in = ct.c_uint64(0)
-    token_out = ct.c_uint64(0)
+    key_dtype, value_dtype = np.dtype((np.void, info.key_size)), np.dtype((np.void, value_size))
     total = 0
-    first = True
-    while total < limit:
-        attr = _BatchAttr(
-            in_batch=0 if first else ct.addressof(token_in),
-            out_batch=ct.addressof(token_out),
-            keys=ct.addressof(keys),
-            values=ct.addressof(values),
-            count=chunk,
-            map_fd=fd,
-        )
-        try:
-            bpf(_BPF_MAP_LOOKUP_BATCH, attr, "BPF_MAP_LOOKUP_BATCH")
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:  # the end: ``count`` holds the last chunk's entries
-                return total + int(attr.count)
-            if exc.errno == errno.ENOSPC and chunk < info.max_entries:  # a bucket larger than the chunk
-                chunk = min(info.max_entries, chunk * 2)
-                keys = ct.create_string_buffer(info.key_size * chunk)
-                values = ct.create_string_buffer(value_size * chunk)
-                continue
-            raise
-        total += int(attr.count)
-        token_in.value = token_out.value
-        first = False
+    for keys, _values in iter_batches(fd, key_dtype, value_dtype, max(1, min(chunk, info.max_entries))):
+        total += int(keys.shape[0])
+        if total >= limit:
+            break
     return total
 
 
