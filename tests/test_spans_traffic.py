@@ -29,12 +29,16 @@ from retina_otel.controller.kube import KubeClient
 from retina_otel.exporters.otlp import OtlpConfig, OtlpExporter
 from retina_otel.processors.k8sattributes import FACTORY as K8S_FACTORY
 from retina_otel.processors.k8sattributes import K8sAttributesConfig
+from retina_otel.processors.tcplatency import FACTORY as LATENCY_PROCESSOR
+from retina_otel.processors.tcplatency import TcpLatencyProcessorConfig
 from retina_otel.receivers.dns import FACTORY as DNS_FACTORY
 from retina_otel.receivers.dns import DnsConfig
 from retina_otel.receivers.dropreason import FACTORY as DROP_FACTORY
 from retina_otel.receivers.dropreason import DropReasonConfig
 from retina_otel.receivers.packetparser import FACTORY as PP_FACTORY
 from retina_otel.receivers.packetparser import PacketParserConfig
+from retina_otel.receivers.tcplatency import FACTORY as LATENCY_FACTORY
+from retina_otel.receivers.tcplatency import TcpLatencyReceiver
 from retina_otel.receivers.tcpretrans import FACTORY as RETRANS_FACTORY
 from retina_otel.receivers.tcpretrans import TcpRetransConfig
 from retina_otel.sandbox import Pod, Sandbox
@@ -59,9 +63,17 @@ class Node:
     """The receivers -> (k8sattributes) -> spans -> otlp chain on one TestHost, started in the agent's order."""
 
     def __init__(
-        self, sandbox: Sandbox, sink: OtlpSink, spans: dict[str, Any], k8s_url: str = "", only: Pod | None = None
+        self,
+        sandbox: Sandbox,
+        sink: OtlpSink,
+        spans: dict[str, Any],
+        k8s_url: str = "",
+        only: Pod | None = None,
+        latency: bool = False,
     ) -> None:
-        """``only``: an agent of a "node" holding just this pod (packetparser on its veth, nothing else)."""
+        """``only``: an agent of a "node" holding just this pod (packetparser on its veth, nothing else);
+        ``latency``: with the tcplatency receiver (read only by :meth:`poll_latency`) and processor before
+        the connector, as in the chart's logs pipeline."""
         self.exporter = OtlpExporter(
             CreateSettings("otlp", "exporter"),
             OtlpConfig(endpoint=f"127.0.0.1:{sink.port}", tls={"insecure": True}, flush_interval=0.1,
@@ -81,6 +93,18 @@ class Node:
             )
             self.components.append(head)
             extensions["k8s_cache"] = head
+        self.latency: TcpLatencyReceiver | None = None
+        if latency:
+            head = LATENCY_PROCESSOR.create(
+                CreateSettings("tcplatency", "processor"), TcpLatencyProcessorConfig(), head
+            )
+            self.components.append(head)
+            self.latency = LATENCY_FACTORY.create(
+                CreateSettings("tcplatency", "receiver"),
+                LATENCY_FACTORY.config_model(interval=3600, use_kubernetes_service_host=False),
+                None,
+            )
+            extensions.update(self.latency.extensions())
         self.pp = PP_FACTORY.create(
             CreateSettings("packetparser", "receiver"),
             PacketParserConfig(
@@ -99,6 +123,8 @@ class Node:
                 RETRANS_FACTORY.create(CreateSettings("tcpretrans", "receiver"), TcpRetransConfig(interval=0.3), head),
             ]
         )
+        if self.latency is not None:
+            self.receivers.append(self.latency)
         self.components += self.receivers
         self.host = TestHost(node_name=f"node-of-{only.name}" if only else NODE, extensions=extensions)
 
@@ -126,8 +152,10 @@ def sink() -> Iterator[OtlpSink]:
 def make_node(sandbox: Sandbox, sink: OtlpSink) -> Iterator[Any]:
     made: list[Node] = []
 
-    def make(spans: dict[str, Any], pods: list[Pod], k8s_url: str = "", only: Pod | None = None) -> Node:
-        node = Node(sandbox, sink, spans, k8s_url, only)
+    def make(
+        spans: dict[str, Any], pods: list[Pod], k8s_url: str = "", only: Pod | None = None, latency: bool = False
+    ) -> Node:
+        node = Node(sandbox, sink, spans, k8s_url, only, latency)
         made.append(node)
         node.start(pods)
         return node
@@ -273,6 +301,48 @@ def test_two_agents_each_seeing_one_pod_put_each_pair_in_one_trace(
         assert c_res["k8s.node.name"] == f"node-of-{client.name}" and s_res["k8s.node.name"] == f"node-of-{server.name}"
         assert s_span.parent_span_id == c_span.span_id
     assert sorted(a["source.port"] for _, a, s in got if s.kind == CLIENT) == sorted(ports)
+
+
+def test_spans_carry_handshake_time_and_smoothed_rtt_with_tcplatency(
+    make_node: Any, client_server: tuple[Pod, Pod], sink: OtlpSink
+) -> None:
+    """With tcplatency before the connector, both spans of a connection carry the kernel's handshake time
+    (the client's, within the connect the test measured) and a smoothed RTT. The receiver's table is read
+    while each connection is open, so the reports of its close are annotated."""
+    client, server = client_server
+    node = make_node(
+        {"traces": [{"captureLevel": "FirstPacket", "traceTargets": WHOLE_RANGE}]}, [client, server], latency=True
+    )
+    srv = Server(server, PORT)
+    connects: dict[int, int] = {}  # client port -> ns the connect() took
+    try:
+        for _ in range(3):
+            with client.entered():
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with sock:
+                sock.settimeout(30)
+                t0 = time.monotonic_ns()
+                sock.connect((server.ipv4, PORT))
+                connects[int(sock.getsockname()[1])] = time.monotonic_ns() - t0
+                sock.sendall(b"z" * 100)
+                got = 0
+                while got < 100:
+                    chunk = sock.recv(65536)
+                    assert chunk
+                    got += len(chunk)
+                node.latency.poll()  # the flow is in the kernel's table now: later reports get its numbers
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(1) == b""
+    finally:
+        srv.close()
+    assert wait_for(lambda: len(spans_to(sink, PORT)) >= 6, timeout=15), len(spans_to(sink, PORT))
+    time.sleep(0.5)
+    got = spans_to(sink, PORT)
+    assert len(got) == 6 and {span.kind for _, _, span in got} == {CLIENT, SERVER}
+    for _, attrs, span in got:
+        taken_us = connects[attrs["source.port"]] / 1000
+        assert 0 < attrs["retina.tcp.handshake_us"] <= taken_us + 1000, (span.kind, attrs, taken_us)
+        assert attrs["retina.tcp.srtt_us"] > 0, (span.kind, attrs)
 
 
 def test_all_packets_adds_every_report_as_an_event(
