@@ -44,7 +44,6 @@ __all__ = [
     "FlowConsumer",
     "Host",
     "Lifecycle",
-    "NopFlowConsumer",
     "ProvidesExtensions",
 ]
 
@@ -179,10 +178,3 @@ class Factory(Generic[ConfigT]):
     @property
     def mutates(self) -> bool:
         return self.kind == "processor" if self.mutates_data is None else self.mutates_data
-
-
-class NopFlowConsumer:
-    """Discards every batch (the end of a pipeline without flow exporters)."""
-
-    def consume_flows(self, batch: FlowBatch) -> None:
-        return None

@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import Field
 
 from retina_otel.bpf.doublebuffer import DoubleBuffer
-from retina_otel.component import ComponentConfig, CreateSettings, FlowConsumer, Host, NopFlowConsumer
+from retina_otel.component import ComponentConfig, CreateSettings, FlowConsumer, Host
 from retina_otel.flows import FlowBatch
+from retina_otel.signals import NopConsumer
 
 __all__ = ["DrainConfig", "DrainingReceiver", "Worker", "cleanup_bpf"]
 
@@ -40,9 +41,7 @@ class Worker:
         self._thread = threading.Thread(target=target, name=self.name, daemon=True)
         self._thread.start()
 
-    def run_every(
-        self, interval: float, tick: Callable[[], object], *, log: logging.Logger, failure: str
-    ) -> None:
+    def run_every(self, interval: float, tick: Callable[[], object], *, log: logging.Logger, failure: str) -> None:
         """Start the thread calling ``tick()`` every ``interval`` seconds; an exception is logged as ``failure``."""
 
         def loop() -> None:
@@ -102,7 +101,7 @@ class DrainingReceiver(Generic[ConfigT]):
     def __init__(self, settings: CreateSettings, config: ConfigT, next_consumer: FlowConsumer | None) -> None:
         self.settings = settings
         self.config = config
-        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
+        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopConsumer()
         self._host: Host | None = None
         self._bpf: Any = None
         self._flows: DoubleBuffer | None = None

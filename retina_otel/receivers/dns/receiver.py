@@ -13,7 +13,7 @@ import time
 from retina_otel.bpf.chain import ProgramChain
 from retina_otel.bpf.directchain import DirectChain
 from retina_otel.bpf.tc import FilterSpec, TcError
-from retina_otel.component import CreateSettings, FlowConsumer, Host, NopFlowConsumer
+from retina_otel.component import CreateSettings, FlowConsumer, Host
 from retina_otel.extension_keys import DNS_CHAIN
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import Family
@@ -21,6 +21,7 @@ from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.dns.config import DnsConfig
 from retina_otel.receivers.dns.source import PacketSource
 from retina_otel.receivers.dns.tracker import DnsTracker
+from retina_otel.signals import NopConsumer
 
 __all__ = ["CHAIN_EXTENSION", "LATENCY_BOUNDS_MS", "DnsReceiver", "local_addresses"]
 
@@ -58,9 +59,7 @@ def choose_chain(config: DnsConfig, host: Host, component_id: str = "dns") -> Pr
     chain = host.get_extension(DNS_CHAIN)
     if chain is not None:
         return chain
-    return DirectChain(
-        DIRECT_FILTER_SPEC, config.pod_interfaces, config.host_interface, name=f"{component_id}-links"
-    )
+    return DirectChain(DIRECT_FILTER_SPEC, config.pod_interfaces, config.host_interface, name=f"{component_id}-links")
 
 
 class DnsReceiver:
@@ -69,7 +68,7 @@ class DnsReceiver:
     def __init__(self, settings: CreateSettings, config: DnsConfig, next_consumer: FlowConsumer | None) -> None:
         self.settings = settings
         self.config = config
-        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopFlowConsumer()
+        self._next: FlowConsumer = next_consumer if next_consumer is not None else NopConsumer()
         self._host: Host | None = None
         self._source: PacketSource | None = None
         self._chain: ProgramChain | None = None
