@@ -403,3 +403,57 @@ def test_spans_do_not_depend_on_how_reports_are_batched(cuts: list[int], rnd: An
     parts = [p for p in np.split(rows, edges) if len(p)]
     assert len(whole) == 12
     assert (spans_of(parts) == whole).all()
+
+
+def test_reset_after_the_handshake_is_an_error_named_reset() -> None:
+    from retina_otel.traces.schema import span_views
+
+    b, clock = builder()
+    batch = connection(41234, T0)
+    # the server resets instead of closing: its last report is RST,ACK, and the client's FIN never comes
+    last = batch.select(slice(0, 8)).copy()
+    last.records["tcp_flags"][6:8] = 0
+    for i in (6, 7):
+        last.records["tcp_flags"][i][TcpFlag.RST] = 1
+        last.records["is_reply"][i] = True
+        last.records["src_ip"][i], last.records["dst_ip"][i] = ip_to_bytes(S), ip_to_bytes(C)
+        last.records["src_port"][i], last.records["dst_port"][i] = S_PORT, 41234
+    b.add(last)
+    clock.now += 3 * SEC
+    spans = b.take()
+    assert spans is not None and len(spans) == 2
+    assert set(spans.records["close_reason"].tolist()) == {CloseReason.RST}
+    assert set(spans.records["status"].tolist()) == {StatusCode.ERROR}
+    assert {v.status_message for v in span_views(spans)} == {"connection reset"}
+
+
+def test_icmp_echo_is_a_client_and_server_span_ended_by_the_idle_timeout() -> None:
+    from retina_otel.traces.schema import span_views
+
+    b, clock = builder(idle_timeout_other_ns=5 * SEC)
+    batch = FlowBatch.empty(4)
+    f, to = ObservationPoint.FROM_ENDPOINT, ObservationPoint.TO_ENDPOINT
+    # echo request (type 8) and reply (type 0), each seen on the client's and the server's veth
+    for i, (src, dst, icmp_type, reply, obs, t) in enumerate(
+        [
+            (C, S, 8, False, f, T0),
+            (C, S, 8, False, to, T0 + 50),
+            (S, C, 0, True, f, T0 + 100),
+            (S, C, 0, True, to, T0 + 150),
+        ]
+    ):
+        row(batch, i, src=src, dst=dst, sport=icmp_type, dport=0, obs=obs, reply=reply, t=t, proto=1)
+    b.add(batch)
+    assert b.open_connections == 2
+    clock.now += 4 * SEC
+    assert b.take() is None
+    clock.now += 2 * SEC
+    spans = b.take()
+    assert spans is not None and len(spans) == 2
+    r = spans.records
+    assert sorted(int(k) for k in r["kind"]) == [SpanKind.SERVER, SpanKind.CLIENT]
+    assert r["trace_id"][0] == r["trace_id"][1] and set(r["close_reason"].tolist()) == {CloseReason.IDLE}
+    assert (r["flow"]["packets"] == 1).all() and (r["flow"]["reply_packets"] == 1).all()
+    views = list(span_views(spans))
+    assert {v.name for v in views} == {f"icmp {C} -> {S}"}
+    assert all(v.attributes["source.address"] == C and v.status == StatusCode.UNSET for v in views)
