@@ -37,7 +37,9 @@ __all__ = [
     "TcpFlag",
     "Verdict",
     "bytes_to_ip",
+    "copy_rows",
     "ip_to_bytes",
+    "opaque_rows",
 ]
 
 
@@ -203,6 +205,19 @@ class FieldMask:
         return {k: v for k, v in attributes.items() if self.allows(k)}
 
 
+def opaque_rows(rows: npt.NDArray[Any]) -> npt.NDArray[np.void]:
+    """``rows`` (a 1-D structured array) as opaque values of the row's size, sharing their memory."""
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize)))
+
+
+def copy_rows(records: npt.NDArray[Any], rows: npt.NDArray[np.bool_] | npt.NDArray[np.intp] | None = None) -> Any:
+    """A copy of ``records`` (of the ``rows`` selected by a mask or indices), made through opaque rows:
+    numpy copies a structured dtype field by field (~80 ns a row for FLOW_DTYPE), opaque values in one
+    block (~5 ns)."""
+    opaque = opaque_rows(records)
+    return (opaque.copy() if rows is None else opaque[rows]).view(records.dtype)
+
+
 @dataclass(slots=True)
 class FlowBatch:
     """A batch of flow records from one receiver.
@@ -231,7 +246,7 @@ class FlowBatch:
         """A batch whose rows, DNS list and attributes can be changed without touching this one (the
         endpoint table and masks are immutable and shared)."""
         return FlowBatch(
-            records=self.records.copy(),
+            records=copy_rows(self.records),
             receiver=self.receiver,
             dns=None if self.dns is None else list(self.dns),
             endpoints=self.endpoints,
@@ -250,7 +265,7 @@ class FlowBatch:
                 index = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
                 dns = [dns[i] for i in index.tolist()]
         return FlowBatch(
-            records=self.records[rows],
+            records=self.records[rows] if isinstance(rows, slice) else copy_rows(self.records, rows),
             receiver=self.receiver,
             dns=dns,
             endpoints=self.endpoints,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import Direction, EndpointTable, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict
+from retina_otel.flows import Direction, EndpointTable, Event, FlowBatch, ObservationPoint, TcpFlag, Verdict, copy_rows
 from retina_otel.traces.events import BUFFER_DTYPE, EventBuffer
 from retina_otel.traces.ids import (
     ROLE_CLIENT,
@@ -490,7 +490,7 @@ def _concat(batches: list[SpanBatch]) -> SpanBatch:
     any_dns = any(b.dns is not None for b in batches)
     n_events = 0
     for b in batches:
-        r = b.records.copy()
+        r = copy_rows(b.records)
         shift = np.int32(len(entries))
         for side in ("src_endpoint", "dst_endpoint"):
             col = r["flow"][side]

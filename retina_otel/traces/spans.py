@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from retina_otel.flows import FLOW_DTYPE, EndpointTable, FlowBatch
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, FlowBatch, copy_rows
 from retina_otel.signals import Signal, register_signal
 
 __all__ = [
@@ -133,8 +133,8 @@ class SpanBatch:
     def copy(self) -> SpanBatch:
         """A batch that can be changed without touching this one (endpoint table shared: immutable)."""
         return SpanBatch(
-            records=self.records.copy(),
-            events=self.events.copy(),
+            records=copy_rows(self.records),
+            events=copy_rows(self.events),
             dns=None if self.dns is None else list(self.dns),
             endpoints=self.endpoints,
             attributes=dict(self.attributes),
