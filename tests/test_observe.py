@@ -3,8 +3,9 @@
 One scenario (module fixture ``scene``): pods ``client`` (namespace obs-shop), ``server`` (obs-backend)
 and ``dns`` (obs-dns, a dnsmasq), known to k8sattributes through a ``source: file`` endpoints YAML,
 on host veths with this module's own prefix (``ob<token>p<n>``, never the default patterns). Traffic:
-UDP and TCP client -> server, UDP dropped by an nft rule in the server (NETFILTER_DROP), ICMP, DNS
-queries answered and NXDOMAIN. The agent runs packetparser, dropreason and dns -> k8sattributes ->
+UDP and TCP client -> server, UDP dropped by an nft rule in the server (NETFILTER_DROP), a TCP transfer
+losing every fifth data segment to another rule (retransmissions), ICMP, DNS queries answered and
+NXDOMAIN. The agent runs packetparser, dropreason, tcpretrans and dns -> k8sattributes ->
 the observer exporter AND an OTLP exporter into a real OTLP/gRPC sink, in the same logs pipeline:
 the sink's records are the truth every answer of the Observer API is compared with.
 
@@ -62,18 +63,24 @@ from tests.test_e2e_metrics import (
 pytestmark = pytest.mark.kernel
 
 NODE = "observe-node"
-UDP_PORT, DROP_PORT, TCP_PORT = 7510, 7520, 7530
+UDP_PORT, DROP_PORT, TCP_PORT, LOSS_PORT = 7510, 7520, 7530, 7540
 DROPPED = 7  # datagrams to DROP_PORT, dropped by the server's nft rule
 DROP_RULES = (
     "table ip obs_drop {\n counter dropped { }\n chain input { type filter hook input priority 0;\n"
     f'  udp dport {DROP_PORT} counter name "dropped" drop\n }}\n}}\n'
+)
+# every fifth data segment to LOSS_PORT (never SYN/FIN/RST, so the handshake stays quick): retransmissions
+LOSS_RULES = (
+    "table ip obs_loss {\n chain input { type filter hook input priority 10;\n"
+    f"  tcp dport {LOSS_PORT} tcp flags & (syn | fin | rst) == 0 ip length > 200 numgen inc mod 5 == 1 drop\n"
+    " }\n}\n"
 )
 NAMESPACES = {"client": "obs-shop", "server": "obs-backend", "dns": "obs-dns"}
 Key = tuple[Any, ...]
 
 
 def agent_config(endpoints: Path, socket_path: Path, otlp_port: int, token: str) -> dict[str, Any]:
-    receivers = ["packetparser", "dropreason", "dns"]
+    receivers = ["packetparser", "dropreason", "tcpretrans", "dns"]
     return {
         "receivers": {
             "packetparser": {
@@ -84,6 +91,7 @@ def agent_config(endpoints: Path, socket_path: Path, otlp_port: int, token: str)
                 "batch_interval": 0.2,
             },
             "dropreason": {"interval": 300},
+            "tcpretrans": {"interval": 300},
             "dns": {"interval": 300, "query_timeout": 0.5},
         },
         "processors": {
@@ -122,7 +130,7 @@ class Scene:
         return f"unix://{self.socket}"
 
     def flush(self) -> None:
-        for name in ("packetparser", "dropreason", "dns"):
+        for name in ("packetparser", "dropreason", "tcpretrans", "dns"):
             self.components[name].flush()
 
     def settle(self) -> None:
@@ -164,6 +172,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             )
         )
         nft(server, DROP_RULES)
+        nft(server, LOSS_RULES)
         start_dnsmasq(dns, dns_answer_of(dns))
         for src, dst in ((client, server), (client, dns), (server, client)):
             assert wait_for(lambda s=src, d=dst: pings(s, d.ipv4)), f"{src.name} cannot reach {dst.name}"
@@ -198,6 +207,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         assert wait_for(lambda: pings(n_client, n_server.ipv4)), "the neighbour's pods cannot reach each other"
         udp_send(n_client, n_server.ipv4, DROP_PORT, [b"d" * 64] * DROPPED)
         tcp_exchange(client, server, TCP_PORT, send=2000, reply=3000)
+        tcp_exchange(client, server, LOSS_PORT, send=100_000, reply=10, nodelay=False)
         assert server.ipv6
         client.run(["ping", "-c2", "-i0.2", "-W2", server.ipv6])
         dns_ask(client, dns.ipv4, OK_NAME, 2, DnsLog(), first_id=300)
@@ -296,7 +306,7 @@ def test_last_returns_exactly_the_records_the_agent_exported(scene: Scene) -> No
     got, want = agree(scene, [], lambda a, e: True)
     assert got == want
     kinds = {k[0] for k in want}
-    assert {"flow", "drop", "dns"} <= kinds, kinds
+    assert {"flow", "drop", "dns", "retransmit"} <= kinds, kinds
     code, out, _ = observe(scene, "--last", "3")
     assert code == 0 and len(out.splitlines()) == 3
 
@@ -340,6 +350,7 @@ def _cases(scene: Scene) -> list[tuple[list[str], Callable[[dict[str, Any], str]
         (["--ip", f"{s.ipv6}/128"], _any(_in_net("source", f"{s.ipv6}/128"), _in_net("destination", f"{s.ipv6}/128"))),
         (["--port", "53"], _any(_port("source", 53), _port("destination", 53))),
         (["--to-port", str(TCP_PORT)], _port("destination", TCP_PORT)),
+        (["--from-port", str(TCP_PORT)], _port("source", TCP_PORT)),
         (["--protocol", "tcp"], lambda a, e: a["network.transport"] == "tcp"),
         (["--protocol", "icmp"], lambda a, e: a["network.transport"] == "icmp"),
         (["--verdict", "DROPPED"], lambda a, e: a["retina.flow.verdict"] == "dropped"),
@@ -355,6 +366,11 @@ def _cases(scene: Scene) -> list[tuple[list[str], Callable[[dict[str, Any], str]
         (["--traffic-direction", "ingress"], lambda a, e: a["retina.flow.direction"] == "ingress"),
         (["--type", "dns"], lambda a, e: e == "retina.flow.dns"),
         (["--type", "drop"], lambda a, e: e == "retina.flow.drop"),
+        (["--type", "retransmit"], lambda a, e: e == "retina.flow.retransmit"),
+        (
+            ["--type", "retransmit", "--to-port", str(LOSS_PORT)],
+            lambda a, e: e == "retina.flow.retransmit" and _port("destination", LOSS_PORT)(a, e),
+        ),
         (["--not", "--protocol", "udp"], lambda a, e: a["network.transport"] != "udp"),
         (["--not", "--type", "flow"], lambda a, e: e != "retina.flow.flow"),
         (
