@@ -540,6 +540,7 @@ HUBBLE_CLIENT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import grpc
     from google.protobuf import json_format
+    from flow import flow_pb2
     from observer import observer_pb2, observer_pb2_grpc
     from relay import relay_pb2
     channel = grpc.insecure_channel(sys.argv[2])
@@ -548,9 +549,12 @@ HUBBLE_CLIENT = textwrap.dedent(
     nodes = stub.GetNodes(observer_pb2.GetNodesRequest())
     request = observer_pb2.GetFlowsRequest(number=int(sys.argv[3]))
     flows = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in stub.GetFlows(request)]
+    policy = flow_pb2.FlowFilter(drop_reason_desc=[flow_pb2.POLICY_DENIED], destination_ip=[sys.argv[4]])
+    request = observer_pb2.GetFlowsRequest(number=1000, whitelist=[policy])
+    drops = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in stub.GetFlows(request)]
     print(json.dumps({"seen": status.seen_flows, "max": status.max_flows,
                       "nodes": [(n.name, relay_pb2.NodeState.Name(n.state)) for n in nodes.nodes],
-                      "flows": flows}))
+                      "flows": flows, "drops": drops}))
     """
 )
 
@@ -572,7 +576,7 @@ def test_a_client_generated_from_hubbles_protos_streams_flows(scene: Scene, tmp_
     # A process of its own: Hubble's messages have the same full names as retina-otel's (that is the point),
     # so both cannot live in one descriptor pool.
     proc = subprocess.run(
-        [sys.executable, "-c", HUBBLE_CLIENT, str(tmp_path), scene.server_arg, "5"],
+        [sys.executable, "-c", HUBBLE_CLIENT, str(tmp_path), scene.server_arg, "5", scene.server.ipv4],
         capture_output=True,
         text=True,
         timeout=60,
@@ -589,6 +593,14 @@ def test_a_client_generated_from_hubbles_protos_streams_flows(scene: Scene, tmp_
         assert theirs["flow"]["time"] == mine["flow"]["time"]
         assert theirs["flow"].get("l4") == mine["flow"].get("l4")
         assert theirs["flow"]["node_name"] == NODE
+    # Hubble's drop_reason_desc filter and field, in Hubble's own enum: the scene's nft drops (and the lost
+    # segments of the LOSS_PORT transfer) are POLICY_DENIED, exactly those our client finds the same way.
+    drops = [r["flow"] for r in answer["drops"]]
+    assert drops and all(f["verdict"] == "DROPPED" and f["drop_reason_desc"] == "POLICY_DENIED" for f in drops)
+    assert all(f["event_type"] == {"type": 1, "sub_type": 133} for f in drops)
+    ours = observe_json(scene, "--drop-reason-desc", "POLICY_DENIED", "--to-ip", scene.server.ipv4, "--last", "1000")
+    assert [f["time"] for f in drops] == [r["flow"]["time"] for r in ours]
+    assert {f["destination"]["pod_name"] for f in drops} == {"server"}
 
 
 def test_server_status_and_nodes(scene: Scene) -> None:
