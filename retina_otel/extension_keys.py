@@ -7,8 +7,13 @@ key            offered by                  used by
 ``dns_chain``  packetparser receiver       dns receiver (its TC source tail-calls from it)
 ``tcp_latency`` tcplatency receiver        tcplatency processor (RTT per flow)
 ``k8s_cache``  k8sattributes processor     flowmetrics, hubblemetrics (namespace filter, pod deletions),
-                                           tcplatency (API settings), nodeconnectivity (nodes)
+                                           tcplatency (API settings), nodeconnectivity (nodes),
+                                           spans connector (pod metadata of connection ends)
 =============  ==========================  ====================================================
+
+A component may return its services under these keys or their names (``{"ip_filter": self}``); the
+agent registers them under the typed keys its factory lists in ``provides``, checking each service's
+type when it registers them (:mod:`retina_otel.service`).
 """
 
 from __future__ import annotations
