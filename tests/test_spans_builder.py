@@ -457,3 +457,28 @@ def test_icmp_echo_is_a_client_and_server_span_ended_by_the_idle_timeout() -> No
     views = list(span_views(spans))
     assert {v.name for v in views} == {f"icmp {C} -> {S}"}
     assert all(v.attributes["source.address"] == C and v.status == StatusCode.UNSET for v in views)
+
+
+def test_a_dns_error_response_is_an_error_span_naming_the_response_code() -> None:
+    from retina_otel.traces.schema import span_views
+
+    b, _ = builder()
+    batch = FlowBatch.empty(2)
+    for i, rcode in enumerate((3, 0)):
+        row(batch, i, src=S, dst=C, sport=53, dport=3333 + i, obs=ObservationPoint.UNKNOWN, reply=True,
+            t=T0 + 800_000, proto=17, event=Event.DNS)  # fmt: skip
+        r = batch.records
+        r["dns_is_response"][i], r["dns_latency_us"][i], r["dns_id"][i], r["dns_rcode"][i] = 1, 800, 90 + i, rcode
+    batch.dns = [  # as the dns receiver's entries (return_code: the rcode's name)
+        {"query": "missing.shop.test.", "query_type": "A", "return_code": "NXDOMAIN"},
+        {"query": "ok.shop.test.", "query_type": "A", "return_code": "NOERROR"},
+    ]
+    b.add(batch)
+    spans = b.take()
+    assert spans is not None and len(spans) == 2
+    views = {v.name: v for v in span_views(spans)}
+    missing, ok = views["missing.shop.test."], views["ok.shop.test."]
+    assert missing.status == StatusCode.ERROR and missing.attributes["dns.response_code"] == 3
+    assert missing.status_message == "DNS response code NXDOMAIN"
+    assert ok.status == StatusCode.UNSET and ok.attributes["dns.response_code"] == 0
+    assert missing.end_ns - missing.start_ns == 800_000
