@@ -32,6 +32,11 @@ def spec(*entries: dict[str, Any]) -> dict[str, Any]:
         ({"captureLevel": "FirstPacket", "traceTargets": [{"to": {"ipBlock": {"cidr": "10.0.0.0/33"}}}]},
          "is not an IP network"),
         ({"captureLevel": "Sometimes", "traceTargets": [{}]}, "captureLevel"),
+        ({"captureLevel": "FirstPacket", "traceTargets": [{"to": {"serviceSelector": {"matchLabels": {"a": "b"}}}}]},
+         "to: serviceSelector: not evaluated by retina-otel's agent"),
+        ({"captureLevel": "FirstPacket", "traceTargets": [{"from": {
+            "podSelector": {"matchLabels": {"a": "b"}}, "nodeSelector": {"matchLabels": {"pool": "x"}}}}]},
+         "from: nodeSelector: not evaluated"),
     ],
 )  # fmt: skip
 def test_invalid_or_empty_targets_are_errors_naming_the_field(entry: dict[str, Any], words: str) -> None:

@@ -7,8 +7,9 @@ A connection is traced when some target of some entry matches it:
   addresses of the pods its selectors pick: ``podSelector`` (pod labels) and ``namespaceSelector``
   (namespace labels) together pick pods matching both; either alone picks on that alone. Pods come from
   the agent's Kubernetes cache (in local context, this node's pods). ``nodeSelector`` and
-  ``serviceSelector`` are not evaluated by the agent (its cache keeps no node or service labels): a peer
-  with only those matches nothing, and a warning says so.
+  ``serviceSelector`` are not evaluated by the agent (its cache keeps no node or service labels): the
+  model rejects them (the operator errors the object; a standalone config fails at start), and should
+  one reach this module anyway it is ignored with a warning.
 * ``ports`` match the responder's port and the protocol (``port`` .. ``endPort``); empty: any.
 * ``tracePoints``: PodToNode and NodeToPod select the spans seen on pod interfaces, NodeToNetwork and
   NetworkToNode those seen on the node's interface; empty: pod interfaces only.

@@ -130,6 +130,15 @@ class TraceTarget(CrdModel):
             s is None for s in (self.namespace_selector, self.pod_selector, self.node_selector, self.service_selector)
         ):
             raise ValueError("targets nothing: give ipBlock.cidr or a selector (or leave the peer out to match any)")
+        # The agent's cache keeps no node or service labels: such a selector could only be ignored, which
+        # would trace nothing (alone) or more than asked (beside a pod selector). An error says so instead.
+        unsupported = [n for n, s in (("nodeSelector", self.node_selector), ("serviceSelector", self.service_selector))
+                       if s is not None]  # fmt: skip
+        if unsupported:
+            raise ValueError(
+                f"{' and '.join(unsupported)}: not evaluated by retina-otel's agent (it keeps no node or service "
+                "labels); select with podSelector/namespaceSelector or ipBlock"
+            )
         return self
 
 
