@@ -73,3 +73,40 @@ def test_empty_table_joins_nothing() -> None:
     ports = np.zeros(4, np.uint16)
     srtt, handshake, known = table.join(addresses, addresses, ports, ports)
     assert not known.any() and not srtt.any() and not handshake.any() and len(table) == 0
+
+
+def test_keys_that_differ_only_in_a_port_spread_over_the_directory() -> None:
+    """Every connection between the same two pods: the same addresses, one port counting up (the client's
+    sockets) or fixed (the server's). A join steps through a bucket per row, so no bucket may be long."""
+    n = 65_536
+    keys = np.zeros(n, FLOW_KEY_DTYPE)
+    raw = keys.view(np.uint8).reshape(n, -1)
+    raw[:, 10:12] = 0xFF
+    raw[:, 12:16] = (198, 18, 1, 2)
+    raw[:, 26:28] = 0xFF
+    raw[:, 28:32] = (198, 18, 2, 2)
+    ports = np.arange(n, dtype=np.uint32)
+    client = ports < n // 2
+    raw[:, 32:34] = np.where(client, 1024 + ports, 18082).astype("<u2").view(np.uint8).reshape(n, 2)
+    raw[:, 34:36] = np.where(client, 18082, 1024 + ports).astype("<u2").view(np.uint8).reshape(n, 2)
+    raw[~client, :16], raw[~client, 16:32] = raw[~client, 16:32].copy(), raw[~client, :16].copy()
+    table = LatencyTable(keys, np.zeros(n, FLOW_VALUE_DTYPE))
+    assert table.largest_bucket <= 16
+
+
+def test_a_long_bucket_is_still_joined_exactly() -> None:
+    """Keys whose hashes share their top bits (forced here: a directory of two buckets of ~150 keys)
+    are found by the binary-search fallback."""
+    rng = np.random.default_rng(7)
+    keys, values = _flows(300, rng)
+    table = LatencyTable(keys, values)
+    table._shift = np.uint64(63)  # the directory by the top bit only
+    half = int(np.searchsorted(table._hashes, np.uint64(1 << 63)))
+    table._start = np.array([0, half, len(table)], np.int32)
+    assert table.largest_bucket > 100
+    raw = keys.view(np.uint8).reshape(300, -1)[:, :KEY_BYTES]
+    src, dst = raw[:, :16].copy().view("V16")[:, 0], raw[:, 16:32].copy().view("V16")[:, 0]
+    sport, dport = raw[:, 32:34].copy().view("<u2")[:, 0], raw[:, 34:36].copy().view("<u2")[:, 0]
+    _srtt, handshake, known = table.join(src, dst, sport, dport)
+    assert known.all()
+    assert (handshake >= values["handshake_us"]).all()

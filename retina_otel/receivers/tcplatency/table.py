@@ -28,6 +28,10 @@ _MULTIPLIERS = np.array(
     dtype=np.uint64,
 )
 _ROTATE_LEFT, _ROTATE_RIGHT = np.uint64(29), np.uint64(35)
+_FMIX = np.array([0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+_FMIX_SHIFT = np.uint64(33)
+_MAX_STEPS = 8
+"""Steps through a bucket before the join falls back to a binary search for the rows still in it."""
 
 _U64 = npt.NDArray[np.uint64]
 Words = tuple[_U64, _U64, _U64, _U64, _U64]
@@ -35,11 +39,20 @@ Words = tuple[_U64, _U64, _U64, _U64, _U64]
 
 
 def _hash(words: Words) -> _U64:
-    """A 64-bit hash per key; equal keys hash equal, and a match is always confirmed on the words."""
+    """A 64-bit hash per key; equal keys hash equal, and a match is always confirmed on the words.
+
+    The directory indexes the top bits, so every input bit must reach them: the words are mixed by
+    multiply-and-rotate, then finalised with MurmurHash3's fmix64 (without it, keys that differ only in
+    a port, such as every connection between the same two pods, shared a handful of top-bit patterns)."""
     h: _U64 = words[4] * _MULTIPLIERS[4]
     for i in range(4):
         h ^= words[i] * _MULTIPLIERS[i]
         h = (h << _ROTATE_LEFT) | (h >> _ROTATE_RIGHT)
+    h ^= h >> _FMIX_SHIFT
+    h *= _FMIX[0]
+    h ^= h >> _FMIX_SHIFT
+    h *= _FMIX[1]
+    h ^= h >> _FMIX_SHIFT
     return h
 
 
@@ -82,6 +95,11 @@ class LatencyTable:
     def __len__(self) -> int:
         return len(self._hashes)
 
+    @property
+    def largest_bucket(self) -> int:
+        """Keys in the directory's fullest bucket (a join steps through up to this many per row)."""
+        return int(np.diff(self._start).max()) if len(self._hashes) else 0
+
     def _find(self, words: Words) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
         hashes = _hash(words)
         bucket = (hashes >> self._shift).astype(np.intp)
@@ -90,10 +108,14 @@ class LatencyTable:
         # Step each row over the smaller hashes of its bucket (a bucket holds ~1 key; rows leave the
         # active set as soon as they reach their hash or their bucket's end).
         active = np.flatnonzero(idx < end)
-        while active.size:
+        for _step in range(_MAX_STEPS):
+            if not active.size:
+                break
             active = active[self._hashes[idx[active]] < hashes[active]]
             idx[active] += 1
             active = active[idx[active] < end[active]]
+        else:  # rows still in a long bucket (a degenerate key set): a binary search bounds the cost
+            idx[active] = np.searchsorted(self._hashes, hashes[active])
         np.minimum(idx, len(self._hashes) - 1, out=idx)
         found = (self._rows[idx] == np.stack(words, axis=1)).all(axis=1)
         zero = np.uint32(0)
