@@ -32,6 +32,10 @@ def spec(*entries: dict[str, Any]) -> dict[str, Any]:
         ({"captureLevel": "FirstPacket", "traceTargets": [{"to": {"ipBlock": {"cidr": "10.0.0.0/33"}}}]},
          "is not an IP network"),
         ({"captureLevel": "Sometimes", "traceTargets": [{}]}, "captureLevel"),
+        ({"captureLevel": "FirstPacket", "traceTargets": [{"ports": [{"port": "http"}]}]},
+         r"ports\[0\]\.port: 'http' is not a port number \(1-65535; named ports are not resolved"),
+        ({"captureLevel": "FirstPacket", "traceTargets": [{"ports": [{"port": "9000", "endPort": "80"}]}]},
+         "endPort 80 is below port 9000"),
         ({"captureLevel": "FirstPacket", "traceTargets": [{"to": {"serviceSelector": {"matchLabels": {"a": "b"}}}}]},
          "to: serviceSelector: not evaluated by retina-otel's agent"),
         ({"captureLevel": "FirstPacket", "traceTargets": [{"from": {
@@ -107,3 +111,22 @@ def test_targets_by_selectors_ports_and_trace_points() -> None:
     match = targets.match(src, to, port, proto, classes)
     assert match.traced.tolist() == [True, False, False, False, False]
     assert match.all_packets.tolist() == match.l7.tolist() == match.traced.tolist()
+
+
+def test_a_target_whose_only_ports_cannot_be_resolved_matches_nothing_not_every_port() -> None:
+    """The model rejects named ports; should one reach the compiler anyway (a model built without
+    validation), its target must not fall back to "any port"."""
+    from retina_otel.crds.models import TraceConfiguration
+    from retina_otel.crds.models.configs import TracePorts, TraceTargets
+
+    named = TraceTargets.model_construct(
+        from_=None, to=None, ports=[TracePorts.model_construct(port="http", protocol="TCP", end_port=None)],
+        trace_points=[],
+    )  # fmt: skip
+    entry = TraceConfiguration.model_construct(capture_level="FirstPacket", include_layer7_data=False,
+                                               trace_targets=[named])  # fmt: skip
+    warnings: list[str] = []
+    targets = compile_targets([entry], warn=warnings.append)
+    addr = np.array([ip_to_bytes("198.18.0.1")], dtype="V16")
+    match = targets.match(addr, addr, np.array([80], dtype=np.uint16), np.array([6], dtype=np.uint8), None)
+    assert match.traced.tolist() == [False] and any("named ports" in w for w in warnings)

@@ -10,7 +10,8 @@ A connection is traced when some target of some entry matches it:
   ``serviceSelector`` are not evaluated by the agent (its cache keeps no node or service labels): the
   model rejects them (the operator errors the object; a standalone config fails at start), and should
   one reach this module anyway it is ignored with a warning.
-* ``ports`` match the responder's port and the protocol (``port`` .. ``endPort``); empty: any.
+* ``ports`` match the responder's port and the protocol (``port`` .. ``endPort``); empty: any. Port
+  numbers only: the model rejects names (the agent has no container ports to resolve them with).
 * ``tracePoints``: PodToNode and NodeToPod select the spans seen on pod interfaces, NodeToNetwork and
   NetworkToNode those seen on the node's interface; empty: pod interfaces only.
 
@@ -218,11 +219,14 @@ def compile_targets(
     for entry in configurations:
         for target in entry.trace_targets:
             classes = frozenset(_POINT_CLASS[p] for p in target.trace_points) or frozenset({CLASS_ENDPOINT})
+            ports = _ports(target.ports, warn_once)
+            if target.ports and not ports:
+                continue  # only ports the agent cannot resolve: the target matches nothing (not every port)
             out.append(
                 _Target(
                     src=_peer(target.from_, pods, warn_once),
                     dst=_peer(target.to, pods, warn_once),
-                    ports=_ports(target.ports, warn_once),
+                    ports=ports,
                     classes=classes,
                     all_packets=entry.capture_level == "AllPackets",
                     l7=entry.include_layer7_data,

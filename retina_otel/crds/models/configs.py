@@ -93,6 +93,20 @@ class TracePorts(CrdModel):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     end_port: str | None = None
 
+    @field_validator("port", "end_port")
+    @classmethod
+    def _number(cls, value: str | None) -> str | None:
+        # The agent has no container ports to resolve a name with: ignoring it would trace every port.
+        if value is not None and not (value.strip().isdigit() and 0 < int(value) <= 65535):
+            raise ValueError(f"{value!r} is not a port number (1-65535; named ports are not resolved by the agent)")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> TracePorts:
+        if self.end_port is not None and int(self.end_port) < int(self.port):
+            raise ValueError(f"endPort {self.end_port} is below port {self.port}")
+        return self
+
 
 class IPBlock(CrdModel):
     cidr: str | None = None
