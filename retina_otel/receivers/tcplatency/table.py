@@ -117,9 +117,18 @@ class LatencyTable:
         else:  # rows still in a long bucket (a degenerate key set): a binary search bounds the cost
             idx[active] = np.searchsorted(self._hashes, hashes[active])
         np.minimum(idx, len(self._hashes) - 1, out=idx)
-        found = (self._rows[idx] == np.stack(words, axis=1)).all(axis=1)
-        zero = np.uint32(0)
-        return found, np.where(found, self._srtt[idx], zero), np.where(found, self._handshake[idx], zero)
+        # Confirm on the words only where the hash matched (a row of the other orientation mostly does not).
+        candidates = np.flatnonzero(self._hashes[idx] == hashes)
+        at = idx[candidates]
+        query = np.stack([word[candidates] for word in words], axis=1)
+        confirmed = candidates[(self._rows[at] == query).all(axis=1)]
+        found = np.zeros(len(hashes), np.bool_)
+        found[confirmed] = True
+        srtt = np.zeros(len(hashes), np.uint32)
+        handshake = np.zeros(len(hashes), np.uint32)
+        srtt[confirmed] = self._srtt[idx[confirmed]]
+        handshake[confirmed] = self._handshake[idx[confirmed]]
+        return found, srtt, handshake
 
     def join(
         self, src: npt.NDArray[Any], dst: npt.NDArray[Any], sport: npt.NDArray[Any], dport: npt.NDArray[Any]
