@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 from retina_otel.controller import kube, run_operator
 from retina_otel.controller.capture import LABEL_CAPTURE, LABEL_GENERATED
+from retina_otel.controller.keyedlocks import KeyedLocks
 from retina_otel.controller.kube import KubeClient
 from retina_otel.testing import wait_for
 from retina_otel.testing_k8s import EmulatedCluster
@@ -390,3 +392,26 @@ def test_operator_metrics_count_reconciles_jobs_and_captures_by_phase(
     assert value("retina_operator_capture_jobs_created_total") >= 2
     phases = {p: value(f'retina_operator_captures{{phase="{p}"}}') for p in ("pending", "completed", "failed")}
     assert phases["failed"] >= 1 and phases["completed"] >= 1, phases
+
+
+CHURN_PODS = 30
+
+
+def test_pod_churn_leaves_no_lock_behind(client: KubeClient, operator: None) -> None:
+    """The operator's per-pod locks are forgotten: pods created and deleted (each making and removing its
+    RetinaEndpoint under the pod's lock) leave the operator's lock table empty. Few pods, and last in this
+    module: kmock slows down once many objects have passed through it (10,000 keys: tests/test_keyedlocks.py)."""
+    tables = [o for o in gc.get_objects() if isinstance(o, KeyedLocks)]  # the running operator's (and any other)
+    assert tables
+    names = [f"churn-{i}" for i in range(CHURN_PODS)]
+
+    def endpoints() -> set[str]:
+        return {e["metadata"]["name"] for e in client.list(kube.RETINA_ENDPOINTS, "other")} & set(names)
+
+    for i, name in enumerate(names):
+        client.create(kube.PODS, _pod("other", name, {"app": "churn"}, "node-c", f"198.18.7.{i}"), "other")
+    assert wait_for(lambda: endpoints() == set(names), 60), len(endpoints())
+    for name in names:
+        client.delete(kube.PODS, name, "other")
+    assert wait_for(lambda: not endpoints(), 60), len(endpoints())
+    assert wait_for(lambda: all(len(t) == 0 for t in tables), TIMEOUT), [len(t) for t in tables]
