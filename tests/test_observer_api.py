@@ -656,3 +656,31 @@ def test_the_embedded_default_gets_the_observer_on_request() -> None:
         assert [n for n, p in pipelines.items() if "observer" in p["exporters"]] == ["logs"]
         assert "the observer exporter" in text.splitlines()[0]
         parse_config(raw, env={})
+
+
+def _proto_fields(text: str) -> dict[str, dict[str, int]]:
+    """message/enum name -> {field or value name: number}, from .proto text (nested oneofs flattened)."""
+    import re
+
+    out: dict[str, dict[str, int]] = {}
+    for kind_name, body in re.findall(r"(?:message|enum)\s+(\w+)\s*\{((?:[^{}]|\{[^{}]*\})*)\}", text):
+        fields = re.findall(r"(\w+)\s*=\s*(\d+)\s*[;\[]", body)
+        out[kind_name] = {name: int(number) for name, number in fields}
+    return out
+
+
+def test_our_protos_agree_with_hubbles_definitions_used_by_the_client_test() -> None:
+    """Every message, field and enum value retina-otel declares in Hubble's packages has the name and number
+    of tests/support/hubble_api (Hubble's files, from which the Hubble-client test builds its stubs)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for ours_file, theirs_file in (("flow.proto", "flow/flow.proto"), ("observer.proto", "observer/observer.proto"),
+                                   ("relay.proto", "relay/relay.proto")):  # fmt: skip
+        ours = _proto_fields((root / "retina_otel" / "hubble" / ours_file).read_text())
+        theirs = _proto_fields((root / "tests" / "support" / "hubble_api" / theirs_file).read_text())
+        assert ours, ours_file
+        for message, fields in ours.items():
+            assert message in theirs, f"{ours_file}: {message} is not one of Hubble's"
+            wrong = {name: n for name, n in fields.items() if theirs[message].get(name) != n}
+            assert not wrong, f"{ours_file} {message}: {wrong} differ from Hubble's {theirs[message]}"
