@@ -546,6 +546,24 @@ def test_flow_fields_from_a_record(exporter: tuple[ObserverExporter, TestHost, s
         drop_133 = flow_pb2.EventTypeFilter(type=1, match_sub_type=True, sub_type=133)
         assert reasons(flow_pb2.FlowFilter(event_type=[drop_133])) == [133]
         assert reasons(flow_pb2.FlowFilter(event_type=[flow_pb2.EventTypeFilter(type=1)])) == [133, 0]
+    # A dropped frame that is not IP (dropreason: ip_version 0, no addresses) has no IP message, matches no
+    # address filter and is found by Hubble's IP_NOT_USED.
+    not_ip = b.select(slice(1, 2))
+    r = not_ip.records
+    r["ip_version"], r["proto"], r["src_port"], r["dst_port"] = 0, 0, 0, 0
+    r["src_ip"] = r["dst_ip"] = bytes(16)
+    r["src_endpoint"] = r["dst_endpoint"] = -1
+    exp.consume_flows(not_ip)
+    with grpc.insecure_channel(target) as channel:
+        stub = ObserverStub(channel)
+        (last,) = [x.flow for x in stub.GetFlows(observer_pb2.GetFlowsRequest(number=1))]
+        assert not last.HasField("IP") and not last.HasField("l4") and last.verdict == flow_pb2.DROPPED
+        request = observer_pb2.GetFlowsRequest(whitelist=[flow_pb2.FlowFilter(ip_version=[flow_pb2.IP_NOT_USED])])
+        assert [x.flow.HasField("IP") for x in stub.GetFlows(request)] == [False]
+        everything = observer_pb2.GetFlowsRequest(whitelist=[flow_pb2.FlowFilter(source_ip=["::/0", "0.0.0.0/0"])])
+        assert all(x.flow.HasField("IP") for x in stub.GetFlows(everything))
+    code, out, _ = _observe("--server", target, "--last", "1")
+    assert code == 0 and "[test-node]: - -> - drop DROPPED (NO_SOCKET)" in out, out
 
 
 def test_group_by_follow_refreshes_its_table_every_second(exporter: tuple[ObserverExporter, TestHost, str]) -> None:

@@ -46,7 +46,7 @@ def endpoint_text(flow: flow_pb2.Flow, side: str) -> str:
     """``namespace/pod:port`` when the end is a known pod, else ``ip:port``."""
     endpoint: flow_pb2.Endpoint = getattr(flow, side)
     ip = flow.IP.source if side == "source" else flow.IP.destination
-    name = f"{endpoint.namespace}/{endpoint.pod_name}" if endpoint.pod_name else ip
+    name = f"{endpoint.namespace}/{endpoint.pod_name}" if endpoint.pod_name else ip or "-"  # "-": not IP
     if not endpoint.pod_name and ":" in name:
         name = f"[{name}]"
     port = _port(flow, side)

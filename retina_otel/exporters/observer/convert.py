@@ -231,9 +231,10 @@ def flows(view: RingView, node_name: str, metadata: bool = True) -> Iterator[obs
         flow = response.flow
         flow.time.seconds, flow.time.nanos = seconds, nanos
         flow.verdict = _VERDICT_OF.get(row["verdict"], flow_pb2.VERDICT_UNKNOWN)
-        flow.IP.source = address(row["src_ip"])
-        flow.IP.destination = address(row["dst_ip"])
-        flow.IP.ipVersion = flow_pb2.IPv6 if ip_version == 6 else flow_pb2.IPv4
+        if ip_version in (4, 6):  # a non-IP record (dropreason: an ARP or other frame dropped) has no IP
+            flow.IP.source = address(row["src_ip"])
+            flow.IP.destination = address(row["dst_ip"])
+            flow.IP.ipVersion = flow_pb2.IPv6 if ip_version == 6 else flow_pb2.IPv4
         sport, dport = row["src_port"], row["dst_port"]
         if proto == 6:
             flow.l4.TCP.source_port, flow.l4.TCP.destination_port = sport, dport

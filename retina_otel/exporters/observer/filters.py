@@ -90,6 +90,7 @@ def _ip_test(column: str, values: Sequence[str]) -> Test:
         out = np.zeros(len(view), dtype=bool)
         for nh, nl, mh, ml in nets:
             out |= ((hi & np.uint64(mh)) == np.uint64(nh)) & ((lo & np.uint64(ml)) == np.uint64(nl))
+        out &= view.records["ip_version"] != 0  # a non-IP record has no address to match
         return out & ~view.hidden(_ATTRIBUTE[column])
 
     return test

@@ -50,7 +50,7 @@ for _point, (_hubble, _sub) in OBSERVATION_POINT.items():
     _POINT_TABLE[int(_point)] = _hubble
     _SUBTYPE_TABLE[int(_point)] = _sub
 
-IP_VERSION_OF_HUBBLE = {1: 4, 2: 6}  # flow.IPVersion -> ip_version column
+IP_VERSION_OF_HUBBLE = {0: 0, 1: 4, 2: 6}  # flow.IPVersion -> ip_version column (IP_NOT_USED: a non-IP drop)
 
 HUBBLE_TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
 
