@@ -382,7 +382,7 @@ def test_extensions_register_under_the_typed_keys_their_factories_declare(tmp_pa
     agent = Agent(config)  # built, never started: constructors do no I/O
     try:
         receiver = next(s.component for s in agent.states() if s.id == "packetparser")
-        assert agent.get_extension(IP_FILTER) is receiver  # offered under the name "ip_filter", stored typed
+        assert agent.get_extension(IP_FILTER) is receiver  # offered and stored under the typed key
         assert agent.get_extension(K8S_CACHE) is not None
     finally:
         agent.shutdown()

@@ -4,10 +4,9 @@ With ``bypass_lookup_ip_of_interest: true`` (the default) the program skips the 
 every flow. With ``false`` only packets whose source or destination matches an entry are counted;
 entries are added and removed at run time through :class:`IpFilter`.
 
-Wiring: the k8sattributes processor looks the filter up with ``host.get_extension("ip_filter")``.
-The :class:`~retina_otel.component.Host` protocol has no way for a component to register an
-extension, so the agent service registers the packetparser receiver object (which implements
-:class:`IpFilter`) under that name after starting it.
+Wiring: the packetparser receiver (which implements :class:`IpFilter`) offers itself under the typed
+key ``IP_FILTER`` (:mod:`retina_otel.extension_keys`) from ``extensions()``; the agent registers it,
+and the k8sattributes processor looks it up with ``host.get_extension(IP_FILTER)``.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ from retina_otel.bpf.ringsize import ring_pages
 from retina_otel.bpf.tc import FilterSpec
 from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer, Host
 from retina_otel.errorlog import RepeatedError
+from retina_otel.extension_keys import DNS_CHAIN, IP_FILTER
+from retina_otel.extensions import ExtensionKey
 from retina_otel.flows import FLOW_DTYPE, FlowBatch
 from retina_otel.metrics.store import Family
 
@@ -270,10 +272,10 @@ class PacketParserReceiver:
         return self._entry[point]
 
     # -- filter map (IpFilter) ------------------------------------------------------------------
-    def extensions(self) -> dict[str, object]:
+    def extensions(self) -> dict[ExtensionKey[Any] | str, object]:
         """The kernel's IP filter map, for k8sattributes to keep in sync (``ip_filter``), and the DNS chain
         (``dns_chain``, a :class:`~retina_otel.bpf.chain.ProgramChain`) for the dns receiver's TC source."""
-        return {"ip_filter": self, "dns_chain": self._dns_chain}
+        return {IP_FILTER: self, DNS_CHAIN: self._dns_chain}
 
     def _write_dns_slot(self, index: int, fd: int | None) -> None:
         """One slot of pp_dns (index = observation point - 1): a program fd, or None to empty it."""

@@ -30,7 +30,8 @@ import numpy.typing as npt
 
 from retina_otel.bpf import load_bpf
 from retina_otel.component import CreateSettings, Host
-from retina_otel.extension_keys import K8S_CACHE
+from retina_otel.extension_keys import K8S_CACHE, TCP_LATENCY
+from retina_otel.extensions import ExtensionKey
 from retina_otel.flows import ip_to_bytes
 from retina_otel.k8s.apiserver import ApiServerLocator
 from retina_otel.metrics.store import Family
@@ -126,8 +127,9 @@ class TcpLatencyReceiver:
         with self._lock:
             return self._table
 
-    def extensions(self) -> dict[str, object]:
-        return {"tcp_latency": self}
+    def extensions(self) -> dict[ExtensionKey[Any] | str, object]:
+        """Itself as ``tcp_latency``: the RTT table the tcplatency processor joins flow records with."""
+        return {TCP_LATENCY: self}
 
     def apiserver_ips(self) -> list[str]:
         """The API server's addresses in the kernel now (see :mod:`retina_otel.k8s.apiserver`)."""
