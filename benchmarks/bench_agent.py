@@ -384,13 +384,15 @@ class Hook:
     def off(self) -> None:
         for pod in self._pods:
             self._attacher.detach(pod.host_ifindex)
+        self._detach_tracepoints()
+
+    def _detach_tracepoints(self) -> None:
         for fd in self._links:
             os.close(fd)
         self._links = []
 
     def close(self) -> None:
-        for fd in self._links:
-            os.close(fd)
+        self._detach_tracepoints()
         self._attacher.close()
         os.close(self._fd)
         os.close(self._tp_fd)

@@ -5,17 +5,17 @@ the dns receiver when it attaches its own programs)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
 import logging
-import os
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from retina_otel.wakeup import Wakeup
 
 __all__ = [
     "DEFAULT_POD_INTERFACE_PATTERNS",
@@ -102,7 +102,7 @@ class LinkWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
-        self._wake: tuple[int, int] | None = None  # a pipe: stop() writes, the thread's select wakes
+        self._wake: Wakeup | None = None  # stop() wakes the thread's select
         self.overruns = 0  # times the kernel dropped link messages (ENOBUFS)
 
     def start(self) -> None:
@@ -110,7 +110,7 @@ class LinkWatcher:
         sock.bind((0, _RTMGRP_LINK))
         sock.setblocking(False)
         self._sock = sock
-        self._wake = os.pipe()
+        self._wake = Wakeup()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
@@ -118,8 +118,8 @@ class LinkWatcher:
         """Sleep in select until a link message, the next safety-net rescan or stop(): no polling, so an
         idle node costs this thread nothing."""
         assert self._sock is not None and self._wake is not None
-        sock, wake = self._sock, self._wake[0]
-        fds = [sock.fileno(), wake]
+        sock = self._sock
+        fds = [sock.fileno(), self._wake.fileno()]
         next_rescan = time.monotonic() + self._rescan_interval
         while not self._stop.is_set():
             try:
@@ -159,8 +159,7 @@ class LinkWatcher:
     def stop(self) -> None:
         self._stop.set()
         if self._wake is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._wake[1], b"x")
+            self._wake.wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -168,6 +167,5 @@ class LinkWatcher:
             self._sock.close()
             self._sock = None
         if self._wake is not None:
-            for fd in self._wake:
-                os.close(fd)
+            self._wake.close()
             self._wake = None

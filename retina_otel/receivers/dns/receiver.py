@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import socket
 import threading
@@ -22,6 +21,7 @@ from retina_otel.receivers.dns.config import DnsConfig
 from retina_otel.receivers.dns.source import PacketSource
 from retina_otel.receivers.dns.tracker import DnsTracker
 from retina_otel.signals import NopConsumer
+from retina_otel.wakeup import Wakeup
 
 __all__ = ["CHAIN_EXTENSION", "LATENCY_BOUNDS_MS", "DnsReceiver", "local_addresses"]
 
@@ -81,7 +81,7 @@ class DnsReceiver:
         )
         self._lock = threading.Lock()  # source and tracker
         self._reader = Worker(f"{settings.id}-reader")
-        self._wake: tuple[int, int] | None = None  # a pipe: shutdown() writes, the reader's select wakes
+        self._wake: Wakeup | None = None  # shutdown() wakes the reader's select
         self._requests: Family | None = None
         self._responses: Family | None = None
         self._latency: Family | None = None
@@ -142,18 +142,16 @@ class DnsReceiver:
             source.close()
             raise
         self._source = source
-        self._wake = os.pipe()
+        self._wake = Wakeup()
         self._reader.start(self._run)
 
     def shutdown(self) -> None:
         self._reader.signal()
         if self._wake is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._wake[1], b"x")
+            self._wake.wake()
         self._reader.stop(timeout=10)
         if self._wake is not None:
-            for fd in self._wake:
-                os.close(fd)
+            self._wake.close()
             self._wake = None
         with self._lock:
             source, self._source = self._source, None
@@ -170,7 +168,7 @@ class DnsReceiver:
             try:
                 # Sleep until DNS arrives, the next flush or shutdown (the wake pipe): an idle node costs
                 # this thread nothing.
-                wake = [self._wake[0]] if self._wake is not None else []
+                wake = [self._wake.fileno()] if self._wake is not None else []
                 timeout = min(max(0.0, next_flush - time.monotonic()), _MAX_WAIT_SECONDS)
                 ready, _, _ = select.select(source.fds() + wake, [], [], timeout)
                 if self._reader.stopping:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import select
 import struct
 import threading
@@ -42,8 +41,9 @@ from retina_otel.component import ComponentStatus, CreateSettings, FlowConsumer,
 from retina_otel.errorlog import RepeatedError
 from retina_otel.extension_keys import DNS_CHAIN, IP_FILTER
 from retina_otel.extensions import ExtensionKey
-from retina_otel.flows import FLOW_DTYPE, FlowBatch
+from retina_otel.flows import FLOW_DTYPE, FlowBatch, copy_rows
 from retina_otel.metrics.store import Family
+from retina_otel.wakeup import Wakeup
 
 from .config import PacketParserConfig
 from .ctmetrics import ConntrackMetrics
@@ -57,7 +57,6 @@ from .records import (
     RINGBUF_RECORD_DTYPE,
     STAT_NAMES,
     complete_rows,
-    opaque_rows,
     report_bytes,
     report_cflags,
 )
@@ -150,7 +149,7 @@ class PacketParserReceiver:
         self._ring: RingBufReader | None = None
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
-        self._wake: tuple[int, int] | None = None  # a pipe: shutdown interrupts the reader's poll
+        self._wake: Wakeup | None = None  # shutdown interrupts the reader's poll
         self._lock = threading.RLock()  # serialises ring reads, kernel flushes and emits
         # Rows of the next batch, filled straight from the ring buffer (records.complete_rows); handed on
         # at emit. np.empty: pages are only touched as rows arrive.
@@ -222,7 +221,7 @@ class PacketParserReceiver:
             self._ct_metrics = ConntrackMetrics(host.metrics)
         self._dns_chain.bind(self._write_dns_slot)  # plugged programs are in pp_dns before any attachment
         self._hooks.plug(self._entry)
-        self._wake = os.pipe()
+        self._wake = Wakeup()
         self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
         self._reader.start()
         attached = len(self._hooks.attached_interfaces())
@@ -240,13 +239,12 @@ class PacketParserReceiver:
         self._dns_chain.unbind()  # programs still plugged stay in pp_dns until it goes with the BPF object
         self._stop.set()
         if self._wake is not None:
-            os.write(self._wake[1], b"x")
+            self._wake.wake()
         if self._reader is not None:
             self._reader.join(timeout=10)
             self._reader = None
         if self._wake is not None:
-            for fd in self._wake:
-                os.close(fd)
+            self._wake.close()
             self._wake = None
         self._hooks.unplug()
         if final_flush and self._bpf is not None and self._ring is not None:
@@ -315,7 +313,7 @@ class PacketParserReceiver:
         assert self._bpf is not None and self._wake is not None
         poller = select.poll()
         poller.register(self._bpf["events"].map_fd, select.POLLIN)
-        poller.register(self._wake[0], select.POLLIN)
+        poller.register(self._wake.fileno(), select.POLLIN)
         now = time.monotonic()
         next_flush, next_stats = now + self.config.report_interval, now + _STATS_SECONDS
         next_emit: float | None = None  # due once rows are pending
@@ -370,7 +368,7 @@ class PacketParserReceiver:
             records = self._pending[:n]
             self._pending = np.empty_like(self._pending)
         else:  # a small batch does not pin the whole buffer (an exporter's queue may hold many batches)
-            records = opaque_rows(self._pending[:n]).copy().view(FLOW_DTYPE)
+            records = copy_rows(self._pending[:n])
         self._pending_rows = 0
         batch = FlowBatch(records=records, receiver=self.settings.id)
         if self._host is not None:

@@ -35,7 +35,6 @@ __all__ = [
     "RINGBUF_RECORD_DTYPE",
     "STAT_NAMES",
     "complete_rows",
-    "opaque_rows",
     "report_bytes",
     "report_cflags",
     "reports_to_batch",

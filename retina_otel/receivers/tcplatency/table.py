@@ -119,15 +119,15 @@ class LatencyTable:
         np.minimum(idx, len(self._hashes) - 1, out=idx)
         # Confirm on the words only where the hash matched (a row of the other orientation mostly does not).
         candidates = np.flatnonzero(self._hashes[idx] == hashes)
-        at = idx[candidates]
         query = np.stack([word[candidates] for word in words], axis=1)
-        confirmed = candidates[(self._rows[at] == query).all(axis=1)]
+        confirmed = candidates[(self._rows[idx[candidates]] == query).all(axis=1)]
         found = np.zeros(len(hashes), np.bool_)
         found[confirmed] = True
         srtt = np.zeros(len(hashes), np.uint32)
         handshake = np.zeros(len(hashes), np.uint32)
-        srtt[confirmed] = self._srtt[idx[confirmed]]
-        handshake[confirmed] = self._handshake[idx[confirmed]]
+        at = idx[confirmed]
+        srtt[confirmed] = self._srtt[at]
+        handshake[confirmed] = self._handshake[at]
         return found, srtt, handshake
 
     def join(
