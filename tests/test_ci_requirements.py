@@ -45,7 +45,10 @@ def _pytest(test_file: Path, *, ci: bool, path: str, user: int | None = None) ->
     cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT),
            "-p", "tests.conftest", "-p", "no:cacheprovider", "-q", str(test_file)]  # fmt: skip
     if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        # Unprivileged (euid != 0), but still able to read the checkout and its venv wherever they are: a
+        # clone in a 0700 directory (mktemp -d) is closed to user nobody otherwise.
+        read = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *read, *cmd]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
