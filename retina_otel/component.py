@@ -18,7 +18,9 @@ Signals (:mod:`retina_otel.signals`):
 
 A factory declares the signals its component handles (``signals``; a connector declares the
 ``(from, to)`` pairs it ``connects``), whether it changes the batches it is given (``mutates_data``: the
-fan-out then hands it a copy when the batch is shared) and the extensions it offers (``provides``).
+fan-out then hands it a copy when the batch is shared), the extensions it offers (``provides``) and,
+optionally, which flow-record fields it reads (``reads``) or only fills (``fills``): a processor whose
+fields nothing downstream reads is left out of its pipeline.
 """
 
 from __future__ import annotations
@@ -152,6 +154,10 @@ class Factory(Generic[ConfigT]):
     metrics, processors logs). ``connects``: a connector's ``(from, to)`` signal pairs.
     ``mutates_data``: the component changes batches in place (default: processors yes, others no).
     ``provides``: the extension keys its ``extensions()`` offers.
+    ``reads``: the flow-record fields (:data:`retina_otel.flows.FLOW_DTYPE` names) the component reads,
+    given its config; ``None`` (the default): any field. ``fills``: for a processor whose only change to
+    a batch is filling these fields; a pipeline leaves such a processor out when nothing after it (its
+    later processors and its exporters or connectors) reads any of them.
     """
 
     type: str
@@ -163,6 +169,8 @@ class Factory(Generic[ConfigT]):
     mutates_data: bool | None = None
     provides: tuple[ExtensionKey[Any], ...] = ()
     connects: tuple[tuple[str, str], ...] = ()
+    reads: Callable[[ConfigT], frozenset[str]] | None = None
+    fills: tuple[str, ...] = ()
 
     def default_config(self) -> ConfigT:
         return self.config_model()

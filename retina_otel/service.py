@@ -7,6 +7,13 @@ pipeline that lists them. A connector is the end of its input pipelines and a re
 pipelines. Fan-outs copy a batch only for consumers that change data while others share it
 (:class:`retina_otel.signals.FanOut`).
 
+A processor that only fills flow-record fields (``Factory.fills``, e.g. tcplatency's RTT columns) is
+left out of a pipeline in which nothing after it reads those fields (``Factory.reads``; a component
+that does not declare what it reads reads everything): in the default config the flow records end in
+flowmetrics, which reads no RTT, so joining RTTs onto every record would be work nobody sees. Adding
+an exporter that does read them (otlp, observer, a traces connector) to the pipeline brings it back.
+:attr:`Agent.bypassed` and ``/readyz`` list what was left out and why.
+
 Every component gets its own :class:`~retina_otel.component.Host` view: its ``metrics`` tags what it
 declares with its id and, for an exporter, reads only the metrics of the receivers and connectors of
 its metrics pipelines; its status reports change only its own instance.
@@ -99,6 +106,19 @@ def _declared(
     return typed
 
 
+def _reads(entry: ComponentEntry) -> frozenset[str] | None:
+    """The flow-record fields a pipeline's component reads (None: any). A connector that passes flow
+    records on to other pipelines reads whatever they do: any."""
+    factory = entry.factory
+    if factory.reads is None or (factory.kind == "connector" and ("logs", "logs") in factory.connects):
+        return None
+    return factory.reads(entry.config)
+
+
+def _union(first: frozenset[str] | None, second: frozenset[str] | None) -> frozenset[str] | None:
+    return None if first is None or second is None else first | second
+
+
 class ComponentHost:
     """The :class:`~retina_otel.component.Host` one component instance sees."""
 
@@ -148,6 +168,7 @@ class Agent:
         self._extensions = ExtensionRegistry()
         self._sources = metric_sources(config)
         self._heads: dict[str, tuple[object, bool]] = {}
+        self._bypassed: dict[str, str] = {}  # processor instance (id@pipeline) -> why it is left out
         self._started = False
         self._stopped = False
         self._expiry_stop = threading.Event()
@@ -228,6 +249,7 @@ class Agent:
         signal = get_signal(signal_of(name))
         assert signal is not None  # validated
         ends: list[tuple[object, bool]] = []
+        read_after: frozenset[str] | None = frozenset()  # fields read after this point; None: any
         for exp_id in pipeline.exporters:
             if exp_id in cfg.connectors:
                 entry = cfg.connectors[exp_id]
@@ -237,13 +259,21 @@ class Agent:
                 component = self._create(entry, exp_id, name, None, {})
             if signal.pushed:
                 ends.append((component, entry.factory.mutates))
+            read_after = _union(read_after, _reads(entry))
         head: object = connect(signal, ends, self.count_lost) if signal.pushed else None
         mutates = False
         for proc_id in reversed(pipeline.processors):
             entry = cfg.processors[proc_id]
+            key = f"{proc_id}@{name}"
+            fills = entry.factory.fills
+            if fills and read_after is not None and not read_after.intersection(fills):
+                self._bypassed[key] = f"nothing after it in pipeline {name} reads {', '.join(fills)}"
+                log.info("processor %s left out of pipeline %s: %s", proc_id, name, self._bypassed[key])
+                continue
             consumers = {signal.name: head} if signal.pushed else {}
-            head = self._create(entry, f"{proc_id}@{name}", name, head, consumers)
+            head = self._create(entry, key, name, head, consumers)
             mutates = mutates or entry.factory.mutates
+            read_after = _union(read_after, _reads(entry))
         self._heads[name] = (head, mutates)
         return self._heads[name]
 
@@ -370,4 +400,11 @@ class Agent:
         }
         if failed:
             detail["failed"] = failed
+        if self._bypassed:
+            detail["bypassed"] = dict(self._bypassed)
         return ready, detail
+
+    @property
+    def bypassed(self) -> Mapping[str, str]:
+        """Processor instances (``id@pipeline``) left out of their pipeline, with the reason."""
+        return dict(self._bypassed)

@@ -399,3 +399,58 @@ def test_extensions_register_under_the_typed_keys_their_factories_declare(tmp_pa
         Agent(with_provides())  # offers k8s_cache without declaring it: the duplicate check could not see it
     with pytest.raises(TypeError, match="not a"):
         Agent(with_provides(ExtensionKey("k8s_cache", int)))  # declared with another type
+
+
+# -- processors whose output nothing reads -----------------------------------------------------------
+
+
+def test_default_config_leaves_tcplatency_out_until_an_exporter_reads_rtt() -> None:
+    """The default logs pipeline ends in flowmetrics, which reads no RTT: the RTT join would be work
+    nobody sees. With OTLP flow logs (which carry srtt_us and handshake_us) the processor runs."""
+    agent = Agent(load_config(None, env={}))
+    assert set(agent.bypassed) == {"tcplatency@logs"}
+    assert "reads srtt_us, handshake_us" in agent.bypassed["tcplatency@logs"]
+    assert not [s for s in agent.states() if s.id == "tcplatency" and s.kind == "processor"]
+    assert agent.readiness()[1]["bypassed"] == agent.bypassed
+    with_otlp = Agent(load_config(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}))
+    assert not with_otlp.bypassed
+    assert [s.pipelines for s in with_otlp.states() if s.id == "tcplatency" and s.kind == "processor"] == [["logs"]]
+
+
+def _rtt_pipeline(processors: list[str], exporters: list[str]) -> Agent:
+    config = parse_config(
+        {
+            "receivers": {"synthetic": {"interval": 3600}},
+            "processors": {"tcplatency": {}, "filter": {"include": [{"network.transport": "tcp"}]}},
+            "connectors": {"flowmetrics": {"metrics": [{"metric_name": "forward", "source_labels": ["podname"]}]}},
+            "exporters": {"nop": {}, "prometheus": {"endpoint": f"127.0.0.1:{free_port()}"}},
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {
+                    "logs": {"receivers": ["synthetic"], "processors": processors, "exporters": exporters},
+                    "metrics": {"receivers": ["flowmetrics"], "exporters": ["prometheus"]},
+                },
+            },
+        },
+        env={},
+    )
+    return Agent(config)
+
+
+@pytest.mark.parametrize(
+    ("processors", "exporters", "left_out"),
+    [
+        (["tcplatency"], ["flowmetrics"], True),  # flowmetrics declares what it reads: no RTT
+        (["tcplatency"], ["flowmetrics", "nop"], False),  # an exporter that declares nothing reads anything
+        (["tcplatency", "filter"], ["flowmetrics"], False),  # so does a later processor
+        (["filter", "tcplatency"], ["flowmetrics"], True),  # an earlier one does not matter
+    ],
+)
+def test_a_processor_is_left_out_only_when_nothing_after_it_reads_its_fields(
+    processors: list[str], exporters: list[str], left_out: bool
+) -> None:
+    agent = _rtt_pipeline(processors, exporters)
+    assert ("tcplatency@logs" in agent.bypassed) is left_out
+    running = [s.id for s in agent.states() if s.kind == "processor"]
+    assert ("tcplatency" not in running) is left_out
+    assert "filter" in running or "filter" not in processors

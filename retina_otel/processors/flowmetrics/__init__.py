@@ -8,6 +8,7 @@ pipeline (its metrics then go to every metrics exporter). See ``docs/processors/
 from __future__ import annotations
 
 from retina_otel.component import CreateSettings, Factory, FlowConsumer
+from retina_otel.flows import FLOW_DTYPE
 from retina_otel.processors.flowmetrics.config import (
     ContextOptionConfig,
     FlowMetricsConfig,
@@ -20,6 +21,7 @@ from retina_otel.processors.flowmetrics.spec import AdvMetric, Plan, build_plan
 __all__ = [
     "CONNECTOR_FACTORY",
     "FACTORY",
+    "READS",
     "AdvMetric",
     "ContextOptionConfig",
     "FlowMetricsConfig",
@@ -29,6 +31,15 @@ __all__ = [
     "Plan",
     "build_plan",
 ]
+
+
+READS = frozenset(name for name in FLOW_DTYPE.names or () if name not in ("srtt_us", "handshake_us"))
+"""The flow-record fields flowmetrics reads (any metric, any config): every field but the RTT columns
+(tests/test_flowmetrics_reads.py records what it touches and keeps this honest)."""
+
+
+def _reads(_config: FlowMetricsConfig) -> frozenset[str]:
+    return READS
 
 
 def _create(
@@ -45,6 +56,7 @@ FACTORY: Factory[FlowMetricsConfig] = Factory(
     description="Retina's adv_* pod-level metrics (forward, drop, tcpflags, tcpretrans, dns) from flows "
     "(the processor form; prefer the connector)",
     mutates_data=False,
+    reads=_reads,
 )
 
 CONNECTOR_FACTORY: Factory[FlowMetricsConfig] = Factory(
@@ -54,4 +66,5 @@ CONNECTOR_FACTORY: Factory[FlowMetricsConfig] = Factory(
     create=_create,
     description="Retina's adv_* pod-level metrics from the flow records of logs pipelines into metrics pipelines",
     connects=(("logs", "metrics"),),
+    reads=_reads,
 )

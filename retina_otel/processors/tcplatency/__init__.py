@@ -3,6 +3,8 @@
 Reads the per-flow table of the ``tcplatency`` receiver (the ``tcp_latency`` extension) and fills
 ``srtt_us`` and ``handshake_us`` of TCP rows, looking each distinct 5-tuple of a batch up once. Rows
 whose flow the receiver has not seen keep 0 (unknown). Without the receiver it passes batches through.
+In a pipeline where nothing after it reads those two fields (the default config's flow records end in
+flowmetrics only) the service leaves it out (``Factory.fills``).
 """
 
 from __future__ import annotations
@@ -88,4 +90,5 @@ FACTORY: Factory[TcpLatencyProcessorConfig] = Factory(
     _create,
     "smoothed RTT and handshake latency on TCP flow records (needs the tcplatency receiver)",
     mutates_data=True,
+    fills=("srtt_us", "handshake_us"),
 )
