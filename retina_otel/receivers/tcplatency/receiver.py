@@ -114,6 +114,7 @@ class TcpLatencyReceiver:
         self._poller = Worker(self.id)
         self._lock = threading.Lock()
         self._table = LatencyTable(np.zeros(0, FLOW_KEY_DTYPE), np.zeros(0, FLOW_VALUE_DTYPE))
+        self._table_wanted = False  # set by the first table() call: until then poll() skips the flow table
         self._prev_latency = np.zeros(HIST_SLOTS, dtype=np.int64)
         self._prev_handshake = np.zeros(HIST_SLOTS, dtype=np.int64)
         self._prev_counters = np.zeros(2, dtype=np.int64)
@@ -124,8 +125,24 @@ class TcpLatencyReceiver:
 
     # -- the extension other components use ---------------------------------------------------------
     def table(self) -> LatencyTable:
+        """The flow snapshot of the last read. The kernel's flow table is copied out only once something
+        has asked for it (the tcplatency processor or spans in a pipeline that reads RTT): the first call
+        reads it now, later reads follow ``interval``."""
+        if not self._table_wanted:
+            self._table_wanted = True
+            bpf = self._bpf
+            if bpf is not None:
+                self._refresh_table(bpf)
         with self._lock:
             return self._table
+
+    def _refresh_table(self, bpf: Any) -> None:
+        from retina_otel.bpf.mapbatch import drain
+
+        keys, values = drain(bpf["flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE, delete=False)
+        table = LatencyTable(keys, values)
+        with self._lock:
+            self._table = table
 
     def extensions(self) -> dict[ExtensionKey[Any] | str, object]:
         """Itself as ``tcp_latency``: the RTT table the tcplatency processor joins flow records with."""
@@ -216,13 +233,9 @@ class TcpLatencyReceiver:
 
     def poll(self) -> None:
         """Read the kernel tables now: refresh the flow snapshot and publish the histogram deltas."""
-        from retina_otel.bpf.mapbatch import drain
-
         assert self._bpf is not None and self._host is not None
-        keys, values = drain(self._bpf["flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE, delete=False)
-        table = LatencyTable(keys, values)
-        with self._lock:
-            self._table = table
+        if self._table_wanted:
+            self._refresh_table(self._bpf)
         latency = self._array("api_latency_hist", HIST_SLOTS)
         handshake = self._array("api_handshake_hist", HIST_SLOTS)
         counters = self._array("counters", 2)
