@@ -38,6 +38,9 @@ class LatencySource(Protocol):
 
     def table(self) -> Any: ...
 
+    def track_flows(self) -> None:
+        """Keep the per-flow table (until called, only API-server connections are followed)."""
+
 
 @runtime_checkable
 class K8sMetadata(Protocol):

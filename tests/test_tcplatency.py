@@ -30,6 +30,7 @@ def receiver() -> Iterator[tuple[TcpLatencyReceiver, TestHost]]:
         None,
     )
     assert isinstance(r, TcpLatencyReceiver)
+    r.track_flows()  # as the tcplatency processor does before receivers start
     host = TestHost()
     r.start(host)
     try:
@@ -57,32 +58,37 @@ def _serve(server: Pod, port: int, count: int) -> tuple[threading.Thread, socket
     return thread, listener
 
 
-def test_handshakes_and_latency_to_the_apiserver(
-    sandbox: Sandbox, receiver: tuple[TcpLatencyReceiver, TestHost]
-) -> None:
-    r, host = receiver
-    client, apiserver = sandbox.add_pod("client"), sandbox.add_pod("apiserver")
+def _apiserver_traffic(sandbox: Sandbox, r: TcpLatencyReceiver, n: int) -> tuple[Pod, Pod, list[int], list[float]]:
+    """n request/response connections to a pod named as the API server, one attempt it refuses and,
+    to another pod, connections that must not count; then one read of the kernel tables."""
+    client, apiserver, other = sandbox.add_pod("client"), sandbox.add_pod("apiserver"), sandbox.add_pod("other")
     r.set_apiserver_ips([apiserver.ipv4])
-    n = 7
     thread, listener = _serve(apiserver, 6443, n)
-    connect_times = []
-    ports = []
-    for _ in range(n):
+    other_thread, other_listener = _serve(other, 8080, 2)
+    connect_times: list[float] = []
+    ports: list[int] = []
+    for target, port in [(apiserver, 6443)] * n + [(other, 8080)] * 2:
         with client.entered():
             started = time.perf_counter()
-            conn = socket.create_connection((apiserver.ipv4, 6443), timeout=5)
-            connect_times.append(time.perf_counter() - started)
-        ports.append(conn.getsockname()[1])
+            conn = socket.create_connection((target.ipv4, port), timeout=5)
+            elapsed = time.perf_counter() - started
+        if target is apiserver:
+            connect_times.append(elapsed)
+            ports.append(conn.getsockname()[1])
         with conn:
             conn.sendall(b"GET /healthz")
             conn.recv(10)
-    thread.join(timeout=10)
-    listener.close()
+    for t, sock in ((thread, listener), (other_thread, other_listener)):
+        t.join(timeout=10)
+        sock.close()
     # An attempt the API server never answers with SYN/ACK (nothing listens: RST).
     with client.entered(), pytest.raises(ConnectionRefusedError):
         socket.create_connection((apiserver.ipv4, 6444), timeout=2)
     r.poll()
+    return client, apiserver, ports, connect_times
 
+
+def _assert_apiserver_histograms(host: TestHost, n: int, connect_times: list[float]) -> None:
     handshake = host.metrics.get("networkobservability_adv_node_apiserver_tcp_handshake_latency")
     assert handshake is not None
     value = handshake.value(())
@@ -96,6 +102,35 @@ def test_handshakes_and_latency_to_the_apiserver(
     assert isinstance(lat, HistogramValue) and lat.count >= n  # at least the reply segment of each request
     no_response = host.metrics.get("networkobservability_adv_node_apiserver_no_response")
     assert no_response is not None and no_response.value(("no_response",)) == 1
+
+
+def test_without_a_flow_consumer_only_apiserver_connections_are_followed(sandbox: Sandbox) -> None:
+    """No track_flows() (the default config: nothing reads RTT on flow records): the histograms are
+    exact all the same and the kernel keeps no per-flow entry."""
+    r = FACTORY.create(
+        CreateSettings("tcplatency", "receiver"),
+        FACTORY.config_model(interval=3600, use_kubernetes_service_host=False),
+        None,
+    )
+    assert isinstance(r, TcpLatencyReceiver)
+    host = TestHost()
+    r.start(host)
+    try:
+        n = 5
+        _client, _apiserver, _ports, connect_times = _apiserver_traffic(sandbox, r, n)
+        _assert_apiserver_histograms(host, n, connect_times)
+        assert len(r.table()) == 0  # the first call starts the table: nothing was kept before it
+    finally:
+        r.shutdown()
+
+
+def test_handshakes_and_latency_to_the_apiserver(
+    sandbox: Sandbox, receiver: tuple[TcpLatencyReceiver, TestHost]
+) -> None:
+    r, host = receiver
+    n = 7
+    client, apiserver, ports, connect_times = _apiserver_traffic(sandbox, r, n)
+    _assert_apiserver_histograms(host, n, connect_times)
 
     # Every flow has its handshake and RTT in the table, found from either direction.
     table = r.table()

@@ -46,6 +46,8 @@ class TcpLatencyProcessor:
         found = host.get_extension(TCP_LATENCY)
         if found is None:
             log.warning("%s: no tcplatency receiver in this agent; flow records get no RTT", self.id)
+        else:
+            found.track_flows()  # before the receivers start: the kernel keeps the per-flow table
         self._source = found
 
     def shutdown(self) -> None:

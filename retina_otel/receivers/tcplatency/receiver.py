@@ -114,7 +114,7 @@ class TcpLatencyReceiver:
         self._poller = Worker(self.id)
         self._lock = threading.Lock()
         self._table = LatencyTable(np.zeros(0, FLOW_KEY_DTYPE), np.zeros(0, FLOW_VALUE_DTYPE))
-        self._table_wanted = False  # set by the first table() call: until then poll() skips the flow table
+        self._table_wanted = False  # track_flows() (or a first table()): until then no per-flow table
         self._prev_latency = np.zeros(HIST_SLOTS, dtype=np.int64)
         self._prev_handshake = np.zeros(HIST_SLOTS, dtype=np.int64)
         self._prev_counters = np.zeros(2, dtype=np.int64)
@@ -129,12 +129,21 @@ class TcpLatencyReceiver:
         has asked for it (the tcplatency processor or spans in a pipeline that reads RTT): the first call
         reads it now, later reads follow ``interval``."""
         if not self._table_wanted:
-            self._table_wanted = True
+            self.track_flows()
             bpf = self._bpf
             if bpf is not None:
                 self._refresh_table(bpf)
         with self._lock:
             return self._table
+
+    def track_flows(self) -> None:
+        """Keep the per-flow table from now on (the tcplatency processor calls this when it starts, before
+        the receivers start). Until something does, the kernel programs follow only connections to the
+        API server (the histograms) and the flow table stays empty: under many short connections that
+        is most of this receiver's kernel cost."""
+        self._table_wanted = True
+        if self._bpf is not None:
+            self._bpf["track_flows"][ct.c_int(0)] = ct.c_uint32(1)
 
     def _refresh_table(self, bpf: Any) -> None:
         from retina_otel.bpf.mapbatch import drain
@@ -200,6 +209,8 @@ class TcpLatencyReceiver:
         self._host = host
         cflags = [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}", *_btf_cflags()]
         self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches both RAW_TRACEPOINT_PROBEs on load
+        if self._table_wanted:
+            self.track_flows()
         self._locator = self._make_locator(host)
         self._locator.start()
         if self.config.apiserver_metrics:

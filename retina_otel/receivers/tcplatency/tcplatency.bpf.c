@@ -69,6 +69,10 @@ BPF_ARRAY(api_latency_hist, u64, HIST_SLOTS);
 BPF_ARRAY(api_handshake_hist, u64, HIST_SLOTS);
 // 0: API-server connection attempts without a SYN/ACK, 1: flows table updates that failed
 BPF_ARRAY(counters, u64, 2);
+// [0] != 0: keep the per-flow table (set by user space once something joins flow records with RTT).
+// Without it only connections to the API server are followed, for the histograms: the rest cost a
+// socket read and one lookup in apiserver_ips per event instead of a per-flow table update.
+BPF_ARRAY(track_flows, u32, 1);
 
 // sock_common fields, copied from the socket with one read (zeroed if the read fails).
 #define SKC(ptr, off) ((ptr) + ((off) - SKC_BASE))
@@ -96,6 +100,12 @@ static __always_inline u32 current_gen(void) {
     return gen ? *gen : 0;
 }
 
+static __always_inline int tracking_flows(void) {
+    int zero = 0;
+    u32 *on = track_flows.lookup(&zero);
+    return on && *on;
+}
+
 static __always_inline u8 is_apiserver(const u8 *daddr) {
     struct addr_key dst = {};
     __builtin_memcpy(dst.addr, daddr, 16);
@@ -119,15 +129,17 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state) {
     if (newstate == TCP_SYN_SENT) {
         bpf_probe_read_kernel(skc, SKC_SPAN, sk + SKC_BASE);
         u16 family = *(u16 *)SKC(skc, OFF_SKC_FAMILY);
-        struct syn_val v = {};
-        v.ts = bpf_ktime_get_ns();
-        v.api_gen = current_gen();
         u8 daddr[16];
         if (family == AF_INET)
             map_v4(daddr, SKC(skc, OFF_SKC_DADDR));
         else
             __builtin_memcpy(daddr, SKC(skc, OFF_SKC_V6_DADDR), 16);
+        struct syn_val v = {};
+        v.api_gen = current_gen();
         v.apiserver = is_apiserver(daddr);
+        if (!v.apiserver && !tracking_flows())
+            return 0;  // nothing to follow this connection for
+        v.ts = bpf_ktime_get_ns();
         syn_start.update(&skaddr, &v);
         return 0;
     }
@@ -159,7 +171,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state) {
         val.handshake_us = us > 0xffffffff ? 0xffffffff : (u32)us;
         val.api_gen = api_gen;
         val.apiserver = apiserver;
-        if (flows.update(&key, &val) != 0)
+        if (tracking_flows() && flows.update(&key, &val) != 0)
             count(1);
         if (apiserver) {
             int slot = slot_of(us);
@@ -193,6 +205,17 @@ RAW_TRACEPOINT_PROBE(tcp_probe) {
     key.sport = *(u16 *)SKC(skc, OFF_SKC_NUM);
     key.dport = bpf_ntohs(*(u16 *)SKC(skc, OFF_SKC_DPORT));
     u32 srtt8 = 0;
+    if (!tracking_flows()) {  // API-server connections only: no per-flow state
+        if (!is_apiserver(key.daddr))
+            return 0;
+        bpf_probe_read_kernel(&srtt8, sizeof(srtt8), sk + OFF_SRTT_US);
+        if (srtt8 >> 3) {
+            int slot = slot_of(srtt8 >> 3);
+            u64 *c = api_latency_hist.lookup(&slot);
+            if (c) __sync_fetch_and_add(c, 1);
+        }
+        return 0;
+    }
     bpf_probe_read_kernel(&srtt8, sizeof(srtt8), sk + OFF_SRTT_US);
     u32 srtt = srtt8 >> 3;  // what the classic tracepoint reports (srtt_us is kept << 3)
     // Last-seen only: jiffies are enough and cost a memory read (ktime_get_ns: ~100 ns in a VM;
