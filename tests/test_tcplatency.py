@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -22,15 +23,16 @@ from retina_otel.testing import TestHost
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture
-def receiver() -> Iterator[tuple[TcpLatencyReceiver, TestHost]]:
+@contextlib.contextmanager
+def _started(*, track_flows: bool) -> Iterator[tuple[TcpLatencyReceiver, TestHost]]:
     r = FACTORY.create(
         CreateSettings("tcplatency", "receiver"),
         FACTORY.config_model(interval=3600, use_kubernetes_service_host=False),
         None,
     )
     assert isinstance(r, TcpLatencyReceiver)
-    r.track_flows()  # as the tcplatency processor does before receivers start
+    if track_flows:
+        r.track_flows()  # as the tcplatency processor does before receivers start
     host = TestHost()
     r.start(host)
     try:
@@ -38,6 +40,12 @@ def receiver() -> Iterator[tuple[TcpLatencyReceiver, TestHost]]:
     finally:
         r.shutdown()
         r.shutdown()  # idempotent
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[TcpLatencyReceiver, TestHost]]:
+    with _started(track_flows=True) as found:
+        yield found
 
 
 def _serve(server: Pod, port: int, count: int) -> tuple[threading.Thread, socket.socket]:
@@ -107,21 +115,11 @@ def _assert_apiserver_histograms(host: TestHost, n: int, connect_times: list[flo
 def test_without_a_flow_consumer_only_apiserver_connections_are_followed(sandbox: Sandbox) -> None:
     """No track_flows() (the default config: nothing reads RTT on flow records): the histograms are
     exact all the same and the kernel keeps no per-flow entry."""
-    r = FACTORY.create(
-        CreateSettings("tcplatency", "receiver"),
-        FACTORY.config_model(interval=3600, use_kubernetes_service_host=False),
-        None,
-    )
-    assert isinstance(r, TcpLatencyReceiver)
-    host = TestHost()
-    r.start(host)
-    try:
+    with _started(track_flows=False) as (r, host):
         n = 5
         _client, _apiserver, _ports, connect_times = _apiserver_traffic(sandbox, r, n)
         _assert_apiserver_histograms(host, n, connect_times)
         assert len(r.table()) == 0  # the first call starts the table: nothing was kept before it
-    finally:
-        r.shutdown()
 
 
 def test_handshakes_and_latency_to_the_apiserver(

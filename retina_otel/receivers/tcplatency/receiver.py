@@ -126,8 +126,8 @@ class TcpLatencyReceiver:
     # -- the extension other components use ---------------------------------------------------------
     def table(self) -> LatencyTable:
         """The flow snapshot of the last read. The kernel's flow table is copied out only once something
-        has asked for it (the tcplatency processor or spans in a pipeline that reads RTT): the first call
-        reads it now, later reads follow ``interval``."""
+        has asked for it (:meth:`track_flows`, or this call): a first call without it reads the table now,
+        later reads follow ``interval``."""
         if not self._table_wanted:
             self.track_flows()
             bpf = self._bpf
