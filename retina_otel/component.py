@@ -20,7 +20,8 @@ A factory declares the signals its component handles (``signals``; a connector d
 ``(from, to)`` pairs it ``connects``), whether it changes the batches it is given (``mutates_data``: the
 fan-out then hands it a copy when the batch is shared), the extensions it offers (``provides``) and,
 optionally, which flow-record fields it reads (``reads``) or only fills (``fills``): a processor whose
-fields nothing downstream reads is left out of its pipeline.
+fields nothing downstream reads is left out of its pipeline; and whether it only sums each flow's records
+(``sums_flows``): a receiver whose records reach only such components may write fewer of them.
 """
 
 from __future__ import annotations
@@ -126,12 +127,15 @@ class CreateSettings:
 
     ``pipeline`` is the pipeline a processor instance belongs to (empty for the others, which are shared).
     ``consumers`` maps each push signal the component emits into (``logs``, ...) to where it goes; the
-    factory's ``next_consumer`` argument is the one of its main output signal."""
+    factory's ``next_consumer`` argument is the one of its main output signal. ``only_sums`` (receivers):
+    everything its flow records reach declares ``Factory.sums_flows``, so how it splits a flow's counts
+    into records changes no output (packetparser then writes fewer, larger records)."""
 
     id: str
     kind: ComponentKind
     pipeline: str = ""
     consumers: Mapping[str, object] = field(default_factory=dict)
+    only_sums: bool = False
 
     @property
     def type(self) -> str:
@@ -158,6 +162,10 @@ class Factory(Generic[ConfigT]):
     given its config; ``None`` (the default): any field. ``fills``: for a processor whose only change to
     a batch is filling these fields; a pipeline leaves such a processor out when nothing after it (its
     later processors and its exporters or connectors) reads any of them.
+    ``sums_flows``: the component's output depends on forwarded-flow records (``event`` FLOW) only through
+    each flow's sums of their counters (a processor: it changes each record on its own and passes every
+    one on), so a receiver may split a flow's counts into fewer records (:attr:`CreateSettings.only_sums`).
+    Default: no (an exporter of flow logs, a rate limit or a filter sees each record).
     """
 
     type: str
@@ -171,6 +179,7 @@ class Factory(Generic[ConfigT]):
     connects: tuple[tuple[str, str], ...] = ()
     reads: Callable[[ConfigT], frozenset[str]] | None = None
     fills: tuple[str, ...] = ()
+    sums_flows: bool = False
 
     def default_config(self) -> ConfigT:
         return self.config_model()

@@ -14,6 +14,12 @@ flowmetrics, which reads no RTT, so joining RTTs onto every record would be work
 an exporter that does read them (otlp, observer, a traces connector) to the pipeline brings it back.
 :attr:`Agent.bypassed` and ``/readyz`` list what was left out and why.
 
+A receiver whose flow records reach only components that sum each flow's records (``Factory.sums_flows``:
+flowmetrics, k8sattributes, networks, tcplatency) is created with ``CreateSettings.only_sums``: how it
+splits a flow's counts into records changes no output, so packetparser writes fewer of them (its
+``report_rule: auto``). Any exporter of flow logs, hubblemetrics, a filter or a rate limit in one of its
+logs pipelines turns that off (:attr:`Agent.only_sums`).
+
 Every component gets its own :class:`~retina_otel.component.Host` view: its ``metrics`` tags what it
 declares with its id and, for an exporter, reads only the metrics of the receivers and connectors of
 its metrics pipelines; its status reports change only its own instance.
@@ -115,6 +121,13 @@ def _reads(entry: ComponentEntry) -> frozenset[str] | None:
     return factory.reads(entry.config)
 
 
+def _sums_flows(entry: ComponentEntry) -> bool:
+    """Whether a pipeline's exporter or connector only sums flow records; a connector that passes them on
+    to other pipelines does not (what it feeds may read each one)."""
+    factory = entry.factory
+    return factory.sums_flows and not (factory.kind == "connector" and ("logs", "logs") in factory.connects)
+
+
 def _union(first: frozenset[str] | None, second: frozenset[str] | None) -> frozenset[str] | None:
     return None if first is None or second is None else first | second
 
@@ -168,6 +181,8 @@ class Agent:
         self._extensions = ExtensionRegistry()
         self._sources = metric_sources(config)
         self._heads: dict[str, tuple[object, bool]] = {}
+        self._sums_flows: dict[str, bool] = {}  # pipeline -> everything in it only sums flow records
+        self._only_sums: list[str] = []  # receivers created with CreateSettings.only_sums
         self._bypassed: dict[str, str] = {}  # processor instance (id@pipeline) -> why it is left out
         self._started = False
         self._stopped = False
@@ -217,7 +232,14 @@ class Agent:
 
     # -- building -----------------------------------------------------------------------------------
     def _create(
-        self, entry: ComponentEntry, key: str, pipeline: str, next_consumer: object, consumers: dict[str, object]
+        self,
+        entry: ComponentEntry,
+        key: str,
+        pipeline: str,
+        next_consumer: object,
+        consumers: dict[str, object],
+        *,
+        only_sums: bool = False,
     ) -> Lifecycle:
         state = self._states.get(key)
         if state is not None:
@@ -225,7 +247,9 @@ class Agent:
                 state.pipelines.append(pipeline)
             return state.component
         owner = _owner(entry.kind, entry.id)
-        settings = CreateSettings(entry.id, entry.kind, pipeline if entry.kind == "processor" else "", consumers)
+        settings = CreateSettings(
+            entry.id, entry.kind, pipeline if entry.kind == "processor" else "", consumers, only_sums=only_sums
+        )
         component = entry.factory.create(settings, entry.config, next_consumer)
         if isinstance(component, ProvidesExtensions):
             try:
@@ -250,6 +274,7 @@ class Agent:
         assert signal is not None  # validated
         ends: list[tuple[object, bool]] = []
         read_after: frozenset[str] | None = frozenset()  # fields read after this point; None: any
+        sums = True  # everything in the pipeline only sums flow records (Factory.sums_flows)
         for exp_id in pipeline.exporters:
             if exp_id in cfg.connectors:
                 entry = cfg.connectors[exp_id]
@@ -260,6 +285,7 @@ class Agent:
             if signal.pushed:
                 ends.append((component, entry.factory.mutates))
             read_after = _union(read_after, _reads(entry))
+            sums = sums and _sums_flows(entry)
         head: object = connect(signal, ends, self.count_lost) if signal.pushed else None
         mutates = False
         for proc_id in reversed(pipeline.processors):
@@ -274,7 +300,9 @@ class Agent:
             head = self._create(entry, key, name, head, consumers)
             mutates = mutates or entry.factory.mutates
             read_after = _union(read_after, _reads(entry))
+            sums = sums and entry.factory.sums_flows
         self._heads[name] = (head, mutates)
+        self._sums_flows[name] = sums
         return self._heads[name]
 
     def _outputs(self, comp_id: str) -> tuple[list[str], dict[str, object]]:
@@ -317,7 +345,10 @@ class Agent:
         for rec_id in receivers:
             names, consumers = self._outputs(rec_id)
             next_consumer = consumers.get("logs", NopConsumer())
-            self._create(cfg.receivers[rec_id], rec_id, names[0], next_consumer, consumers)
+            only_sums = all(self._sums_flows[n] for n in names if signal_of(n) == "logs")
+            if only_sums:
+                self._only_sums.append(rec_id)
+            self._create(cfg.receivers[rec_id], rec_id, names[0], next_consumer, consumers, only_sums=only_sums)
             self._states[rec_id].pipelines = list(names)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -408,3 +439,8 @@ class Agent:
     def bypassed(self) -> Mapping[str, str]:
         """Processor instances (``id@pipeline``) left out of their pipeline, with the reason."""
         return dict(self._bypassed)
+
+    @property
+    def only_sums(self) -> frozenset[str]:
+        """Receivers whose flow records reach only components that sum them (``CreateSettings.only_sums``)."""
+        return frozenset(self._only_sums)

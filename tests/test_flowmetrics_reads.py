@@ -52,25 +52,28 @@ def _varied_batch() -> FlowBatch:
     return batch
 
 
+def _every_metric(remote: bool) -> dict[str, Any]:
+    """Every metric with every context label, the node metrics, one context."""
+    every_label = list(CONTEXT_OPTIONS)
+    return {
+        "remote_context": remote,
+        "node_metrics": True,
+        "metrics": [
+            {
+                "metricName": name,
+                "sourceLabels": every_label,
+                "destinationLabels": every_label,
+                "additionalLabels": ["is_reply"],
+            }
+            for name in RETINA_NAMES.values()
+        ],
+    }
+
+
 @pytest.mark.parametrize("remote", [False, True])
 def test_flowmetrics_reads_only_declared_fields(remote: bool) -> None:
     _touched.clear()
-    every_label = list(CONTEXT_OPTIONS)
-    proc, _host = processor(
-        {
-            "remote_context": remote,
-            "node_metrics": True,
-            "metrics": [
-                {
-                    "metricName": name,
-                    "sourceLabels": every_label,
-                    "destinationLabels": every_label,
-                    "additionalLabels": ["is_reply"],
-                }
-                for name in RETINA_NAMES.values()
-            ],
-        }
-    )
+    proc, _host = processor(_every_metric(remote))
     proc.consume_flows(_varied_batch())
     assert _touched, "the recording array saw no field access"
     assert _touched <= READS, f"flowmetrics reads undeclared fields: {sorted(_touched - READS)}"
@@ -78,3 +81,53 @@ def test_flowmetrics_reads_only_declared_fields(remote: bool) -> None:
 
 def test_reads_leaves_out_only_the_rtt_columns() -> None:
     assert set(FLOW_DTYPE.names or ()) - READS == {"srtt_us", "handshake_us"}
+
+
+def _split_flows(batch: FlowBatch) -> FlowBatch:
+    """Every forwarded-flow record with more than one packet as two records of the same flow, the counters
+    divided between them (what a coarser or finer report rule does); other records as they are."""
+    records = np.asarray(batch.records)
+    parts = []
+    for i in range(len(records)):
+        rec = records[i : i + 1].copy()
+        if rec["event"][0] != Event.FLOW or rec["packets"][0] < 2:
+            parts.append(rec)
+            continue
+        first, second = rec.copy(), rec.copy()
+        for name in ("packets", "bytes", "reply_packets", "reply_bytes", "tcp_flags"):
+            first[name] = rec[name] // 2
+            second[name] = rec[name] - first[name]
+        parts += [first, second]
+    out = FlowBatch.empty(0, receiver=batch.receiver)
+    out.records = np.concatenate(parts)
+    out.endpoints = batch.endpoints
+    return out
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_flowmetrics_only_sums_each_flows_records(remote: bool) -> None:
+    """flowmetrics declares ``sums_flows``: a receiver may then write a flow's counts in fewer records
+    (packetparser's ``report_rule: close``). Every metric, context label and node metric over a batch of
+    forwarded flows, and over the same flows each split in two records: the same series and values."""
+    from retina_otel.processors.flowmetrics import CONNECTOR_FACTORY, FACTORY
+
+    assert FACTORY.sums_flows and CONNECTOR_FACTORY.sums_flows
+    config = _every_metric(remote)
+    batch = make(5)
+    row(batch, 0, 0, 1, packets=3, bytes=300, tcp_flags=[1, 1, 0, 3, 0, 2, 0, 0, 0, 0], reply_packets=2)
+    row(batch, 1, 1, 0, is_reply=1, direction=Direction.INGRESS, packets=2, bytes=120, tcp_flags=[1, 0, 1, 2] + [0] * 6)
+    row(batch, 2, 2, -1, packets=5, bytes=500)
+    row(batch, 3, -1, 1, proto=17, packets=4, bytes=256, direction=Direction.INGRESS)
+    row(batch, 4, 0, 2, event=Event.DROP, verdict=Verdict.DROPPED, drop_reason=3, packets=1, bytes=60)
+    whole, whole_host = processor(config)
+    split, split_host = processor(config)
+    whole.consume_flows(batch)
+    split_batch = _split_flows(batch)
+    assert len(split_batch) == 9
+    split.consume_flows(split_batch)
+    families = {f.name: f.snapshot() for f in whole_host.metrics.families()}
+    assert any(snap.series for snap in families.values())
+    for family in split_host.metrics.families():
+        got = {labels: value for labels, value, _ in family.snapshot().series}
+        want = {labels: value for labels, value, _ in families[family.name].series}
+        assert got == want, family.name

@@ -146,11 +146,11 @@ def _assert_exact(driver: Driver, want: Expected) -> None:
         assert (got["flags"][fid] == want.flags[fid]).all(), (fid, got["flags"][fid], want.flags[fid])
 
 
-@pytest.mark.parametrize("report_interval", [30.0, 0.05])
-def test_many_udp_flows_on_both_cpus_exact(make_driver: Any, report_interval: float) -> None:
+@pytest.mark.parametrize(("report_interval", "report_rule"), [(30.0, "events"), (0.05, "events"), (0.05, "close")])
+def test_many_udp_flows_on_both_cpus_exact(make_driver: Any, report_interval: float, report_rule: str) -> None:
     """3x more flows than cache slots (collisions, take-overs), IPv4 and IPv6, a sweep mid-stream; with a
     short report interval the reader thread also sweeps and flushes while packets are counted."""
-    driver = make_driver(report_interval=report_interval)
+    driver = make_driver(report_interval=report_interval, report_rule=report_rule)
     rng = random.Random(7)
     want = Expected()
     templates: list[tuple[bytes, int, FlowId]] = []
@@ -186,9 +186,10 @@ def _tcp_frame(src: str, dst: str, sport: int, dport: int, flags: tuple[TcpFlag,
     return bytes(ETH / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=f) / (b"t" * payload))
 
 
-def test_tcp_conversations_flags_and_directions_exact(make_driver: Any) -> None:
+@pytest.mark.parametrize("report_rule", ["events", "close"])
+def test_tcp_conversations_flags_and_directions_exact(make_driver: Any, report_rule: str) -> None:
     """Interleaved connections: handshake, data and ACKs both ways, FINs; per-direction flag counts."""
-    driver = make_driver()
+    driver = make_driver(report_rule=report_rule)
     rng = random.Random(11)
     want = Expected()
     convs: list[list[bytes]] = []
@@ -233,9 +234,10 @@ def test_tcp_conversations_flags_and_directions_exact(make_driver: Any) -> None:
     assert driver.receiver.kernel_stats()["flow_cache_hits"] > 0
 
 
-def test_report_interval_passes_while_cached(make_driver: Any) -> None:
+@pytest.mark.parametrize("report_rule", ["events", "close"])
+def test_report_interval_passes_while_cached(make_driver: Any, report_rule: str) -> None:
     """A steady flow in the cache still gets a row every report interval, and loses nothing."""
-    driver = make_driver(report_interval=0.2)
+    driver = make_driver(report_interval=0.2, report_rule=report_rule)
     frame, ip_len = _udp_frame("198.18.3.1", "198.18.3.2", 4000, 4001, 30)
     want = Expected()
     wall_before = time.time_ns()
@@ -255,8 +257,42 @@ def test_report_interval_passes_while_cached(make_driver: Any) -> None:
     assert (rec["time_start_ns"] >= wall_before - tick).all() and (rec["time_end_ns"] <= wall_after + tick).all()
     assert (rec["time_start_ns"] <= rec["time_end_ns"]).all()
     rows = driver.totals()["rows"][("198.18.3.1", "198.18.3.2", 4000, 4001, 17)]
-    assert rows >= 5, rows  # first packet + one per 0.2 s interval (+ the reader's sweeps)
+    assert rows >= 5, rows  # (events: first packet +) one per 0.2 s interval (+ the reader's sweeps)
     assert driver.receiver.kernel_stats()["flow_cache_hits"] > 0.8 * sum(want.packets.values())
+
+
+def test_close_rule_reports_a_short_connection_on_fin_and_the_rest_at_the_flush(make_driver: Any) -> None:
+    """A short connection on one CPU: Retina's rule writes a row on SYN, SYN-ACK, the first ACK, the first
+    PSH and each FIN; the close rule one per FIN, and the flush the trailing ACK. Same totals."""
+    A, P, S, F = TcpFlag.ACK, TcpFlag.PSH, TcpFlag.SYN, TcpFlag.FIN
+    cli, srv = "198.18.4.1", "198.18.4.2"
+    fwd, rev = (cli, srv, 40000, 80, 6), (srv, cli, 80, 40000, 6)
+    steps: list[tuple[FlowId, tuple[TcpFlag, ...], int]] = [
+        (fwd, (S,), 0),
+        (rev, (S, A), 0),
+        (fwd, (A,), 0),
+        (fwd, (P, A), 100),
+        (rev, (A,), 0),
+        (rev, (P, A), 300),
+        (fwd, (A,), 0),
+        (fwd, (F, A), 0),
+        (rev, (F, A), 0),
+        (fwd, (A,), 0),
+    ]
+    rows: dict[str, dict[FlowId, int]] = {}
+    for rule in ("events", "close"):
+        driver = make_driver(report_rule=rule)
+        want = Expected()
+        frames = []
+        for fid, flags, payload in steps:
+            frames.append(_tcp_frame(fid[0], fid[1], fid[2], fid[3], flags, payload))
+            want.add(fid, 40 + payload, (TcpFlag.SYNACK, A) if flags == (S, A) else flags)
+        driver.send(frames, spread=False)
+        driver.receiver.flush()
+        _assert_exact(driver, want)
+        rows[rule] = driver.totals()["rows"]
+    assert rows["events"] == {fwd: 5, rev: 3}  # SYN, ACK, PSH, FIN, flush | SYN-ACK, PSH, FIN
+    assert rows["close"] == {fwd: 2, rev: 1}  # FIN, flush | FIN
 
 
 def _fast_path_corpus() -> list[bytes]:

@@ -454,3 +454,45 @@ def test_a_processor_is_left_out_only_when_nothing_after_it_reads_its_fields(
     running = [s.id for s in agent.states() if s.kind == "processor"]
     assert ("tcplatency" not in running) is left_out
     assert "filter" in running or "filter" not in processors
+
+
+# -- receivers whose records are only summed --------------------------------------------------------
+
+
+def test_default_config_tells_packetparser_its_records_are_only_summed() -> None:
+    """The default logs pipeline ends in flowmetrics (through k8sattributes): packetparser may write fewer,
+    larger records. OTLP flow logs read each record: Retina's report rule again."""
+    agent = Agent(load_config(None, env={}))
+    assert {"packetparser", "dropreason", "tcpretrans", "dns"} <= agent.only_sums
+    with_otlp = Agent(load_config(None, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}))
+    assert not with_otlp.only_sums & {"packetparser", "dropreason", "tcpretrans", "dns"}
+
+
+@pytest.mark.parametrize(
+    ("processors", "exporters", "only_sums"),
+    [
+        (["tcplatency"], ["flowmetrics"], True),
+        ([], ["flowmetrics", "nop"], False),  # an exporter that declares nothing sees each record
+        (["filter"], ["flowmetrics"], False),  # a filter may test a record's counts
+    ],
+)
+def test_a_receiver_is_told_its_records_are_only_summed_when_every_consumer_sums_them(
+    processors: list[str], exporters: list[str], only_sums: bool
+) -> None:
+    agent = _rtt_pipeline(processors, exporters)
+    assert ("synthetic" in agent.only_sums) is only_sums
+
+
+def test_a_receiver_in_no_logs_pipeline_has_nobody_reading_its_records() -> None:
+    config = parse_config(
+        {
+            "receivers": {"synthetic": {"interval": 3600}},
+            "exporters": {"prometheus": {"endpoint": f"127.0.0.1:{free_port()}"}},
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {"metrics": {"receivers": ["synthetic"], "exporters": ["prometheus"]}},
+            },
+        },
+        env={},
+    )
+    assert "synthetic" in Agent(config).only_sums

@@ -32,11 +32,15 @@ def flow_step_factory(
     description: str,
     *,
     mutates_data: bool,
+    sums_flows: bool = False,
 ) -> Factory[ConfigT]:
-    """A logs-pipeline processor factory: ``make(settings, config, next_consumer)``."""
+    """A logs-pipeline processor factory: ``make(settings, config, next_consumer)``; ``sums_flows``: it
+    changes each record on its own and passes every one on (see :class:`~retina_otel.component.Factory`)."""
 
     def create(settings: CreateSettings, config: ConfigT, next_consumer: Any) -> Lifecycle:
         assert next_consumer is not None  # processors are always created with the rest of their pipeline
         return make(settings, config, next_consumer)
 
-    return Factory(type_name, "processor", config_model, create, description, mutates_data=mutates_data)
+    return Factory(
+        type_name, "processor", config_model, create, description, mutates_data=mutates_data, sums_flows=sums_flows
+    )

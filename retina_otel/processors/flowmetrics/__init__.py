@@ -57,6 +57,7 @@ FACTORY: Factory[FlowMetricsConfig] = Factory(
     "(the processor form; prefer the connector)",
     mutates_data=False,
     reads=_reads,
+    sums_flows=True,
 )
 
 CONNECTOR_FACTORY: Factory[FlowMetricsConfig] = Factory(
@@ -67,4 +68,5 @@ CONNECTOR_FACTORY: Factory[FlowMetricsConfig] = Factory(
     description="Retina's adv_* pod-level metrics from the flow records of logs pipelines into metrics pipelines",
     connects=(("logs", "metrics"),),
     reads=_reads,
+    sums_flows=True,
 )

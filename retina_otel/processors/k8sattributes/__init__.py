@@ -28,4 +28,5 @@ FACTORY: Factory[K8sAttributesConfig] = Factory(
     description="Kubernetes metadata (pod, workload, service, node, zone) on both ends of every flow",
     mutates_data=True,
     provides=(K8S_CACHE,),
+    sums_flows=True,
 )

@@ -179,4 +179,5 @@ FACTORY: Factory[NetworksConfig] = flow_step_factory(
     NetworksProcessor,
     "named CIDRs on both ends of every flow (`network.name`, narrowest wins) and `world` for the rest",
     mutates_data=True,
+    sums_flows=True,
 )

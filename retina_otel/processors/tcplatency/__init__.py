@@ -93,4 +93,5 @@ FACTORY: Factory[TcpLatencyProcessorConfig] = Factory(
     "smoothed RTT and handshake latency on TCP flow records (needs the tcplatency receiver)",
     mutates_data=True,
     fills=("srtt_us", "handshake_us"),
+    sums_flows=True,
 )

@@ -43,9 +43,20 @@ class PacketParserConfig(ComponentConfig):
     aggregation: Literal["low", "high"] = Field(
         default="high",
         description=(
-            "low: one record per packet. high: a record on SYN/FIN/RST/URG/ECE/CWR, on new flags, on a "
-            "new connection and when the report interval passed; counters in between ride on the next "
-            "record. Default: high."
+            "low: one record per packet. high: per connection in the kernel, a record when report_rule "
+            "says; counters in between ride on the next record. Default: high."
+        ),
+    )
+    report_rule: Literal["auto", "events", "close"] = Field(
+        default="auto",
+        description=(
+            "When high aggregation writes a record. events (Retina's rule): on SYN/FIN/RST/URG/ECE/CWR, "
+            "on flags new to the direction, on a new connection and when the report interval passed. "
+            "close: only on FIN or RST and when the report interval passed; the rest of a flow's counts "
+            "ride on its next record or on the flush every report interval (fewer records, same counts). "
+            "auto: close when everything that reads this receiver's flow records only sums them (the "
+            "embedded default: flowmetrics alone), events otherwise (otlp, observer, spans, hubblemetrics, "
+            "filters). Default: auto."
         ),
     )
     report_interval: float = Field(

@@ -7,7 +7,8 @@
 //
 // Parameters (-D): AGG_HIGH (0/1), FAST_PATH (0/1: receiver.uses_fast_path), SAMPLING_RATE, REPORT_INTERVAL_NS, CT_MAX_ENTRIES,
 // FILTER_MAX_ENTRIES, BYPASS_FILTER (0/1), RINGBUF_PAGES, FLUSH_BATCH, HOT_SLOTS (power of two), JIFFY_NS
-// (0 = unknown tick rate), CT_TOTALS (0/1: per-connection lifetime totals for the conntrack_* gauges).
+// (0 = unknown tick rate), CT_TOTALS (0/1: per-connection lifetime totals for the conntrack_* gauges),
+// REPORT_EVENTS (0/1: high aggregation's report rule, see pp_common.h; receiver.reports_events).
 // Only UAPI structures are used: the build headers may be older than the running kernel.
 //
 // The parts are in headers next to this file, inlined by retina_otel.bpf.load_bpf (bcc rewrites map
@@ -93,7 +94,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
             return;
         }
         created = 1;
-        report = 1;
+        report |= REPORT_EVENTS;
     }
 #if AGG_HIGH
     // The slot's pending counts go into the entry before this packet (and before a reset below). A slot
@@ -120,7 +121,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
         e->d[0].total_packets = e->d[0].total_bytes = 0;
         e->d[1].total_packets = e->d[1].total_bytes = 0;
 #endif
-        report = 1;
+        report |= REPORT_EVENTS;
     }
     int dir = (src_is_a == (e->init_is_a != 0)) ? 0 : 1;
     struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
@@ -154,10 +155,10 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
     } else {
         e->eviction_ns = now + OTHER_LIFETIME_NS;
     }
-    if (m & REPORT_FLAGS)
+    if (m & REPORT_NOW_FLAGS)
         report = 1;
     if (m & ~d->flags_seen) {
-        report = 1;
+        report |= REPORT_EVENTS;
         d->flags_seen |= m;
     }
     if (now - d->last_report_ns >= REPORT_INTERVAL_NS)

@@ -22,6 +22,18 @@
 #define N_FLAGS 10
 #define REPORT_FLAGS (F_FIN | F_SYN | F_SYNACK | F_RST | F_URG | F_ECE | F_CWR)
 
+// High aggregation's report rule (REPORT_EVENTS, from the receiver's report_rule; low aggregation: 1).
+// 1, Retina's: a record on a new connection, on a direction's first packet, on flags new to the direction,
+// on any of REPORT_FLAGS and when the direction's report interval passed. 0, for consumers that only sum a
+// flow's records (the embedded default: flowmetrics): a record on FIN or RST and when the report interval
+// passed; the rest rides on the next record or on the flush user space runs every report interval. Fewer
+// records per connection, and the flow cache may count every ACK/PSH packet (no new-flag report to make).
+#if REPORT_EVENTS
+#define REPORT_NOW_FLAGS REPORT_FLAGS
+#else
+#define REPORT_NOW_FLAGS (F_FIN | F_RST)
+#endif
+
 // Per-CPU statistics (indexes mirror retina_otel/receivers/packetparser/records.py STAT_NAMES).
 #define ST_PACKETS 0         // packets considered (after sampling and filter)
 #define ST_REPORTS 1         // reports written to the ring buffer

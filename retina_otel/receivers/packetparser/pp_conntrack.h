@@ -11,6 +11,10 @@ static __always_inline struct ct_entry *ct_create(const struct ct_key *k, u8 ini
     ne->init_is_a = init_is_a;
     ne->ipver = ipver;
     ne->eviction_ns = now + OTHER_LIFETIME_NS;
+#if !REPORT_EVENTS
+    ne->d[0].last_report_ns = now;  // the first record waits for FIN/RST or the report interval
+    ne->d[1].last_report_ns = now;
+#endif
     if (conntrack.insert((struct ct_key *)k, ne) == 0)
         stat_inc(ST_CT_CREATE);
     return conntrack.lookup((struct ct_key *)k);

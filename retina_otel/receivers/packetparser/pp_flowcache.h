@@ -182,7 +182,8 @@ static __always_inline void hot_install(struct hot_slot *s, const struct flow_wo
     s->flow.pad[2] = 0;
     s->sport = p->sport;
     s->dport = p->dport;
-    s->flags_ok = d->flags_seen & HOT_FLAGS;
+    // Retina's rule reports a direction's first ACK or PSH: the slot takes only the flags already seen.
+    s->flags_ok = REPORT_EVENTS ? (d->flags_seen & HOT_FLAGS) : HOT_FLAGS;
     s->obs = obs;
     s->src_is_a = src_is_a;
     s->ipver = p->ipver;

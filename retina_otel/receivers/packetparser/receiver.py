@@ -61,7 +61,15 @@ from .records import (
     report_cflags,
 )
 
-__all__ = ["BPF_SOURCE", "FILTER_SPEC", "PARSED_PACKETS", "PacketParserReceiver", "build_cflags", "uses_fast_path"]
+__all__ = [
+    "BPF_SOURCE",
+    "FILTER_SPEC",
+    "PARSED_PACKETS",
+    "PacketParserReceiver",
+    "build_cflags",
+    "reports_events",
+    "uses_fast_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +111,18 @@ def uses_fast_path(config: PacketParserConfig) -> bool:
     return config.aggregation == "high" and config.bypass_lookup_ip_of_interest and config.sampling_rate == 1
 
 
-def build_cflags(config: PacketParserConfig) -> list[str]:
+def reports_events(config: PacketParserConfig, only_sums: bool = False) -> bool:
+    """Whether the kernel reports by Retina's rule (REPORT_EVENTS in pp_common.h) rather than on close:
+    always in low aggregation; in high, ``report_rule`` decides, ``auto`` by ``only_sums`` (everything
+    reading the records sums them: :attr:`~retina_otel.component.CreateSettings.only_sums`)."""
+    if config.aggregation == "low" or config.report_rule == "events":
+        return True
+    return config.report_rule == "auto" and not only_sums
+
+
+def build_cflags(config: PacketParserConfig, only_sums: bool = False) -> list[str]:
     return [
+        f"-DREPORT_EVENTS={1 if reports_events(config, only_sums) else 0}",
         f"-DJIFFY_NS={_jiffy_ns(config)}ULL",
         f"-DAGG_HIGH={1 if config.aggregation == 'high' else 0}",
         f"-DFAST_PATH={1 if uses_fast_path(config) else 0}",
@@ -186,7 +204,7 @@ class PacketParserReceiver:
     def _start(self, host: Host) -> None:
         from bcc import BPF
 
-        self._bpf = load_bpf(BPF_SOURCE, build_cflags(self.config))
+        self._bpf = load_bpf(BPF_SOURCE, build_cflags(self.config, self.settings.only_sums))
         ct_table = self._bpf["conntrack"]
         if (
             ctypes.sizeof(ct_table.Key) != CT_KEY_DTYPE.itemsize
@@ -225,7 +243,9 @@ class PacketParserReceiver:
         self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
         self._reader.start()
         attached = len(self._hooks.attached_interfaces())
-        host.report_status(self.settings.id, ComponentStatus.OK, f"attached to {attached} interfaces")
+        rule = "events" if reports_events(self.config, self.settings.only_sums) else "close"
+        detail = f"attached to {attached} interfaces, report rule {rule}"
+        host.report_status(self.settings.id, ComponentStatus.OK, detail)
 
     def shutdown(self) -> None:
         if self._shut:
