@@ -139,7 +139,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
 #pragma unroll
         for (int i = 0; i < N_FLAGS; i++) {
             if (m & (1 << i))
-                __sync_fetch_and_add(&d->flags[i], 1ULL);
+                __sync_fetch_and_add(&d->flags[i], 1U);
         }
     }
     if (d->first_ns == 0)

@@ -79,7 +79,7 @@ struct ct_dir {  // one direction of a connection at one interface
     u64 first_ns;     // first packet since last report (0 = none)
     u64 last_ns;
     u64 last_report_ns;
-    u64 flags[N_FLAGS];  // 64-bit: atomic exchange needs it
+    u32 flags[N_FLAGS];  // since last report: 32-bit atomics (the report's width; 4G packets a direction per interval)
     u16 sport;        // row ports of the last packet (ICMP: type, code)
     u16 dport;
     u16 flags_seen;

@@ -127,9 +127,9 @@ static __always_inline void hot_merge(struct ct_entry *e, struct hot_slot *s) {
     __sync_fetch_and_add(&d->total_bytes, b);
 #endif
     if (s->n_ack)
-        __sync_fetch_and_add(&d->flags[3], s->n_ack);  // F_ACK
+        __sync_fetch_and_add(&d->flags[3], (u32)s->n_ack);  // F_ACK
     if (s->n_psh)
-        __sync_fetch_and_add(&d->flags[5], s->n_psh);  // F_PSH
+        __sync_fetch_and_add(&d->flags[5], (u32)s->n_psh);  // F_PSH
     if (d->first_ns == 0 || s->first_ns < d->first_ns)
         d->first_ns = s->first_ns;
     if (s->last_ns > d->last_ns)

@@ -12,6 +12,15 @@ static __always_inline u64 take_count(u64 *counter) {
     return __sync_lock_test_and_set(counter, 0ULL);
 }
 
+// The same for a 32-bit counter: the BPF target before v3 has no 32-bit exchange, but subtracting the
+// value read with an atomic add (which every version has) leaves concurrent adds in place just the same.
+static __always_inline u32 take_count32(u32 *counter) {
+    u32 v = *(volatile u32 *)counter;
+    if (v)
+        __sync_fetch_and_add(counter, -v);
+    return v;
+}
+
 // Direction seen from the observed endpoint (pod or node) for an observation point: records._DIRECTION_OF_OBS,
 // passed as DIR_OF_OBS_<obs>.
 static __always_inline u8 direction_of(u8 obs) {
@@ -43,7 +52,7 @@ static __always_inline void emit(struct ct_entry *e, const struct ct_key *k, int
     r->rev_bytes = take_count(&d->rev_bytes);
 #pragma unroll
     for (int i = 0; i < N_FLAGS; i++)
-        r->flags[i] = (u32)take_count(&d->flags[i]);
+        r->flags[i] = take_count32(&d->flags[i]);
     u64 first = d->first_ns;
     d->first_ns = 0;
     r->t_first = first ? first : d->last_ns;

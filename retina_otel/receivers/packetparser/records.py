@@ -142,7 +142,7 @@ CT_DIR_DTYPE = np.dtype(
         ("first_ns", "<u8"),
         ("last_ns", "<u8"),
         ("last_report_ns", "<u8"),
-        ("flags", "<u8", (N_FLAGS,)),
+        ("flags", "<u4", (N_FLAGS,)),
         ("sport", "<u2"),
         ("dport", "<u2"),
         ("flags_seen", "<u2"),
@@ -162,7 +162,7 @@ CT_ENTRY_DTYPE = np.dtype(
         ("pad", "V5"),
     ]
 )
-assert CT_ENTRY_DTYPE.itemsize == 336
+assert CT_ENTRY_DTYPE.itemsize == 256
 
 # Index -> name of the kernel's per-CPU statistics (ST_* in the C source).
 STAT_NAMES = (
