@@ -701,3 +701,19 @@ def test_readme_documents_every_value(chart: Any) -> None:
 
     undocumented = [k for k in leaves(chart.values, chart.schema, "") if f"`{k}`" not in readme]
     assert not undocumented, f"values missing from charts/retina-otel/README.md: {undocumented}"
+
+
+def test_packetparser_writes_fewer_records_only_without_live_flows_or_flow_logs(chart: Any) -> None:
+    """The chart's default keeps the observer (live flows, Hubble's Observer API), which shows each record:
+    Retina's report rule. With the observer off and no OTLP flow logs the records reach only flowmetrics
+    (through k8sattributes and tcplatency): report_rule auto picks the close rule."""
+    from retina_otel.service import Agent
+
+    def only_sums(values: dict[str, Any]) -> frozenset[str]:
+        raw = yaml.safe_load(agent_config_text(render(chart, values)))
+        return Agent(parse_config(raw, env={})).only_sums
+
+    assert "packetparser" not in only_sums({})
+    assert "packetparser" in only_sums({"agent": {"observer": {"enabled": False}}})
+    otlp = {"enabled": True, "endpoint": "collector.observability:4317", "insecure": True}
+    assert "packetparser" not in only_sums({"agent": {"observer": {"enabled": False}, "otlp": otlp}})
