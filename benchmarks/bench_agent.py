@@ -19,6 +19,8 @@ Workloads:
 * ``udp64_not_in_path``: the same between pods whose veths match no pattern.
 * ``tcp_bulk``: iperf3 TCP (default), bytes/s.
 * ``short_tcp``: one TCP connection after another (request, response, close), connections/s.
+* ``chart_short_tcp``: the same with the Helm chart's default shape (the embedded default plus the
+  ``observer`` exporter, ``RETINA_OTEL_OBSERVER``), no client following live flows.
 * ``dns_flood``: DNS queries at a fixed rate against dnsmasq; responses/s and the agent's CPU per query.
 * ``breakdown/<workload>``: not a ratio; the kernel's run time of each BPF program and the agent's
   user-space CPU per packet, MB or connection (``kernel.bpf_stats_enabled`` on for that row only).
@@ -657,6 +659,11 @@ def run(quick: bool) -> dict[str, Any]:
         if want("short_tcp"):
             with _hook((a, b)) as hook, _short_tcp(a, b, workdir / "connections") as connections:
                 rows.append(_toggled("short_tcp", connections, default, cycles, phase, hook=hook, **short))
+        if want("chart_short_tcp"):
+            # The Helm chart's default shape: the observer exporter in the logs pipelines, nobody following.
+            chart = AgentProcess(workdir, None, {**env, "RETINA_OTEL_OBSERVER": f"unix://{workdir}/observer.sock"})
+            with _hook((a, b)) as hook, _short_tcp(a, b, workdir / "connections") as connections:
+                rows.append(_toggled("chart_short_tcp", connections, chart, cycles, phase, hook=hook, **short))
         if want("breakdown/"):
             with _iperf(a, b, udp=True):
                 rows.append(_breakdown("udp64_in_path", udp_pps, default, phase, ("packet", 1.0)))

@@ -34,6 +34,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, overload, runtime_c
 
 from pydantic import BaseModel, ConfigDict
 
+from retina_otel.eventdemand import EventDemand
 from retina_otel.extensions import ExtensionKey
 from retina_otel.flows import FlowBatch
 from retina_otel.metrics.store import MetricStore
@@ -129,13 +130,17 @@ class CreateSettings:
     ``consumers`` maps each push signal the component emits into (``logs``, ...) to where it goes; the
     factory's ``next_consumer`` argument is the one of its main output signal. ``only_sums`` (receivers):
     everything its flow records reach declares ``Factory.sums_flows``, so how it splits a flow's counts
-    into records changes no output (packetparser then writes fewer, larger records)."""
+    into records changes no output (packetparser then writes fewer, larger records). ``event_demand``: for
+    a receiver with ``only_sums``, the demand under which that holds only while nobody holds it (some of
+    its consumers read each record while they hold it: the observer while a client follows live flows);
+    for a component with ``Factory.events_on_demand``, the demand to hold while it reads each record."""
 
     id: str
     kind: ComponentKind
     pipeline: str = ""
     consumers: Mapping[str, object] = field(default_factory=dict)
     only_sums: bool = False
+    event_demand: EventDemand | None = None
 
     @property
     def type(self) -> str:
@@ -166,6 +171,9 @@ class Factory(Generic[ConfigT]):
     each flow's sums of their counters (a processor: it changes each record on its own and passes every
     one on), so a receiver may split a flow's counts into fewer records (:attr:`CreateSettings.only_sums`).
     Default: no (an exporter of flow logs, a rate limit or a filter sees each record).
+    ``events_on_demand``: given its config, the component reads each flow record only while it holds the
+    :class:`~retina_otel.eventdemand.EventDemand` it gets in ``CreateSettings.event_demand`` and otherwise
+    needs only each flow's sums (the observer: while a client follows live flows).
     """
 
     type: str
@@ -180,6 +188,7 @@ class Factory(Generic[ConfigT]):
     reads: Callable[[ConfigT], frozenset[str]] | None = None
     fills: tuple[str, ...] = ()
     sums_flows: bool = False
+    events_on_demand: Callable[[ConfigT], bool] | None = None
 
     def default_config(self) -> ConfigT:
         return self.config_model()

@@ -41,6 +41,9 @@ class LatencySource(Protocol):
     def track_flows(self) -> None:
         """Keep the per-flow table (until called, only API-server connections are followed)."""
 
+    def untrack_flows(self) -> None:
+        """Undo one track_flows (the last one stops the per-flow table)."""
+
 
 @runtime_checkable
 class K8sMetadata(Protocol):

@@ -11,14 +11,20 @@ A processor that only fills flow-record fields (``Factory.fills``, e.g. tcplaten
 left out of a pipeline in which nothing after it reads those fields (``Factory.reads``; a component
 that does not declare what it reads reads everything): in the default config the flow records end in
 flowmetrics, which reads no RTT, so joining RTTs onto every record would be work nobody sees. Adding
-an exporter that does read them (otlp, observer, a traces connector) to the pipeline brings it back.
-:attr:`Agent.bypassed` and ``/readyz`` list what was left out and why.
+an exporter that does read them (otlp, a traces connector) to the pipeline brings it back; one that
+reads records only on demand (``Factory.events_on_demand``: the observer) brings it back only while it
+holds the event demand (the processor gets it in ``CreateSettings.event_demand``).
+:attr:`Agent.bypassed`, :attr:`Agent.fills_on_demand` and ``/readyz`` list both and why.
 
 A receiver whose flow records reach only components that sum each flow's records (``Factory.sums_flows``:
 flowmetrics, k8sattributes, networks, tcplatency) is created with ``CreateSettings.only_sums``: how it
 splits a flow's counts into records changes no output, so packetparser writes fewer of them (its
 ``report_rule: auto``). Any exporter of flow logs, hubblemetrics, a filter or a rate limit in one of its
-logs pipelines turns that off (:attr:`Agent.only_sums`).
+logs pipelines turns that off (:attr:`Agent.only_sums`). A component that reads each record only at times
+(``Factory.events_on_demand``: the observer, while a client follows live flows) gets the agent's
+:class:`~retina_otel.eventdemand.EventDemand` to hold then; a receiver whose records reach only summing
+components and such ones gets it too and writes event records only while it is held
+(:attr:`Agent.events_on_demand`).
 
 Every component gets its own :class:`~retina_otel.component.Host` view: its ``metrics`` tags what it
 declares with its id and, for an exporter, reads only the metrics of the receivers and connectors of
@@ -47,6 +53,7 @@ from retina_otel.component import (
     ProvidesExtensions,
 )
 from retina_otel.config import AgentConfig, ComponentEntry, ConfigError, ConfigProblem
+from retina_otel.eventdemand import EventDemand
 from retina_otel.extensions import DuplicateExtensionError, ExtensionKey, ExtensionRegistry
 from retina_otel.metrics.selfmetrics import SelfMetrics
 from retina_otel.metrics.store import AGENT_OWNER, MetricStore
@@ -128,6 +135,12 @@ def _sums_flows(entry: ComponentEntry) -> bool:
     return factory.sums_flows and not (factory.kind == "connector" and ("logs", "logs") in factory.connects)
 
 
+def _events_on_demand(entry: ComponentEntry) -> bool:
+    """Whether a pipeline's exporter reads each flow record only while it holds the event demand."""
+    wants = entry.factory.events_on_demand
+    return wants is not None and wants(entry.config)
+
+
 def _union(first: frozenset[str] | None, second: frozenset[str] | None) -> frozenset[str] | None:
     return None if first is None or second is None else first | second
 
@@ -182,8 +195,12 @@ class Agent:
         self._sources = metric_sources(config)
         self._heads: dict[str, tuple[object, bool]] = {}
         self._sums_flows: dict[str, bool] = {}  # pipeline -> everything in it only sums flow records
-        self._only_sums: list[str] = []  # receivers created with CreateSettings.only_sums
+        self._on_demand_sums: dict[str, bool] = {}  # pipeline -> the same while nobody holds event_demand
+        self._only_sums: list[str] = []  # receivers created with CreateSettings.only_sums (and no demand)
+        self._on_demand: list[str] = []  # receivers created with CreateSettings.event_demand
+        self.event_demand = EventDemand()
         self._bypassed: dict[str, str] = {}  # processor instance (id@pipeline) -> why it is left out
+        self._on_demand_fills: dict[str, str] = {}  # processor instance -> why it fills only on demand
         self._started = False
         self._stopped = False
         self._expiry_stop = threading.Event()
@@ -240,6 +257,7 @@ class Agent:
         consumers: dict[str, object],
         *,
         only_sums: bool = False,
+        event_demand: EventDemand | None = None,
     ) -> Lifecycle:
         state = self._states.get(key)
         if state is not None:
@@ -248,7 +266,12 @@ class Agent:
             return state.component
         owner = _owner(entry.kind, entry.id)
         settings = CreateSettings(
-            entry.id, entry.kind, pipeline if entry.kind == "processor" else "", consumers, only_sums=only_sums
+            entry.id,
+            entry.kind,
+            pipeline if entry.kind == "processor" else "",
+            consumers,
+            only_sums=only_sums,
+            event_demand=event_demand,
         )
         component = entry.factory.create(settings, entry.config, next_consumer)
         if isinstance(component, ProvidesExtensions):
@@ -274,18 +297,25 @@ class Agent:
         assert signal is not None  # validated
         ends: list[tuple[object, bool]] = []
         read_after: frozenset[str] | None = frozenset()  # fields read after this point; None: any
+        read_always: frozenset[str] | None = frozenset()  # the same without events_on_demand exporters
         sums = True  # everything in the pipeline only sums flow records (Factory.sums_flows)
+        sums_between = True  # the same while no events_on_demand exporter holds the event demand
         for exp_id in pipeline.exporters:
+            demand: EventDemand | None = None
             if exp_id in cfg.connectors:
                 entry = cfg.connectors[exp_id]
                 component: object = self._connector(exp_id, name)
             else:
                 entry = cfg.exporters[exp_id]
-                component = self._create(entry, exp_id, name, None, {})
+                demand = self.event_demand if _events_on_demand(entry) else None
+                component = self._create(entry, exp_id, name, None, {}, event_demand=demand)
             if signal.pushed:
                 ends.append((component, entry.factory.mutates))
             read_after = _union(read_after, _reads(entry))
+            if demand is None:
+                read_always = _union(read_always, _reads(entry))
             sums = sums and _sums_flows(entry)
+            sums_between = sums_between and (_sums_flows(entry) or _events_on_demand(entry))
         head: object = connect(signal, ends, self.count_lost) if signal.pushed else None
         mutates = False
         for proc_id in reversed(pipeline.processors):
@@ -296,13 +326,22 @@ class Agent:
                 self._bypassed[key] = f"nothing after it in pipeline {name} reads {', '.join(fills)}"
                 log.info("processor %s left out of pipeline %s: %s", proc_id, name, self._bypassed[key])
                 continue
+            demand = None
+            if fills and read_always is not None and not read_always.intersection(fills):
+                # Only exporters that read records on demand read its fields: it fills them while they do.
+                demand = self.event_demand
+                self._on_demand_fills[key] = f"in pipeline {name} only exporters reading on demand read {', '.join(fills)}"
+                log.info("processor %s in pipeline %s fills only on demand", proc_id, name)
             consumers = {signal.name: head} if signal.pushed else {}
-            head = self._create(entry, key, name, head, consumers)
+            head = self._create(entry, key, name, head, consumers, event_demand=demand)
             mutates = mutates or entry.factory.mutates
             read_after = _union(read_after, _reads(entry))
+            read_always = _union(read_always, _reads(entry))
             sums = sums and entry.factory.sums_flows
+            sums_between = sums_between and entry.factory.sums_flows
         self._heads[name] = (head, mutates)
         self._sums_flows[name] = sums
+        self._on_demand_sums[name] = sums_between
         return self._heads[name]
 
     def _outputs(self, comp_id: str) -> tuple[list[str], dict[str, object]]:
@@ -345,10 +384,22 @@ class Agent:
         for rec_id in receivers:
             names, consumers = self._outputs(rec_id)
             next_consumer = consumers.get("logs", NopConsumer())
-            only_sums = all(self._sums_flows[n] for n in names if signal_of(n) == "logs")
+            logs = [n for n in names if signal_of(n) == "logs"]
+            only_sums = all(self._sums_flows[n] for n in logs)
+            on_demand = not only_sums and all(self._on_demand_sums[n] for n in logs)
             if only_sums:
                 self._only_sums.append(rec_id)
-            self._create(cfg.receivers[rec_id], rec_id, names[0], next_consumer, consumers, only_sums=only_sums)
+            if on_demand:
+                self._on_demand.append(rec_id)
+            self._create(
+                cfg.receivers[rec_id],
+                rec_id,
+                names[0],
+                next_consumer,
+                consumers,
+                only_sums=only_sums or on_demand,
+                event_demand=self.event_demand if on_demand else None,
+            )
             self._states[rec_id].pipelines = list(names)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -433,6 +484,8 @@ class Agent:
             detail["failed"] = failed
         if self._bypassed:
             detail["bypassed"] = dict(self._bypassed)
+        if self._on_demand_fills:
+            detail["fills_on_demand"] = dict(self._on_demand_fills)
         return ready, detail
 
     @property
@@ -441,6 +494,18 @@ class Agent:
         return dict(self._bypassed)
 
     @property
+    def fills_on_demand(self) -> Mapping[str, str]:
+        """Processor instances (``id@pipeline``) that fill their fields only while the event demand is held
+        (only ``events_on_demand`` exporters read them), with the reason."""
+        return dict(self._on_demand_fills)
+
+    @property
     def only_sums(self) -> frozenset[str]:
         """Receivers whose flow records reach only components that sum them (``CreateSettings.only_sums``)."""
         return frozenset(self._only_sums)
+
+    @property
+    def events_on_demand(self) -> frozenset[str]:
+        """Receivers whose flow records reach components that sum them and ones that read each record only
+        while they hold :attr:`event_demand` (``CreateSettings.event_demand``)."""
+        return frozenset(self._on_demand)

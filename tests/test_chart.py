@@ -233,7 +233,11 @@ def test_observer_socket_tcp_port_and_tls(chart: Any) -> None:
     `observer` on the container, TLS files from the Secret (ca.crt only with clientAuth)."""
     docs = render(chart, {})
     raw = yaml.safe_load(agent_config_text(docs))
-    assert raw["exporters"]["observer"] == {"buffer_size": 4096, "socket": "unix:///var/run/retina-otel/observer.sock"}
+    assert raw["exporters"]["observer"] == {
+        "buffer_size": 4096,
+        "socket": "unix:///var/run/retina-otel/observer.sock",
+        "event_records": "while_following",
+    }
     assert "observer" in raw["service"]["pipelines"]["logs"]["exporters"]
     (container,) = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"]
     assert "observer" not in {p["name"] for p in container["ports"]}
@@ -703,17 +707,29 @@ def test_readme_documents_every_value(chart: Any) -> None:
     assert not undocumented, f"values missing from charts/retina-otel/README.md: {undocumented}"
 
 
-def test_packetparser_writes_fewer_records_only_without_live_flows_or_flow_logs(chart: Any) -> None:
-    """The chart's default keeps the observer (live flows, Hubble's Observer API), which shows each record:
-    Retina's report rule. With the observer off and no OTLP flow logs the records reach only flowmetrics
-    (through k8sattributes and tcplatency): report_rule auto picks the close rule."""
+def test_packetparser_writes_event_records_only_while_a_client_follows_or_flow_logs_go_out(chart: Any) -> None:
+    """The chart's default keeps the observer (live flows, Hubble's Observer API), which reads each record
+    only while a client follows: packetparser switches to Retina's rule then (events on demand) and uses
+    the close rule otherwise. With the observer off and no OTLP flow logs the records reach only
+    flowmetrics (through k8sattributes and tcplatency): the close rule. OTLP flow logs or
+    ``eventRecords: always``: Retina's rule all the time. The tcplatency processor, whose RTT fields only
+    the observer reads by default, joins only while a client follows too."""
     from retina_otel.service import Agent
 
-    def only_sums(values: dict[str, Any]) -> frozenset[str]:
-        raw = yaml.safe_load(agent_config_text(render(chart, values)))
-        return Agent(parse_config(raw, env={})).only_sums
+    def agent(values: dict[str, Any]) -> Agent:
+        return Agent(parse_config(yaml.safe_load(agent_config_text(render(chart, values))), env={}))
 
-    assert "packetparser" not in only_sums({})
-    assert "packetparser" in only_sums({"agent": {"observer": {"enabled": False}}})
+    def rule(values: dict[str, Any]) -> str:
+        found = agent(values)
+        if "packetparser" in found.events_on_demand:
+            return "switched"
+        return "close" if "packetparser" in found.only_sums else "events"
+
     otlp = {"enabled": True, "endpoint": "collector.observability:4317", "insecure": True}
-    assert "packetparser" not in only_sums({"agent": {"observer": {"enabled": False}, "otlp": otlp}})
+    assert rule({}) == "switched"
+    default = agent({})
+    assert [k.split("@")[0] for k in default.fills_on_demand] == ["tcplatency"]  # RTTs only while followed
+    assert rule({"agent": {"observer": {"eventRecords": "always"}}}) == "events"
+    assert rule({"agent": {"observer": {"enabled": False}}}) == "close"
+    assert rule({"agent": {"otlp": otlp}}) == "events"
+    assert rule({"agent": {"observer": {"enabled": False}, "otlp": otlp}}) == "events"

@@ -28,6 +28,7 @@ import pytest
 
 from retina_otel.component import CreateSettings
 from retina_otel.config import ConfigError, parse_config
+from retina_otel.eventdemand import EventDemand
 from retina_otel.exporters.observer import FACTORY, ObserverExporter
 from retina_otel.exporters.observer.ring import FlowRing, bytes_per_record
 from retina_otel.flows import (
@@ -168,6 +169,39 @@ def test_hubble_filters_this_agent_cannot_evaluate_are_rejected(
             list(call)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "9" in str(err.value.details()) and "not supported" in str(err.value.details())
+
+
+def test_only_a_following_client_holds_the_event_demand(tmp_path: Path) -> None:
+    """A follower holds the agent's event demand (packetparser then writes a record per connection event)
+    until it leaves; a call for history does not. With ``event_records: always`` nothing is held (the
+    agent then gives the exporter no demand: the rule is Retina's all the time)."""
+    demand = EventDemand()
+    sock = tmp_path / "observer.sock"
+    config = FACTORY.config_model.model_validate({"socket": f"unix://{sock}"})
+    assert FACTORY.events_on_demand is not None and FACTORY.events_on_demand(config)
+    assert not FACTORY.events_on_demand(config.model_copy(update={"event_records": "always"}))
+    exp = FACTORY.create(CreateSettings("observer", "exporter", event_demand=demand), config, None)
+    exp.start(TestHost())
+    try:
+        exp.consume_flows(batch(3))
+        with grpc.insecure_channel(f"unix://{sock}") as channel:
+            stub = ObserverStub(channel)
+            assert len(list(stub.GetFlows(observer_pb2.GetFlowsRequest(number=10)))) == 3
+            assert not demand.wanted
+            followers = [stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True, number=1)) for _ in range(2)]
+            for call in followers:
+                assert next(call).HasField("flow")  # the call is open: history given, now following
+            assert demand.wanted
+            followers[0].cancel()
+            time.sleep(0.6)  # longer than a follower's wait between checks of its call
+            assert demand.wanted  # the second one still follows
+            followers[1].cancel()
+            assert wait_for(lambda: not demand.wanted, timeout=10)
+            follower = stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True, number=1))
+            assert next(follower).HasField("flow") and demand.wanted
+    finally:
+        exp.shutdown()  # ends the follower's call
+    assert wait_for(lambda: not demand.wanted, timeout=10)
 
 
 @pytest.mark.timeout(60)

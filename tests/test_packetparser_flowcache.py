@@ -24,6 +24,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 
 from retina_otel.component import CreateSettings
+from retina_otel.eventdemand import EventDemand
 from retina_otel.flows import TcpFlag, bytes_to_ip
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
 from retina_otel.receivers.packetparser.kernel import prog_test_run
@@ -109,12 +110,16 @@ class Driver:
 def make_driver() -> Iterator[Any]:
     started: list[PacketParserReceiver] = []
 
-    def make(entry: bool = True, **cfg: Any) -> Driver:
+    def make(entry: bool = True, event_demand: EventDemand | None = None, **cfg: Any) -> Driver:
         consumer = CollectingConsumer()
         config = PacketParserConfig(
             interfaces=("retina-otel-none-*",), host_interface="none", aggregation="high", **cfg
         )
-        r = FACTORY.create(CreateSettings("packetparser", "receiver"), config, consumer)
+        # With a demand: the records reach only summing consumers and ones that read each while they hold it.
+        settings = CreateSettings(
+            "packetparser", "receiver", only_sums=event_demand is not None, event_demand=event_demand
+        )
+        r = FACTORY.create(settings, config, consumer)
         assert isinstance(r, PacketParserReceiver)
         r.start(TestHost())
         started.append(r)
@@ -293,6 +298,59 @@ def test_close_rule_reports_a_short_connection_on_fin_and_the_rest_at_the_flush(
         rows[rule] = driver.totals()["rows"]
     assert rows["events"] == {fwd: 5, rev: 3}  # SYN, ACK, PSH, FIN, flush | SYN-ACK, PSH, FIN
     assert rows["close"] == {fwd: 2, rev: 1}  # FIN, flush | FIN
+
+
+def test_switched_rule_follows_the_event_demand_and_keeps_every_count(make_driver: Any) -> None:
+    """report_rule auto with an event demand (the observer's): the close rule while nobody holds it,
+    Retina's while a holder (a following client) does, and back; each switch sweeps the flow cache.
+    Connections that live across the switches, on both CPUs, keep exact totals."""
+    A, P, S, F = TcpFlag.ACK, TcpFlag.PSH, TcpFlag.SYN, TcpFlag.FIN
+    demand = EventDemand()
+    driver = make_driver(event_demand=demand)
+    want = Expected()
+
+    def short_connection(port: int) -> tuple[FlowId, FlowId]:
+        cli, srv = "198.18.5.1", "198.18.5.2"
+        fwd, rev = (cli, srv, port, 80, 6), (srv, cli, 80, port, 6)
+        steps = [(fwd, (S,), 0), (rev, (S, A), 0), (fwd, (A,), 0), (fwd, (P, A), 100), (rev, (A,), 0)]
+        steps += [(rev, (P, A), 300), (fwd, (A,), 0), (fwd, (F, A), 0), (rev, (F, A), 0), (fwd, (A,), 0)]
+        frames = []
+        for fid, flags, payload in steps:
+            frames.append(_tcp_frame(fid[0], fid[1], fid[2], fid[3], flags, payload))
+            want.add(fid, 40 + payload, (TcpFlag.SYNACK, A) if flags == (S, A) else flags)
+        driver.send(frames, spread=False)
+        return fwd, rev
+
+    def rows_of(*fids: FlowId) -> list[int]:
+        driver.receiver.flush()
+        rows = driver.totals()["rows"]
+        return [rows.get(f, 0) for f in fids]
+
+    # A long-lived conversation across every switch, packets on both CPUs.
+    lfwd, lrev = ("198.18.5.3", "198.18.5.4", 41000, 443, 6), ("198.18.5.4", "198.18.5.3", 443, 41000, 6)
+
+    def long_conversation(n: int, first: bool = False) -> None:
+        frames = []
+        if first:
+            frames.append(_tcp_frame(*lfwd[:4], (S,), 0))
+            want.add(lfwd, 40, (S,))
+        for i in range(n):
+            fid = lfwd if i % 3 else lrev
+            frames.append(_tcp_frame(*fid[:4], (P, A), 20))
+            want.add(fid, 60, (P, A))
+        driver.send(frames)
+
+    assert driver.receiver.rule_switches == 0  # nobody held it at start: the close rule from the first packet
+    long_conversation(200, first=True)
+    close_rows = rows_of(*short_connection(42000))
+    with demand.hold():
+        long_conversation(200)
+        events_rows = rows_of(*short_connection(42001))
+    long_conversation(200)
+    after_rows = rows_of(*short_connection(42002))
+    assert (close_rows, events_rows, after_rows) == ([2, 1], [5, 3], [2, 1])  # as in the test above
+    assert driver.receiver.rule_switches == 2
+    _assert_exact(driver, want)
 
 
 def _fast_path_corpus() -> list[bytes]:

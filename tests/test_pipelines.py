@@ -3,20 +3,26 @@ status per pipeline instance and metrics scoped to their pipelines."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import yaml
 
 from retina_otel.component import ComponentStatus
 from retina_otel.config import ConfigError, load_config, parse_config
+from retina_otel.hubble import observer_pb2
+from retina_otel.hubble.api import ObserverStub
 from retina_otel.receivers.synthetic import make_batch
 from retina_otel.service import Agent
 from retina_otel.signals import LOGS, FanOut, connect
@@ -481,6 +487,67 @@ def test_a_receiver_is_told_its_records_are_only_summed_when_every_consumer_sums
 ) -> None:
     agent = _rtt_pipeline(processors, exporters)
     assert ("synthetic" in agent.only_sums) is only_sums
+
+
+@pytest.mark.parametrize(
+    ("observer", "on_demand"),
+    [({}, True), ({"event_records": "always"}, False)],
+)
+def test_the_observer_asks_for_event_records_only_while_a_client_follows(
+    observer: dict[str, Any], on_demand: bool, tmp_path: Path
+) -> None:
+    """Records that reach flowmetrics and the observer: the receiver is told they are only summed, except
+    while the agent's event demand is held (the observer holds it while a client follows live flows); the
+    tcplatency processor, whose fields only the observer reads, fills them only then."""
+    config = parse_config(
+        {
+            "receivers": {"synthetic": {"interval": 3600}},
+            "processors": {"tcplatency": {}},
+            "connectors": {"flowmetrics": {"metrics": [{"metric_name": "forward", "source_labels": ["podname"]}]}},
+            "exporters": {
+                "observer": {"socket": f"unix://{tmp_path}/observer.sock", **observer},
+                "prometheus": {"endpoint": f"127.0.0.1:{free_port()}"},
+            },
+            "service": {
+                "telemetry": {"health": {"endpoint": ""}},
+                "pipelines": {
+                    "logs": {
+                        "receivers": ["synthetic"],
+                        "processors": ["tcplatency"],
+                        "exporters": ["flowmetrics", "observer"],
+                    },
+                    "metrics": {"receivers": ["flowmetrics"], "exporters": ["prometheus"]},
+                },
+            },
+        },
+        env={},
+    )
+    agent = Agent(config)
+    assert "synthetic" not in agent.only_sums
+    assert ("synthetic" in agent.events_on_demand) is on_demand
+    assert ("tcplatency@logs" in agent.fills_on_demand) is on_demand
+    assert "tcplatency@logs" not in agent.bypassed
+    agent.start()
+    try:
+        with grpc.insecure_channel(f"unix://{tmp_path}/observer.sock") as channel:
+            call = ObserverStub(channel).GetFlows(observer_pb2.GetFlowsRequest(follow=True))
+
+            def read_until_cancelled() -> None:
+                with contextlib.suppress(grpc.RpcError):
+                    list(call)
+
+            following = threading.Thread(target=read_until_cancelled, daemon=True)
+            following.start()
+            if on_demand:
+                assert wait_for(lambda: agent.event_demand.wanted, timeout=10)
+            else:
+                time.sleep(0.5)
+                assert not agent.event_demand.wanted
+            call.cancel()
+            following.join(10)
+            assert wait_for(lambda: not agent.event_demand.wanted, timeout=10)  # the client left: close rule again
+    finally:
+        agent.shutdown()
 
 
 def test_a_receiver_in_no_logs_pipeline_has_nobody_reading_its_records() -> None:

@@ -12,13 +12,16 @@ import pytest
 
 from retina_otel.bpf.btf import BtfError, kernel_btf, require_tracepoint_args
 from retina_otel.component import CreateSettings
+from retina_otel.eventdemand import EventDemand
+from retina_otel.extension_keys import TCP_LATENCY
 from retina_otel.flows import FlowBatch, ip_to_bytes
 from retina_otel.metrics.store import HistogramValue
-from retina_otel.processors.tcplatency import annotate
+from retina_otel.processors.tcplatency import FACTORY as PROCESSOR
+from retina_otel.processors.tcplatency import TcpLatencyProcessor, annotate
 from retina_otel.receivers.tcplatency import FACTORY, TcpLatencyReceiver
 from retina_otel.receivers.tcplatency.receiver import TRACEPOINT_ARGS
 from retina_otel.sandbox import Pod, Sandbox
-from retina_otel.testing import TestHost
+from retina_otel.testing import CollectingConsumer, TestHost
 
 pytestmark = pytest.mark.kernel
 
@@ -235,3 +238,52 @@ def test_ipv6_flow_and_apiserver_change_on_a_live_connection(
         conn.close()
         peer.close()
         listener.close()
+
+
+def test_the_processor_on_demand_joins_rtts_only_while_the_demand_is_held(sandbox: Sandbox) -> None:
+    """The tcplatency processor given the agent's event demand (only the observer reads RTTs after it):
+    the kernel keeps no per-flow entry while nobody holds the demand, the processor joins while a holder
+    (a client following live flows) does, and both stop when it leaves."""
+    demand = EventDemand()
+    with _started(track_flows=False) as (r, _host):
+        client, server = sandbox.add_pod("client"), sandbox.add_pod("server")
+        out = CollectingConsumer()
+        processor = PROCESSOR.create(
+            CreateSettings("tcplatency", "processor", "logs", event_demand=demand), PROCESSOR.config_model(), out
+        )
+        assert isinstance(processor, TcpLatencyProcessor)
+        processor.start(TestHost(extensions={TCP_LATENCY: r}))
+
+        def connection(server_port: int) -> int:
+            thread, listener = _serve(server, server_port, 1)  # a port each: the server's closes wait
+            with client.entered():
+                conn = socket.create_connection((server.ipv4, server_port), timeout=5)
+            with conn:
+                port = int(conn.getsockname()[1])
+                conn.sendall(b"hello")
+                conn.recv(10)
+            thread.join(timeout=10)
+            listener.close()
+            r.poll()
+            return port
+
+        def srtt_on_record(flow: tuple[int, int]) -> int:
+            port, server_port = flow
+            batch = FlowBatch.empty(1)
+            batch.records["proto"] = 6
+            batch.records["src_ip"] = ip_to_bytes(client.ipv4)
+            batch.records["dst_ip"] = ip_to_bytes(server.ipv4)
+            batch.records["src_port"] = port
+            batch.records["dst_port"] = server_port
+            processor.consume_flows(batch)
+            return int(out.records()["srtt_us"][-1])
+
+        before = (connection(8080), 8080)
+        assert srtt_on_record(before) == 0  # nobody follows: no per-flow table, no join
+        with demand.hold():
+            during = (connection(8081), 8081)
+            assert srtt_on_record(during) > 0
+            assert srtt_on_record(before) == 0  # the kernel never kept it
+        after = (connection(8082), 8082)
+        assert srtt_on_record(after) == 0 and srtt_on_record(during) == 0  # stopped with the last holder
+        processor.shutdown()

@@ -104,7 +104,7 @@ pipelines (docs/pipelines.md). */ -}}
 {{- end -}}
 {{- end -}}
 {{- if and $a.observer.enabled $flowReceivers -}}
-{{- $observer := dict "buffer_size" (int $a.observer.bufferSize) "socket" (printf "unix://%s/observer.sock" $a.observer.socketDir) -}}
+{{- $observer := dict "buffer_size" (int $a.observer.bufferSize) "socket" (printf "unix://%s/observer.sock" $a.observer.socketDir) "event_records" $a.observer.eventRecords -}}
 {{- if $a.observer.tcp.enabled -}}
 {{- $_ := set $observer "tcp_endpoint" (printf ":%d" (int $a.observer.tcp.port)) -}}
 {{- if $a.observer.tcp.insecure -}}

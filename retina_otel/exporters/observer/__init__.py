@@ -17,4 +17,5 @@ FACTORY: Factory[ObserverConfig] = Factory(
     "recent flow records over Hubble's Observer API (retina-otel observe, hubble observe)",
     signals=("logs",),  # flow records only; it reads batches and never changes them
     mutates_data=False,
+    events_on_demand=lambda config: config.event_records == "while_following",
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from retina_otel.component import ComponentConfig
@@ -40,6 +42,14 @@ class ObserverConfig(ComponentConfig):
     )
     tls: ObserverTlsConfig = Field(ObserverTlsConfig(), description="TLS of the TCP listener")
     max_clients: int = Field(16, ge=1, le=1024, description="concurrent API calls; more are refused")
+    event_records: Literal["while_following", "always"] = Field(
+        "while_following",
+        description="when packetparser (report_rule: auto) writes a record per connection event for this "
+        "buffer. while_following: only while a client follows live flows (observe --follow, Hubble UI); "
+        "otherwise one per connection close and report interval, so history (observe --last) holds coarser "
+        "records, with the same counts. always: Retina's rule all the time (every event in the history, at "
+        "the cost of the records nobody reads). Default: while_following",
+    )
 
     @field_validator("socket")
     @classmethod

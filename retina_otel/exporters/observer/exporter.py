@@ -50,6 +50,7 @@ class ObserverExporter:
     def __init__(self, settings: CreateSettings, config: ObserverConfig) -> None:
         self.id = settings.id
         self.config = config
+        self._event_demand = settings.event_demand  # held while a client follows live flows
         self.ring = FlowRing(config.buffer_size)
         self.service: ObserverService | None = None
         self._server: grpc.Server | None = None
@@ -77,6 +78,7 @@ class ObserverExporter:
             lambda n: host.count_lost("observer", "client_too_slow", n),
             address=cfg.tcp_endpoint,
             tls=bool(cfg.tcp_endpoint) and not cfg.tls.insecure,
+            event_demand=self._event_demand,
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_clients, thread_name_prefix=f"{self.id}-grpc"),

@@ -6,10 +6,15 @@ client that falls behind the ring (it reads slower than records arrive) gets a `
 message with source HUBBLE_RING_BUFFER and the exact count, counted as well in
 ``controlplane_networkobservability_lost_events_counter{type="observer",reason="client_too_slow"}``;
 the pipeline never waits for a client.
+
+A following client holds the agent's event demand (when the exporter was given one:
+``event_records: while_following``), so packetparser writes a record per connection event while it
+follows (:mod:`retina_otel.eventdemand`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +22,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 
+from retina_otel.eventdemand import EventDemand
 from retina_otel.exporters.observer import convert
 from retina_otel.exporters.observer.filters import CompiledFilter, UnsupportedFilter, compile_filters, select
 from retina_otel.exporters.observer.ring import FlowRing, RingView
@@ -44,8 +50,10 @@ class ObserverService:
         *,
         address: str = "",
         tls: bool = False,
+        event_demand: EventDemand | None = None,
     ) -> None:
         self.ring = ring
+        self._event_demand = event_demand
         self.node_name = node_name
         self._count_lost = count_lost
         self._address = address
@@ -140,7 +148,8 @@ class ObserverService:
             yield from convert.flows(chosen, self.node_name, metadata)
         if not request.follow:
             return
-        yield from self._follow(head, matching, until, context, metadata)
+        with self._event_demand.hold() if self._event_demand is not None else contextlib.nullcontext():
+            yield from self._follow(head, matching, until, context, metadata)
 
     def _follow(
         self,

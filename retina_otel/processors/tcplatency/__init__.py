@@ -4,12 +4,16 @@ Reads the per-flow table of the ``tcplatency`` receiver (the ``tcp_latency`` ext
 ``srtt_us`` and ``handshake_us`` of TCP rows, looking each distinct 5-tuple of a batch up once. Rows
 whose flow the receiver has not seen keep 0 (unknown). Without the receiver it passes batches through.
 In a pipeline where nothing after it reads those two fields (the default config's flow records end in
-flowmetrics only) the service leaves it out (``Factory.fills``).
+flowmetrics only) the service leaves it out (``Factory.fills``). Where only exporters that read records on
+demand do (the observer, while a client follows live flows) it gets the agent's event demand and joins,
+and has the receiver keep its per-flow table, only while that is held.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,21 +45,45 @@ class TcpLatencyProcessor:
         self.id = settings.id
         self._next = next_consumer
         self._source: LatencySource | None = None
+        self._demand = settings.event_demand  # join only while held (None: always)
+        self._unsubscribe: Callable[[], None] | None = None
+        self._joining = False
+        self._switch_lock = threading.Lock()
 
     def start(self, host: Host) -> None:
         found = host.get_extension(TCP_LATENCY)
         if found is None:
             log.warning("%s: no tcplatency receiver in this agent; flow records get no RTT", self.id)
-        else:
-            found.track_flows()  # before the receivers start: the kernel keeps the per-flow table
+            return
         self._source = found
+        if self._demand is None:
+            found.track_flows()  # before the receivers start: the kernel keeps the per-flow table
+            self._joining = True
+        else:
+            self._unsubscribe = self._demand.subscribe(self._follow_demand)
+
+    def _follow_demand(self, wanted: bool) -> None:
+        with self._switch_lock:
+            if self._source is None or wanted == self._joining:
+                return
+            if wanted:
+                self._source.track_flows()
+            else:
+                self._source.untrack_flows()
+            self._joining = wanted
+        log.info("%s: RTT on flow records %s", self.id, "on (a client follows live flows)" if wanted else "off")
 
     def shutdown(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._follow_demand(False)
         self._source = None
 
     def consume_flows(self, batch: FlowBatch) -> None:
-        if self._source is not None and len(batch):
-            annotate(batch, self._source.table())
+        source = self._source
+        if source is not None and self._joining and len(batch):
+            annotate(batch, source.table())
         self._next.consume_flows(batch)
 
 

@@ -55,8 +55,9 @@ class PacketParserConfig(ComponentConfig):
             "close: only on FIN or RST and when the report interval passed; the rest of a flow's counts "
             "ride on its next record or on the flush every report interval (fewer records, same counts). "
             "auto: close when everything that reads this receiver's flow records only sums them (the "
-            "embedded default: flowmetrics alone), events otherwise (otlp, observer, spans, hubblemetrics, "
-            "filters). Default: auto."
+            "embedded default: flowmetrics alone); switched at run time when the observer exporter is among "
+            "them (events while a client follows live flows, close otherwise: its event_records); events "
+            "otherwise (otlp, spans, hubblemetrics, filters). Default: auto."
         ),
     )
     report_interval: float = Field(

@@ -8,7 +8,8 @@
 // Parameters (-D): AGG_HIGH (0/1), FAST_PATH (0/1: receiver.uses_fast_path), SAMPLING_RATE, REPORT_INTERVAL_NS, CT_MAX_ENTRIES,
 // FILTER_MAX_ENTRIES, BYPASS_FILTER (0/1), RINGBUF_PAGES, FLUSH_BATCH, HOT_SLOTS (power of two), JIFFY_NS
 // (0 = unknown tick rate), CT_TOTALS (0/1: per-connection lifetime totals for the conntrack_* gauges),
-// REPORT_EVENTS (0/1: high aggregation's report rule, see pp_common.h; receiver.reports_events).
+// REPORT_EVENTS (0/1, or 2: switched at run time; high aggregation's report rule, see pp_common.h;
+// receiver.report_mode).
 // Only UAPI structures are used: the build headers may be older than the running kernel.
 //
 // The parts are in headers next to this file, inlined by retina_otel.bpf.load_bpf (bcc rewrites map
@@ -82,19 +83,20 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
         return;
     }
 #endif
+    u32 events = events_rule();
     int report = AGG_HIGH ? 0 : 1;
     // The initiator is the sender of the first packet seen, except that a SYN-ACK comes from the responder.
     u8 init_is_a = (p->flags & F_SYNACK) ? !src_is_a : src_is_a;
     int created = 0;
     struct ct_entry *e = conntrack.lookup(&k);
     if (!e) {
-        e = ct_create(&k, init_is_a, p->ipver, now);
+        e = ct_create(&k, init_is_a, p->ipver, now, events);
         if (!e) {
             stat_inc(ST_CT_FULL);
             return;
         }
         created = 1;
-        report |= REPORT_EVENTS;
+        report |= events;
     }
 #if AGG_HIGH
     // The slot's pending counts go into the entry before this packet (and before a reset below). A slot
@@ -121,7 +123,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
         e->d[0].total_packets = e->d[0].total_bytes = 0;
         e->d[1].total_packets = e->d[1].total_bytes = 0;
 #endif
-        report |= REPORT_EVENTS;
+        report |= events;
     }
     int dir = (src_is_a == (e->init_is_a != 0)) ? 0 : 1;
     struct ct_dir *d = dir ? &e->d[1] : &e->d[0];
@@ -155,10 +157,10 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
     } else {
         e->eviction_ns = now + OTHER_LIFETIME_NS;
     }
-    if (m & REPORT_NOW_FLAGS)
+    if (m & REPORT_NOW_FLAGS(events))
         report = 1;
     if (m & ~d->flags_seen) {
-        report |= REPORT_EVENTS;
+        report |= events;
         d->flags_seen |= m;
     }
     if (now - d->last_report_ns >= REPORT_INTERVAL_NS)
@@ -169,7 +171,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
     // A DNS flow never gets a slot, so the fast path never counts a DNS packet in the cache: it always
     // reaches the full program and its DNS chain, at no cost to the fast path's hit (see handle_fast).
     if (take && !dns_flow(p))
-        hot_install(s, &fw, p, obs, src_is_a, d, now);
+        hot_install(s, &fw, p, obs, src_is_a, d, now, events);
 #endif
 }
 

@@ -28,11 +28,11 @@
 // flow's records (the embedded default: flowmetrics): a record on FIN or RST and when the report interval
 // passed; the rest rides on the next record or on the flush user space runs every report interval. Fewer
 // records per connection, and the flow cache may count every ACK/PSH packet (no new-flag report to make).
-#if REPORT_EVENTS
-#define REPORT_NOW_FLAGS REPORT_FLAGS
-#else
-#define REPORT_NOW_FLAGS (F_FIN | F_RST)
-#endif
+// 2: switched at run time, report_events[0] (0 or 1) written by user space (the observer wants events
+// only while a client follows live flows); read once per run of the full program. Either rule counts every
+// packet, so a switch loses nothing; user space sweeps the flow cache after one, so no slot keeps the
+// flags the previous rule allowed it.
+#define REPORT_NOW_FLAGS(ev) ((ev) ? REPORT_FLAGS : (F_FIN | F_RST))
 
 // Per-CPU statistics (indexes mirror retina_otel/receivers/packetparser/records.py STAT_NAMES).
 #define ST_PACKETS 0         // packets considered (after sampling and filter)
@@ -176,6 +176,18 @@ BPF_F_TABLE("lpm_trie", struct lpm_key, u8, ipfilter, FILTER_MAX_ENTRIES, BPF_F_
 BPF_ARRAY(flush_keys, struct ct_key, FLUSH_BATCH);
 BPF_PERCPU_ARRAY(scratch_entry, struct ct_entry, 1);  // a zeroed entry to insert (too big for the stack)
 BPF_ARRAY(clock_sample, u64, 2);  // written by pp_clock: [CT_NOW(), bpf_ktime_get_ns()]
+
+#if REPORT_EVENTS == 2
+BPF_ARRAY(report_events, u32, 1);  // [0]: 1 = Retina's rule now, 0 = close (see REPORT_EVENTS above)
+
+static __always_inline u32 events_rule(void) {
+    u32 zero = 0;
+    u32 *on = report_events.lookup(&zero);
+    return on && *on;
+}
+#else
+#define events_rule() ((u32)REPORT_EVENTS)
+#endif
 
 static __always_inline void stat_add(u32 idx, u64 n) {
     u64 *v = stats.lookup(&idx);

@@ -2,7 +2,10 @@
 // and the creation of an entry. Included by packetparser.bpf.c after pp_parse.h.
 
 // Insert a fresh entry for k (BPF_NOEXIST) and return the table's copy, or NULL when the table is full.
-static __always_inline struct ct_entry *ct_create(const struct ct_key *k, u8 init_is_a, u8 ipver, u64 now) {
+// events: the report rule now (events_rule()); under the close rule the first record waits for FIN/RST or
+// the report interval.
+static __always_inline struct ct_entry *ct_create(const struct ct_key *k, u8 init_is_a, u8 ipver, u64 now,
+                                                  u32 events) {
     u32 zero = 0;
     struct ct_entry *ne = scratch_entry.lookup(&zero);
     if (!ne)
@@ -11,10 +14,10 @@ static __always_inline struct ct_entry *ct_create(const struct ct_key *k, u8 ini
     ne->init_is_a = init_is_a;
     ne->ipver = ipver;
     ne->eviction_ns = now + OTHER_LIFETIME_NS;
-#if !REPORT_EVENTS
-    ne->d[0].last_report_ns = now;  // the first record waits for FIN/RST or the report interval
-    ne->d[1].last_report_ns = now;
-#endif
+    if (!events) {
+        ne->d[0].last_report_ns = now;
+        ne->d[1].last_report_ns = now;
+    }
     if (conntrack.insert((struct ct_key *)k, ne) == 0)
         stat_inc(ST_CT_CREATE);
     return conntrack.lookup((struct ct_key *)k);

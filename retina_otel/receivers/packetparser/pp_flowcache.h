@@ -164,7 +164,7 @@ static __always_inline void hot_merge_lookup(struct hot_slot *s, u64 now) {
     s->valid = 0;
     struct ct_entry *e = conntrack.lookup(&s->flow);
     if (!e)
-        e = ct_create(&s->flow, s->src_is_a, s->ipver, now);
+        e = ct_create(&s->flow, s->src_is_a, s->ipver, now, events_rule());
     if (!e) {
         stat_add(ST_CT_FULL, s->packets);
         s->packets = 0;
@@ -174,7 +174,7 @@ static __always_inline void hot_merge_lookup(struct hot_slot *s, u64 now) {
 }
 
 static __always_inline void hot_install(struct hot_slot *s, const struct flow_words *f, const struct pkt *p, u8 obs,
-                                        u8 src_is_a, const struct ct_dir *d, u64 now) {
+                                        u8 src_is_a, const struct ct_dir *d, u64 now, u32 events) {
     __builtin_memcpy(&s->flow, f, sizeof(*f));
     s->flow.proto = p->proto;
     s->flow.pad[0] = 0;
@@ -183,7 +183,7 @@ static __always_inline void hot_install(struct hot_slot *s, const struct flow_wo
     s->sport = p->sport;
     s->dport = p->dport;
     // Retina's rule reports a direction's first ACK or PSH: the slot takes only the flags already seen.
-    s->flags_ok = REPORT_EVENTS ? (d->flags_seen & HOT_FLAGS) : HOT_FLAGS;
+    s->flags_ok = events ? (d->flags_seen & HOT_FLAGS) : HOT_FLAGS;
     s->obs = obs;
     s->src_is_a = src_is_a;
     s->ipver = p->ipver;

@@ -23,8 +23,9 @@ import select
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -67,7 +68,7 @@ __all__ = [
     "PARSED_PACKETS",
     "PacketParserReceiver",
     "build_cflags",
-    "reports_events",
+    "report_mode",
     "uses_fast_path",
 ]
 
@@ -111,18 +112,29 @@ def uses_fast_path(config: PacketParserConfig) -> bool:
     return config.aggregation == "high" and config.bypass_lookup_ip_of_interest and config.sampling_rate == 1
 
 
-def reports_events(config: PacketParserConfig, only_sums: bool = False) -> bool:
-    """Whether the kernel reports by Retina's rule (REPORT_EVENTS in pp_common.h) rather than on close:
-    always in low aggregation; in high, ``report_rule`` decides, ``auto`` by ``only_sums`` (everything
-    reading the records sums them: :attr:`~retina_otel.component.CreateSettings.only_sums`)."""
+ReportMode = Literal["events", "close", "switched"]
+
+
+def report_mode(config: PacketParserConfig, only_sums: bool = False, on_demand: bool = False) -> ReportMode:
+    """The kernel's report rule (REPORT_EVENTS in pp_common.h): ``events`` (Retina's) always in low
+    aggregation; in high, ``report_rule`` decides, ``auto`` by ``only_sums`` (everything reading the
+    records sums them: :attr:`~retina_otel.component.CreateSettings.only_sums`): ``close`` then, or
+    ``switched`` (at run time, by an event demand) when some of them read each record only on demand."""
     if config.aggregation == "low" or config.report_rule == "events":
-        return True
-    return config.report_rule == "auto" and not only_sums
+        return "events"
+    if config.report_rule == "close":
+        return "close"
+    if not only_sums:
+        return "events"
+    return "switched" if on_demand else "close"
 
 
-def build_cflags(config: PacketParserConfig, only_sums: bool = False) -> list[str]:
+_REPORT_EVENTS = {"close": 0, "events": 1, "switched": 2}
+
+
+def build_cflags(config: PacketParserConfig, only_sums: bool = False, on_demand: bool = False) -> list[str]:
     return [
-        f"-DREPORT_EVENTS={1 if reports_events(config, only_sums) else 0}",
+        f"-DREPORT_EVENTS={_REPORT_EVENTS[report_mode(config, only_sums, on_demand)]}",
         f"-DJIFFY_NS={_jiffy_ns(config)}ULL",
         f"-DAGG_HIGH={1 if config.aggregation == 'high' else 0}",
         f"-DFAST_PATH={1 if uses_fast_path(config) else 0}",
@@ -187,7 +199,11 @@ class PacketParserReceiver:
         self._dns_chain = PendingChain()  # offered as the "dns_chain" extension
         self._started = False
         self._shut = False
+        self._mode: ReportMode = "events"
+        self._events_now = False  # report_events[0] as last written ("switched" mode)
+        self._unsubscribe: Callable[[], None] | None = None  # from the event demand ("switched" mode)
         self.rows_emitted = 0
+        self.rule_switches = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self, host: Host) -> None:
@@ -204,7 +220,9 @@ class PacketParserReceiver:
     def _start(self, host: Host) -> None:
         from bcc import BPF
 
-        self._bpf = load_bpf(BPF_SOURCE, build_cflags(self.config, self.settings.only_sums))
+        demand = self.settings.event_demand
+        self._mode = report_mode(self.config, self.settings.only_sums, demand is not None)
+        self._bpf = load_bpf(BPF_SOURCE, build_cflags(self.config, self.settings.only_sums, demand is not None))
         ct_table = self._bpf["conntrack"]
         if (
             ctypes.sizeof(ct_table.Key) != CT_KEY_DTYPE.itemsize
@@ -242,10 +260,34 @@ class PacketParserReceiver:
         self._wake = Wakeup()
         self._reader = threading.Thread(target=self._run, name="packetparser-reader", daemon=True)
         self._reader.start()
+        if self._mode == "switched" and demand is not None:
+            self._unsubscribe = demand.subscribe(self._switch_rule)  # switched now if a client follows
+        self._report_status()
+
+    def _report_status(self) -> None:
+        if self._host is None:
+            return
         attached = len(self._hooks.attached_interfaces())
-        rule = "events" if reports_events(self.config, self.settings.only_sums) else "close"
+        rule: str = self._mode
+        if self._mode == "switched":
+            rule = "events (a client follows live flows)" if self._events_now else "close (events while followed)"
         detail = f"attached to {attached} interfaces, report rule {rule}"
-        host.report_status(self.settings.id, ComponentStatus.OK, detail)
+        self._host.report_status(self.settings.id, ComponentStatus.OK, detail)
+
+    def _switch_rule(self, events: bool) -> None:
+        """Report by Retina's rule (``events``) or on close from now on (``report_mode`` switched): write
+        the kernel's flag, then sweep the flow cache, so no slot keeps the flags the old rule allowed it
+        and the first records of the new rule are complete. Counts are exact under either rule."""
+        with self._lock:
+            if self._bpf is None or events == self._events_now:
+                return
+            self._bpf["report_events"][ctypes.c_int(0)] = ctypes.c_uint32(1 if events else 0)
+            self._events_now = events
+            if self._hot is not None:
+                self._sweep_flow_cache()
+            self.rule_switches += 1
+        log.info("packetparser: report rule %s", "events (a client follows live flows)" if events else "close")
+        self._report_status()
 
     def shutdown(self) -> None:
         if self._shut:
@@ -256,6 +298,9 @@ class PacketParserReceiver:
         self._teardown(final_flush=True)
 
     def _teardown(self, final_flush: bool) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         self._dns_chain.unbind()  # programs still plugged stay in pp_dns until it goes with the BPF object
         self._stop.set()
         if self._wake is not None:

@@ -114,7 +114,7 @@ class TcpLatencyReceiver:
         self._poller = Worker(self.id)
         self._lock = threading.Lock()
         self._table = LatencyTable(np.zeros(0, FLOW_KEY_DTYPE), np.zeros(0, FLOW_VALUE_DTYPE))
-        self._table_wanted = False  # track_flows() (or a first table()): until then no per-flow table
+        self._flow_users = 0  # track_flows() calls (or a first table()) not yet undone: the per-flow table
         self._prev_latency = np.zeros(HIST_SLOTS, dtype=np.int64)
         self._prev_handshake = np.zeros(HIST_SLOTS, dtype=np.int64)
         self._prev_counters = np.zeros(2, dtype=np.int64)
@@ -129,21 +129,42 @@ class TcpLatencyReceiver:
         has asked for it (:meth:`track_flows`, or this call): a first call without it reads the table now,
         later reads follow ``interval``."""
         if not self._table_wanted:
-            self.track_flows()
+            self.track_flows()  # for good: a caller that never said it wants the table
             bpf = self._bpf
             if bpf is not None:
                 self._refresh_table(bpf)
         with self._lock:
             return self._table
 
+    @property
+    def _table_wanted(self) -> bool:
+        return self._flow_users > 0
+
     def track_flows(self) -> None:
-        """Keep the per-flow table from now on (the tcplatency processor calls this when it starts, before
-        the receivers start). Until something does, the kernel programs follow only connections to the
-        API server (the histograms) and the flow table stays empty: under many short connections that
-        is most of this receiver's kernel cost."""
-        self._table_wanted = True
+        """Keep the per-flow table from now on, until as many :meth:`untrack_flows` (the tcplatency
+        processor calls this when it starts, before the receivers start, or while a client follows live
+        flows when only the observer reads RTTs). While nothing wants it, the kernel programs follow only
+        connections to the API server (the histograms) and the flow table stays empty: under many short
+        connections that is most of this receiver's kernel cost."""
+        with self._lock:
+            self._flow_users += 1
+            if self._flow_users == 1:
+                self._write_tracking(True)
+
+    def untrack_flows(self) -> None:
+        """Undo one :meth:`track_flows`; the last one stops the per-flow table (its entries age out of the
+        kernel's LRU table; the snapshot is dropped)."""
+        with self._lock:
+            if self._flow_users == 0:
+                return
+            self._flow_users -= 1
+            if self._flow_users == 0:
+                self._write_tracking(False)
+                self._table = LatencyTable(np.zeros(0, FLOW_KEY_DTYPE), np.zeros(0, FLOW_VALUE_DTYPE))
+
+    def _write_tracking(self, on: bool) -> None:
         if self._bpf is not None:
-            self._bpf["track_flows"][ct.c_int(0)] = ct.c_uint32(1)
+            self._bpf["track_flows"][ct.c_int(0)] = ct.c_uint32(1 if on else 0)
 
     def _refresh_table(self, bpf: Any) -> None:
         from retina_otel.bpf.mapbatch import drain
@@ -151,7 +172,8 @@ class TcpLatencyReceiver:
         keys, values = drain(bpf["flows"], FLOW_KEY_DTYPE, FLOW_VALUE_DTYPE, delete=False)
         table = LatencyTable(keys, values)
         with self._lock:
-            self._table = table
+            if self._table_wanted:  # not dropped by untrack_flows meanwhile
+                self._table = table
 
     def extensions(self) -> dict[ExtensionKey[Any] | str, object]:
         """Itself as ``tcp_latency``: the RTT table the tcplatency processor joins flow records with."""
@@ -209,8 +231,9 @@ class TcpLatencyReceiver:
         self._host = host
         cflags = [f"-DMAX_FLOWS={self.config.max_flows}", f"-DHIST_SLOTS={HIST_SLOTS}", *_btf_cflags()]
         self._bpf = load_bpf(SOURCE, cflags)  # bcc attaches both RAW_TRACEPOINT_PROBEs on load
-        if self._table_wanted:
-            self.track_flows()
+        with self._lock:
+            if self._table_wanted:
+                self._write_tracking(True)
         self._locator = self._make_locator(host)
         self._locator.start()
         if self.config.apiserver_metrics:
