@@ -330,7 +330,8 @@ class Agent:
             if fills and read_always is not None and not read_always.intersection(fills):
                 # Only exporters that read records on demand read its fields: it fills them while they do.
                 demand = self.event_demand
-                self._on_demand_fills[key] = f"in pipeline {name} only exporters reading on demand read {', '.join(fills)}"
+                readers = f"only exporters reading on demand read {', '.join(fills)}"
+                self._on_demand_fills[key] = f"in pipeline {name} {readers}"
                 log.info("processor %s in pipeline %s fills only on demand", proc_id, name)
             consumers = {signal.name: head} if signal.pushed else {}
             head = self._create(entry, key, name, head, consumers, event_demand=demand)
