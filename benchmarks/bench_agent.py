@@ -20,7 +20,9 @@ Workloads:
 * ``tcp_bulk``: iperf3 TCP (default), bytes/s.
 * ``short_tcp``: one TCP connection after another (request, response, close), connections/s.
 * ``chart_short_tcp``: the same with the Helm chart's default shape (the embedded default plus the
-  ``observer`` exporter, ``RETINA_OTEL_OBSERVER``), no client following live flows.
+  ``observer`` exporter, ``RETINA_OTEL_OBSERVER``), no client following live flows;
+  ``chart_short_tcp_followed``: one client follows (filtered to a port nobody uses, so it is sent
+  nothing): what watching costs the node beyond the client's own work.
 * ``dns_flood``: DNS queries at a fixed rate against dnsmasq; responses/s and the agent's CPU per query.
 * ``breakdown/<workload>``: not a ratio; the kernel's run time of each BPF program and the agent's
   user-space CPU per packet, MB or connection (``kernel.bpf_stats_enabled`` on for that row only).
@@ -419,8 +421,10 @@ def _toggled(
     hook: Hook | None = None,
     unit: str = "pps",
     cpu_per: tuple[str, float] = ("mpkt", 1e6),
+    during: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
 ) -> dict[str, Any]:
-    """Cycles of off | (no-op hook) | agent on, then a last off phase, inside the running workload."""
+    """Cycles of off | (no-op hook) | agent on, then a last off phase, inside the running workload;
+    ``during`` runs around each on phase, once the agent is ready (a client of it, say)."""
     off: list[list[float]] = []
     on: list[list[float]] = []
     noop: list[list[float]] = []
@@ -436,11 +440,12 @@ def _toggled(
             hook.off()
             time.sleep(0.3)
         ready.append(agent.start())
-        time.sleep(SETTLE_S)
-        cpu0, w0 = agent.cpu(), counter()
-        on.append(_sample(counter, phase_s))
-        cpu += agent.cpu() - cpu0
-        work += counter() - w0
+        with during() if during is not None else contextlib.nullcontext():
+            time.sleep(SETTLE_S)
+            cpu0, w0 = agent.cpu(), counter()
+            on.append(_sample(counter, phase_s))
+            cpu += agent.cpu() - cpu0
+            work += counter() - w0
         agent.stop()
     time.sleep(1.0)
     off.append(_sample(counter, phase_s))
@@ -606,6 +611,25 @@ def _churn(workdir: Path, a: Pod, b: Pod, flows: int, env: dict[str, str]) -> di
         agent.stop()
 
 
+@contextlib.contextmanager
+def _follower(socket_path: Path) -> Iterator[None]:
+    """``retina-otel observe --follow`` on the agent's socket, filtered to a port no traffic uses."""
+    proc = subprocess.Popen(
+        [str(AGENT), "observe", "--server", f"unix://{socket_path}", "--follow", "--to-port", "9"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _endpoints_file(pods: list[Pod], workdir: Path) -> Path:
     """The pods named for the default config's file-backed k8sattributes (pod-level metrics: real work)."""
     entries = [
@@ -660,10 +684,17 @@ def run(quick: bool) -> dict[str, Any]:
             with _hook((a, b)) as hook, _short_tcp(a, b, workdir / "connections") as connections:
                 rows.append(_toggled("short_tcp", connections, default, cycles, phase, hook=hook, **short))
         if want("chart_short_tcp"):
-            # The Helm chart's default shape: the observer exporter in the logs pipelines, nobody following.
-            chart = AgentProcess(workdir, None, {**env, "RETINA_OTEL_OBSERVER": f"unix://{workdir}/observer.sock"})
+            # The Helm chart's default shape: the observer exporter in the logs pipelines, nobody following;
+            # then one client following live flows of a port nothing uses (`observe --follow --to-port 9`):
+            # Retina's report rule and the RTT join run, the client is sent nothing.
+            observer = workdir / "observer.sock"
+            chart = AgentProcess(workdir, None, {**env, "RETINA_OTEL_OBSERVER": f"unix://{observer}"})
             with _hook((a, b)) as hook, _short_tcp(a, b, workdir / "connections") as connections:
                 rows.append(_toggled("chart_short_tcp", connections, chart, cycles, phase, hook=hook, **short))
+            if want("chart_short_tcp_followed"):
+                with _short_tcp(a, b, workdir / "connections") as connections:
+                    rows.append(_toggled("chart_short_tcp_followed", connections, chart, cycles, phase,
+                                         during=lambda: _follower(observer), **short))  # fmt: skip
         if want("breakdown/"):
             with _iperf(a, b, udp=True):
                 rows.append(_breakdown("udp64_in_path", udp_pps, default, phase, ("packet", 1.0)))
