@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retina_otel.exporters.observer.context import BatchContext
-from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FieldMask, FlowArray, FlowBatch
+from retina_otel.flows import FLOW_DTYPE, EndpointTable, Event, FieldMask, FlowArray, FlowBatch, copy_rows
 
 __all__ = ["FlowRing", "RingView", "bytes_per_record"]
 
@@ -51,7 +51,8 @@ class RingView:
 
     def take(self, index: npt.NDArray[np.intp]) -> RingView:
         """The rows at ``index`` (sequence numbers no longer consecutive: ``first_seq`` is kept)."""
-        return RingView(self.first_seq, self.records[index], self.table_ids[index], self.dns[index], self.contexts)
+        rows = copy_rows(self.records, index)  # as blocks of bytes (see FlowRing.read)
+        return RingView(self.first_seq, rows, self.table_ids[index], self.dns[index], self.contexts)
 
     def context(self, i: int) -> BatchContext | None:
         return self.contexts.get(int(self.table_ids[i]))
@@ -169,8 +170,14 @@ class FlowRing:
             count = max(0, self._head - first)
             if limit is not None:
                 count = min(count, limit)
-            index = (np.arange(first, first + count, dtype=np.int64) % self.capacity).astype(np.intp)
-            view = RingView(first, self._records[index], self._table_ids[index], self._dns[index], dict(self._contexts))
+            # At most two runs of the ring, copied as blocks of bytes (a structured copy goes field by
+            # field: ~140 ns a record, ~3 ns this way; a following client reads every record).
+            start = first % self.capacity
+            runs = (slice(start, min(start + count, self.capacity)), slice(0, max(0, start + count - self.capacity)))
+            rows = np.concatenate([self._bytes[r] for r in runs]).view(FLOW_DTYPE).reshape(count)
+            table_ids = np.concatenate([self._table_ids[r] for r in runs])
+            dns = np.concatenate([self._dns[r] for r in runs])
+            view = RingView(first, rows, table_ids, dns, dict(self._contexts))
         return missed, view
 
     def oldest(self) -> int:
