@@ -31,7 +31,10 @@ Workloads:
   cost comes from).
 
 The no-op hooks are toggled in ``udp64_in_path``, ``tcp_bulk`` and ``short_tcp``: the part of the cost no
-program on the agent's hooks can avoid.
+program on the agent's hooks can avoid. In ``udp64_in_path`` and ``short_tcp`` the floor is toggled too
+(:class:`Floor`): a program on the same hooks that reads every packet's headers and writes 64 bytes of
+what it saw, with the no-op tracepoints; the least that observing every packet costs, before any flow
+state or report.
 
 Also: idle RSS, threads and CPU after ready (no traffic), ready time of every start, and the peak RSS
 through 150,000 new UDP flows with the OTLP endpoint down.
@@ -402,6 +405,58 @@ class Hook:
         os.close(self._tp_fd)
 
 
+class Floor:
+    """The floor of per-packet observation (:file:`floor_observer.bpf.c`): a program on the same hooks
+    that reads every packet's headers and writes 64 bytes of what it saw, no-op programs on the raw
+    tracepoints; no flow state, no user space. Run by a helper process (``floor_observer.py``: bcc must
+    not be mapped in this one), switched on and off over a pipe."""
+
+    def __init__(self, pods: tuple[Pod, Pod]) -> None:
+        script = Path(__file__).with_name("floor_observer.py")
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+        args = [sys.executable, str(script), *(str(pod.host_ifindex) for pod in pods)]
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self._expect("ready")
+
+    def _expect(self, word: str) -> None:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if line != word:
+            raise RuntimeError(f"floor_observer: expected {word!r}, got {line!r} (exit {self._proc.poll()})")
+
+    def _command(self, word: str) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(word + "\n")
+        self._proc.stdin.flush()
+        self._expect("ok")
+
+    def on(self) -> None:
+        self._command("on")
+
+    def off(self) -> None:
+        self._command("off")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()  # end of input: the helper detaches everything and exits
+        try:
+            self._proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _floor(pods: tuple[Pod, Pod]) -> Iterator[Floor]:
+    floor = Floor(pods)
+    try:
+        yield floor
+    finally:
+        floor.close()
+
+
 @contextlib.contextmanager
 def _hook(pods: tuple[Pod, Pod]) -> Iterator[Hook]:
     hook = Hook(pods)
@@ -419,15 +474,17 @@ def _toggled(
     phase_s: int,
     *,
     hook: Hook | None = None,
+    floor: Floor | None = None,
     unit: str = "pps",
     cpu_per: tuple[str, float] = ("mpkt", 1e6),
     during: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
 ) -> dict[str, Any]:
-    """Cycles of off | (no-op hook) | agent on, then a last off phase, inside the running workload;
-    ``during`` runs around each on phase, once the agent is ready (a client of it, say)."""
+    """Cycles of off | (no-op hook) | (floor) | agent on, then a last off phase, inside the running
+    workload; ``during`` runs around each on phase, once the agent is ready (a client of it, say)."""
     off: list[list[float]] = []
     on: list[list[float]] = []
     noop: list[list[float]] = []
+    floored: list[list[float]] = []
     cpu = work = 0.0
     ready: list[float] = []
     for _cycle in range(cycles):
@@ -438,6 +495,12 @@ def _toggled(
             time.sleep(0.3)
             noop.append(_sample(counter, phase_s))
             hook.off()
+            time.sleep(0.3)
+        if floor is not None:
+            floor.on()
+            time.sleep(0.3)
+            floored.append(_sample(counter, phase_s))
+            floor.off()
             time.sleep(0.3)
         ready.append(agent.start())
         with during() if during is not None else contextlib.nullcontext():
@@ -460,6 +523,8 @@ def _toggled(
     row: dict[str, Any] = {"test": name, **_summary(ratios(on))}
     if hook is not None:
         row.update({f"noop_{k}": v for k, v in _summary(ratios(noop)).items() if k != "intervals"})
+    if floor is not None:
+        row.update({f"floor_{k}": v for k, v in _summary(ratios(floored)).items() if k != "intervals"})
     row[f"{unit}_off_median"] = round(float(np.median([v for p in off for v in p])))
     row[f"{unit}_on_median"] = round(float(np.median([v for p in on for v in p])))
     row["agent_cpu_share"] = round(cpu / (cycles * phase_s), 4)
@@ -668,8 +733,8 @@ def run(quick: bool) -> dict[str, Any]:
         if want("idle"):
             rows.append(_idle(default, 10 if quick else 20))
         if want("udp64_in_path"):
-            with _hook((a, b)) as hook, _iperf(a, b, udp=True):
-                rows.append(_toggled("udp64_in_path", udp_pps, default, cycles, phase, hook=hook))
+            with _hook((a, b)) as hook, _floor((a, b)) as floor, _iperf(a, b, udp=True):
+                rows.append(_toggled("udp64_in_path", udp_pps, default, cycles, phase, hook=hook, floor=floor))
         if want("udp64_not_in_path"):
             with _iperf(c, d, udp=True):
                 rows.append(_toggled("udp64_not_in_path", _counter(d.host_veth, "tx_packets"), default, cycles, phase))
@@ -677,8 +742,12 @@ def run(quick: bool) -> dict[str, Any]:
             with _hook((a, b)) as hook, _iperf(a, b, udp=False):
                 rows.append(_toggled("tcp_bulk", tcp_bytes, default, cycles, phase, hook=hook, **bulk))
         if want("short_tcp"):
-            with _hook((a, b)) as hook, _short_tcp(a, b, workdir / "connections") as connections:
-                rows.append(_toggled("short_tcp", connections, default, cycles, phase, hook=hook, **short))
+            with (
+                _hook((a, b)) as hook,
+                _floor((a, b)) as floor,
+                _short_tcp(a, b, workdir / "connections") as connections,
+            ):
+                rows.append(_toggled("short_tcp", connections, default, cycles, phase, hook=hook, floor=floor, **short))
         if want("chart_short_tcp"):
             # The Helm chart's default shape: the observer exporter in the logs pipelines, nobody following;
             # then one client following live flows of a port nothing uses (`observe --follow --to-port 9`):
@@ -744,7 +813,9 @@ def run(quick: bool) -> dict[str, Any]:
     notes = (
         "ratio = median over on-intervals of (interval / median of the neighbouring off phases), 95% bootstrap "
         "interval; noop_ratio: a no-op TC program on the same hooks and no-op programs on the raw tracepoints "
-        "kfree_skb, tcp_probe and inet_sock_set_state (the kernel's own price for the hooks). "
+        "kfree_skb, tcp_probe and inet_sock_set_state (the kernel's own price for the hooks); floor_ratio: "
+        "instead of the no-op TC program one that reads every packet's headers and writes 64 bytes of what it "
+        "saw (no flow state, no user space): the least any per-packet observer on these hooks costs. "
         "Targets are null for rows not run."
     )
     return {"rows": rows, "targets": targets, "notes": notes}
