@@ -54,7 +54,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -466,6 +466,13 @@ def _hook(pods: tuple[Pod, Pod]) -> Iterator[Hook]:
         hook.close()
 
 
+class _Reference(Protocol):
+    """A reference phase of :func:`_toggled` (:class:`Hook`, :class:`Floor`)."""
+
+    def on(self) -> None: ...
+    def off(self) -> None: ...
+
+
 def _toggled(
     name: str,
     counter: Callable[[], float],
@@ -481,26 +488,20 @@ def _toggled(
 ) -> dict[str, Any]:
     """Cycles of off | (no-op hook) | (floor) | agent on, then a last off phase, inside the running
     workload; ``during`` runs around each on phase, once the agent is ready (a client of it, say)."""
+    references: dict[str, _Reference] = {k: v for k, v in (("noop", hook), ("floor", floor)) if v is not None}
     off: list[list[float]] = []
     on: list[list[float]] = []
-    noop: list[list[float]] = []
-    floored: list[list[float]] = []
+    reference_phases: dict[str, list[list[float]]] = {k: [] for k in references}
     cpu = work = 0.0
     ready: list[float] = []
     for _cycle in range(cycles):
         time.sleep(1.0)
         off.append(_sample(counter, phase_s))
-        if hook is not None:
-            hook.on()
+        for key, reference in references.items():
+            reference.on()
             time.sleep(0.3)
-            noop.append(_sample(counter, phase_s))
-            hook.off()
-            time.sleep(0.3)
-        if floor is not None:
-            floor.on()
-            time.sleep(0.3)
-            floored.append(_sample(counter, phase_s))
-            floor.off()
+            reference_phases[key].append(_sample(counter, phase_s))
+            reference.off()
             time.sleep(0.3)
         ready.append(agent.start())
         with during() if during is not None else contextlib.nullcontext():
@@ -521,10 +522,8 @@ def _toggled(
         return out
 
     row: dict[str, Any] = {"test": name, **_summary(ratios(on))}
-    if hook is not None:
-        row.update({f"noop_{k}": v for k, v in _summary(ratios(noop)).items() if k != "intervals"})
-    if floor is not None:
-        row.update({f"floor_{k}": v for k, v in _summary(ratios(floored)).items() if k != "intervals"})
+    for key, phases in reference_phases.items():
+        row.update({f"{key}_{k}": v for k, v in _summary(ratios(phases)).items() if k != "intervals"})
     row[f"{unit}_off_median"] = round(float(np.median([v for p in off for v in p])))
     row[f"{unit}_on_median"] = round(float(np.median([v for p in on for v in p])))
     row["agent_cpu_share"] = round(cpu / (cycles * phase_s), 4)
