@@ -29,7 +29,7 @@ from retina_otel.flows import TcpFlag, bytes_to_ip
 from retina_otel.receivers.packetparser import FACTORY, PacketParserConfig
 from retina_otel.receivers.packetparser.kernel import prog_test_run
 from retina_otel.receivers.packetparser.receiver import HOT_SLOTS, PacketParserReceiver
-from retina_otel.testing import CollectingConsumer, TestHost
+from retina_otel.testing import CollectingConsumer, TestHost, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -286,7 +286,7 @@ def test_close_rule_reports_a_short_connection_on_fin_and_the_rest_at_the_flush(
     ]
     rows: dict[str, dict[FlowId, int]] = {}
     for rule in ("events", "close"):
-        driver = make_driver(report_rule=rule)
+        driver = make_driver(report_rule=rule, report_on_close="always")
         want = Expected()
         frames = []
         for fid, flags, payload in steps:
@@ -306,7 +306,7 @@ def test_switched_rule_follows_the_event_demand_and_keeps_every_count(make_drive
     Connections that live across the switches, on both CPUs, keep exact totals."""
     A, P, S, F = TcpFlag.ACK, TcpFlag.PSH, TcpFlag.SYN, TcpFlag.FIN
     demand = EventDemand()
-    driver = make_driver(event_demand=demand)
+    driver = make_driver(event_demand=demand, report_on_close="always")
     want = Expected()
 
     def short_connection(port: int) -> tuple[FlowId, FlowId]:
@@ -351,6 +351,59 @@ def test_switched_rule_follows_the_event_demand_and_keeps_every_count(make_drive
     assert (close_rows, events_rows, after_rows) == ([2, 1], [5, 3], [2, 1])  # as in the test above
     assert driver.receiver.rule_switches == 2
     _assert_exact(driver, want)
+
+
+def _short_connection(port: int, want: Expected) -> tuple[list[bytes], FlowId, FlowId]:
+    """A short TCP connection's frames (handshake, request, response, both FINs), added to ``want``."""
+    A, P, S, F = TcpFlag.ACK, TcpFlag.PSH, TcpFlag.SYN, TcpFlag.FIN
+    cli, srv = "198.18.6.1", "198.18.6.2"
+    fwd, rev = (cli, srv, port, 80, 6), (srv, cli, 80, port, 6)
+    steps = [(fwd, (S,), 0), (rev, (S, A), 0), (fwd, (A,), 0), (fwd, (P, A), 100), (rev, (P, A), 300)]
+    steps += [(fwd, (F, A), 0), (rev, (F, A), 0), (fwd, (A,), 0)]
+    frames = []
+    for fid, flags, payload in steps:
+        frames.append(_tcp_frame(fid[0], fid[1], fid[2], fid[3], flags, payload))
+        want.add(fid, 40 + payload, (TcpFlag.SYNACK, A) if flags == (S, A) else flags)
+    return frames, fwd, rev
+
+
+def test_report_on_close_auto_writes_fin_records_only_while_the_table_could_fill(make_driver: Any) -> None:
+    """``report_on_close: auto``: with the connection table nearly empty the close rule writes no record
+    on FIN (the flush reports the finished connection, one row per direction); a burst that creates a
+    CPU's budget of entries (a quarter of the table over the CPUs) turns the records on in the kernel at
+    once, before user space looks again. Totals exact throughout."""
+    driver = make_driver(report_rule="close", conntrack_max_entries=1024)
+    receiver = driver.receiver
+    want = Expected()
+    assert receiver.reports_on_close  # on until the first judgement
+    assert wait_for(lambda: not receiver.reports_on_close, timeout=5)  # the first tick: an empty table
+    frames, fwd, rev = _short_connection(43000, want)
+    reports = receiver.kernel_stats()["reports"]
+    driver.send(frames, spread=False)
+    assert receiver.kernel_stats()["reports"] == reports  # no record on either FIN
+    receiver.flush()
+    assert {f: driver.totals()["rows"][f] for f in (fwd, rev)} == {fwd: 1, rev: 1}
+    _assert_exact(driver, want)
+
+    budget = 1024 // (4 * len(os.sched_getaffinity(0)))
+    burst = []
+    for i in range(2 * budget + 10):  # more than two budgets: a tick refilling it meanwhile changes nothing
+        frame, ip_len = _udp_frame("198.18.6.3", "198.18.6.4", 20000 + i, 53000, 10)
+        burst.append(frame)
+        want.add(("198.18.6.3", "198.18.6.4", 20000 + i, 53000, 17), ip_len)
+    switches = receiver.close_report_switches
+    driver.send(burst, spread=False)  # one CPU creates more entries than its budget
+    assert receiver.reports_on_close
+    frames, fwd, rev = _short_connection(43001, want)
+    reports = receiver.kernel_stats()["reports"]
+    driver.send(frames, spread=False)
+    assert receiver.kernel_stats()["reports"] - reports >= 2  # a record on each FIN again
+    receiver.flush()
+    _assert_exact(driver, want)
+    # User space then keeps them on: the table holds more than an eighth of its size (the way back off).
+    time.sleep(1.5)
+    assert receiver.reports_on_close
+    assert receiver.close_report_switches == switches  # the kernel switched them on, not user space
 
 
 def _fast_path_corpus() -> list[bytes]:

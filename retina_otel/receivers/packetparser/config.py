@@ -60,6 +60,17 @@ class PacketParserConfig(ComponentConfig):
             "otherwise (otlp, spans, hubblemetrics, filters). Default: auto."
         ),
     )
+    report_on_close: Literal["auto", "always"] = Field(
+        default="auto",
+        description=(
+            "The close rule's record on FIN or RST. always: every time. auto: only while the connection "
+            "table could fill up before the next flush (the LRU could then evict a finished connection's "
+            "unreported counts); otherwise a finished connection's counts go out with the flush every "
+            "report interval, in fewer records. Judged every second from the entries created; a burst "
+            "that creates a quarter of conntrack_max_entries within that second turns the records back on "
+            "in the kernel at once. Default: auto."
+        ),
+    )
     report_interval: float = Field(
         default=30.0,
         gt=0,

@@ -9,7 +9,8 @@
 // FILTER_MAX_ENTRIES, BYPASS_FILTER (0/1), RINGBUF_PAGES, FLUSH_BATCH, HOT_SLOTS (power of two), JIFFY_NS
 // (0 = unknown tick rate), CT_TOTALS (0/1: per-connection lifetime totals for the conntrack_* gauges),
 // REPORT_EVENTS (0/1, or 2: switched at run time; high aggregation's report rule, see pp_common.h;
-// receiver.report_mode).
+// receiver.report_mode), CLOSE_REPORTS (1: the close rule's record on FIN/RST always; 2: while the
+// connection table could fill up, see pp_common.h).
 // Only UAPI structures are used: the build headers may be older than the running kernel.
 //
 // The parts are in headers next to this file, inlined by retina_otel.bpf.load_bpf (bcc rewrites map
@@ -157,7 +158,7 @@ static __always_inline void count(struct __sk_buff *skb, struct pkt *p, u8 obs) 
     } else {
         e->eviction_ns = now + OTHER_LIFETIME_NS;
     }
-    if (m & REPORT_NOW_FLAGS(events))
+    if ((m & REPORT_NOW_FLAGS(events)) && (events || close_reports_on()))
         report = 1;
     if (m & ~d->flags_seen) {
         report |= events;

@@ -189,6 +189,35 @@ static __always_inline u32 events_rule(void) {
 #define events_rule() ((u32)REPORT_EVENTS)
 #endif
 
+// The close rule's record on FIN/RST (CLOSE_REPORTS: 1 = always; 2 = while the connection table could
+// fill up). It protects a finished connection's unreported counts from the LRU, which evicts only when the
+// table is full; otherwise the flush every report interval reports them. close_reports[0] (1 = write them)
+// is set by user space each second from the entries created (closereports.py), and by any CPU that has
+// created its create_budget of entries since: a burst turns the records on before user space looks again.
+#if CLOSE_REPORTS == 2
+BPF_ARRAY(close_reports, u32, 1);
+BPF_PERCPU_ARRAY(create_budget, s64, 1);
+
+static __always_inline u32 close_reports_on(void) {
+    u32 zero = 0;
+    u32 *on = close_reports.lookup(&zero);
+    return !on || *on;
+}
+
+static __always_inline void create_budget_spend(void) {
+    u32 zero = 0;
+    s64 *left = create_budget.lookup(&zero);
+    if (left && --*left <= 0) {
+        u32 *on = close_reports.lookup(&zero);
+        if (on && !*on)
+            *on = 1;
+    }
+}
+#else
+#define close_reports_on() 1
+#define create_budget_spend()
+#endif
+
 static __always_inline void stat_add(u32 idx, u64 n) {
     u64 *v = stats.lookup(&idx);
     if (v)

@@ -18,8 +18,10 @@ static __always_inline struct ct_entry *ct_create(const struct ct_key *k, u8 ini
         ne->d[0].last_report_ns = now;
         ne->d[1].last_report_ns = now;
     }
-    if (conntrack.insert((struct ct_key *)k, ne) == 0)
+    if (conntrack.insert((struct ct_key *)k, ne) == 0) {
         stat_inc(ST_CT_CREATE);
+        create_budget_spend();
+    }
     return conntrack.lookup((struct ct_key *)k);
 }
 

@@ -46,6 +46,7 @@ from retina_otel.flows import FLOW_DTYPE, FlowBatch, copy_rows
 from retina_otel.metrics.store import Family
 from retina_otel.wakeup import Wakeup
 
+from .closereports import CloseReportGuard
 from .config import PacketParserConfig
 from .ctmetrics import ConntrackMetrics
 from .filtermap import lpm_keys
@@ -67,6 +68,7 @@ __all__ = [
     "FILTER_SPEC",
     "PARSED_PACKETS",
     "PacketParserReceiver",
+    "adaptive_close_reports",
     "build_cflags",
     "report_mode",
     "uses_fast_path",
@@ -83,6 +85,7 @@ PARSED_PACKETS = "controlplane_networkobservability_parsed_packets_counter"
 """Retina's control-plane counter, no labels: here the kernel's ``packets`` statistic (every packet
 parsed and counted into the connection table, after the IP filter and sampling)."""
 _ST_PACKETS = STAT_NAMES.index("packets")
+_ST_CREATED = STAT_NAMES.index("conntrack_created")
 # The reader sleeps until the ring buffer has reports (its fd polls readable) or a timer is due, then
 # reads at most every _POLL_SECONDS while reports keep coming: busy periods still arrive in large
 # batches, and an idle node wakes the thread only for the 1-s statistics. The 8 MiB default ring holds
@@ -132,6 +135,12 @@ def report_mode(config: PacketParserConfig, only_sums: bool = False, on_demand: 
 _REPORT_EVENTS = {"close": 0, "events": 1, "switched": 2}
 
 
+def adaptive_close_reports(config: PacketParserConfig, only_sums: bool = False, on_demand: bool = False) -> bool:
+    """Whether the close rule's record on FIN/RST follows the connection table's fill (CLOSE_REPORTS=2,
+    :mod:`.closereports`): ``report_on_close: auto`` with a rule that can be ``close``."""
+    return config.report_on_close == "auto" and report_mode(config, only_sums, on_demand) != "events"
+
+
 def build_cflags(config: PacketParserConfig, only_sums: bool = False, on_demand: bool = False) -> list[str]:
     return [
         f"-DREPORT_EVENTS={_REPORT_EVENTS[report_mode(config, only_sums, on_demand)]}",
@@ -147,6 +156,7 @@ def build_cflags(config: PacketParserConfig, only_sums: bool = False, on_demand:
         f"-DFLUSH_BATCH={FLUSH_BATCH}",
         f"-DHOT_SLOTS={HOT_SLOTS}",
         f"-DCT_TOTALS={1 if config.enable_conntrack_metrics else 0}",
+        f"-DCLOSE_REPORTS={2 if adaptive_close_reports(config, only_sums, on_demand) else 1}",
         *report_cflags(),
     ]
 
@@ -189,6 +199,7 @@ class PacketParserReceiver:
         self._table_minus_mono_ns = 0  # table clock - CLOCK_MONOTONIC
         self._possible_cpus = 0
         self._hot: DoubleBuffer | None = None  # high aggregation: the flow cache's two arrays
+        self._close_guard: CloseReportGuard | None = None  # report_on_close auto: the FIN/RST records' switch
         self._link_overruns = 0
         self._loop_errors = RepeatedError(log, "packetparser: reader loop error")
         self._consumer_errors = RepeatedError(log, "packetparser: next consumer failed")
@@ -238,6 +249,10 @@ class PacketParserReceiver:
             from bcc.utils import get_possible_cpus
 
             self._possible_cpus = len(get_possible_cpus())  # per-CPU map values hold one slot per possible CPU
+            if adaptive_close_reports(self.config, self.settings.only_sums, demand is not None):
+                self._close_guard = CloseReportGuard(
+                    self._bpf, self.config.conntrack_max_entries, self._possible_cpus, self.config.report_interval
+                )
         for name in programs:
             self._fds[name] = int(self._bpf.load_func(name, BPF.SCHED_CLS).fd)
         self._entry = {point: self._fds[f"pp_{point}"] for point in _POINTS}
@@ -502,7 +517,10 @@ class PacketParserReceiver:
         if ct is not None:
             ct.begin()
         wanted: list[npt.NDArray[np.void]] = []  # keys only: the entries are read a chunk at a time
+        created = self._stat(_ST_CREATED)  # before reading: entries created during the read count as later
+        entries = 0
         for keys, values in iter_batches(self._bpf["conntrack"].map_fd, CT_KEY_DTYPE, CT_ENTRY_DTYPE, _READ_CHUNK):
+            entries += int(keys.shape[0])
             expired = values["eviction_ns"] < now
             if ct is not None:
                 ct.add_entries(keys[~expired], values[~expired])
@@ -512,6 +530,8 @@ class PacketParserReceiver:
             ct.publish()
         if wanted:
             self._run_batched("pp_flush", "flush_keys", np.concatenate(wanted))
+        if self._close_guard is not None:
+            self._close_guard.flushed(entries, created)
 
     def flush(self) -> None:
         """Report every counter still in the kernel, hand all pending rows to the next consumer and
@@ -530,11 +550,22 @@ class PacketParserReceiver:
         """Cumulative per-CPU statistics of the programs, summed (names in records.STAT_NAMES)."""
         if self._bpf is None:
             return {}
-        table = self._bpf["stats"]
-        out: dict[str, int] = {}
-        for i, name in enumerate(STAT_NAMES):
-            out[name] = int(sum(table[ctypes.c_int(i)]))
-        return out
+        return {name: self._stat(i) for i, name in enumerate(STAT_NAMES)}
+
+    def _stat(self, index: int) -> int:
+        return int(sum(self._bpf["stats"][ctypes.c_int(index)]))
+
+    @property
+    def reports_on_close(self) -> bool:
+        """Whether the close rule writes its record on FIN/RST now (``report_on_close``; always true
+        unless ``auto`` judged the connection table safe)."""
+        with self._lock:
+            return self._close_guard is None or self._bpf is None or self._close_guard.on
+
+    @property
+    def close_report_switches(self) -> int:
+        """How often ``report_on_close: auto`` turned the records on or off."""
+        return 0 if self._close_guard is None else self._close_guard.switches
 
     def _publish_stats(self) -> None:
         with self._lock:  # the reader thread and flush() both publish; each delta goes out once
@@ -544,6 +575,8 @@ class PacketParserReceiver:
             current = np.array([stats[n] for n in STAT_NAMES], dtype=np.uint64)
             delta = current - self._last_stats
             self._last_stats = current
+            if self._close_guard is not None:
+                self._close_guard.tick(stats["conntrack_created"])
             overruns = self._hooks.link_overruns  # the link watcher's (restarts at 0 with a new watcher)
             lost_link_messages = max(0, overruns - self._link_overruns)
             self._link_overruns = overruns
