@@ -34,7 +34,9 @@ The no-op hooks are toggled in ``udp64_in_path``, ``tcp_bulk`` and ``short_tcp``
 program on the agent's hooks can avoid. In ``udp64_in_path`` and ``short_tcp`` the floor is toggled too
 (:class:`Floor`): a program on the same hooks that reads every packet's headers and writes 64 bytes of
 what it saw, with the no-op tracepoints; the least that observing every packet costs, before any flow
-state or report.
+state or report. And the table (:class:`Floor` with ``table``): the floor plus exact per-flow counting in
+the least a table can be (a per-CPU LRU hash keyed by directed flow and interface, one lookup per
+packet): what keeping flow state in the kernel costs before anything the agent does with it.
 
 Also: idle RSS, threads and CPU after ready (no traffic), ready time of every start, and the peak RSS
 through 150,000 new UDP flows with the OTLP endpoint down.
@@ -408,14 +410,16 @@ class Hook:
 class Floor:
     """The floor of per-packet observation (:file:`floor_observer.bpf.c`): a program on the same hooks
     that reads every packet's headers and writes 64 bytes of what it saw, no-op programs on the raw
-    tracepoints; no flow state, no user space. Run by a helper process (``floor_observer.py``: bcc must
+    tracepoints; no flow state, no user space. With ``table`` it also counts every packet in a per-CPU LRU
+    hash keyed by directed flow and interface. Run by a helper process (``floor_observer.py``: bcc must
     not be mapped in this one), switched on and off over a pipe."""
 
-    def __init__(self, pods: tuple[Pod, Pod]) -> None:
+    def __init__(self, pods: tuple[Pod, Pod], table: bool = False) -> None:
         script = Path(__file__).with_name("floor_observer.py")
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
-        args = [sys.executable, str(script), *(str(pod.host_ifindex) for pod in pods)]
+        flags = ["--table"] if table else []
+        args = [sys.executable, str(script), *flags, *(str(pod.host_ifindex) for pod in pods)]
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self._expect("ready")
 
@@ -449,8 +453,8 @@ class Floor:
 
 
 @contextlib.contextmanager
-def _floor(pods: tuple[Pod, Pod]) -> Iterator[Floor]:
-    floor = Floor(pods)
+def _floor(pods: tuple[Pod, Pod], table: bool = False) -> Iterator[Floor]:
+    floor = Floor(pods, table)
     try:
         yield floor
     finally:
@@ -482,13 +486,15 @@ def _toggled(
     *,
     hook: Hook | None = None,
     floor: Floor | None = None,
+    table: Floor | None = None,
     unit: str = "pps",
     cpu_per: tuple[str, float] = ("mpkt", 1e6),
     during: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
 ) -> dict[str, Any]:
-    """Cycles of off | (no-op hook) | (floor) | agent on, then a last off phase, inside the running
-    workload; ``during`` runs around each on phase, once the agent is ready (a client of it, say)."""
-    references: dict[str, _Reference] = {k: v for k, v in (("noop", hook), ("floor", floor)) if v is not None}
+    """Cycles of off | (no-op hook) | (floor) | (table) | agent on, then a last off phase, inside the
+    running workload; ``during`` runs around each on phase, once the agent is ready (a client of it, say)."""
+    candidates = (("noop", hook), ("floor", floor), ("table", table))
+    references: dict[str, _Reference] = {k: v for k, v in candidates if v is not None}
     off: list[list[float]] = []
     on: list[list[float]] = []
     reference_phases: dict[str, list[list[float]]] = {k: [] for k in references}
@@ -732,8 +738,15 @@ def run(quick: bool) -> dict[str, Any]:
         if want("idle"):
             rows.append(_idle(default, 10 if quick else 20))
         if want("udp64_in_path"):
-            with _hook((a, b)) as hook, _floor((a, b)) as floor, _iperf(a, b, udp=True):
-                rows.append(_toggled("udp64_in_path", udp_pps, default, cycles, phase, hook=hook, floor=floor))
+            with (
+                _hook((a, b)) as hook,
+                _floor((a, b)) as floor,
+                _floor((a, b), table=True) as table,
+                _iperf(a, b, udp=True),
+            ):
+                rows.append(
+                    _toggled("udp64_in_path", udp_pps, default, cycles, phase, hook=hook, floor=floor, table=table)
+                )
         if want("udp64_not_in_path"):
             with _iperf(c, d, udp=True):
                 rows.append(_toggled("udp64_not_in_path", _counter(d.host_veth, "tx_packets"), default, cycles, phase))
@@ -744,9 +757,14 @@ def run(quick: bool) -> dict[str, Any]:
             with (
                 _hook((a, b)) as hook,
                 _floor((a, b)) as floor,
+                _floor((a, b), table=True) as table,
                 _short_tcp(a, b, workdir / "connections") as connections,
             ):
-                rows.append(_toggled("short_tcp", connections, default, cycles, phase, hook=hook, floor=floor, **short))
+                rows.append(
+                    _toggled(
+                        "short_tcp", connections, default, cycles, phase, hook=hook, floor=floor, table=table, **short
+                    )
+                )
         if want("chart_short_tcp"):
             # The Helm chart's default shape: the observer exporter in the logs pipelines, nobody following;
             # then one client following live flows of a port nothing uses (`observe --follow --to-port 9`):
@@ -814,7 +832,9 @@ def run(quick: bool) -> dict[str, Any]:
         "interval; noop_ratio: a no-op TC program on the same hooks and no-op programs on the raw tracepoints "
         "kfree_skb, tcp_probe and inet_sock_set_state (the kernel's own price for the hooks); floor_ratio: "
         "instead of the no-op TC program one that reads every packet's headers and writes 64 bytes of what it "
-        "saw (no flow state, no user space): the least any per-packet observer on these hooks costs. "
+        "saw (no flow state, no user space): the least any per-packet observer on these hooks costs; table_ratio: "
+        "the floor plus exact per-flow counting in a per-CPU LRU hash (one lookup per packet, an insert per new "
+        "flow): what flow state in the kernel costs before anything else. "
         "Targets are null for rows not run."
     )
     return {"rows": rows, "targets": targets, "notes": notes}

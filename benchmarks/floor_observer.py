@@ -1,7 +1,8 @@
-"""The floor of per-packet observation (bench_agent's ``floor`` phase), as a helper process.
+"""The floor of per-packet observation (bench_agent's ``floor`` and ``table`` phases), as a helper process.
 
-``floor_observer.py IFINDEX...`` compiles :file:`floor_observer.bpf.c` (bcc, so in its own process: the
-benchmark process must not map libLLVM, see ``bench_agent._load_noop``), prints ``ready``, then reads
+``floor_observer.py [--table] IFINDEX...`` compiles :file:`floor_observer.bpf.c` (with ``--table``: and
+its per-flow table, ``FLOW_TABLE``; bcc, so in its own process: the benchmark process must not map
+libLLVM, see ``bench_agent._load_noop``), prints ``ready``, then reads
 commands on stdin: ``on`` attaches the program where and how packetparser attaches (ingress and egress of
 each interface) and a no-op program on each raw tracepoint the agent runs per packet or connection;
 ``off`` detaches them. Each command is answered ``ok`` once done. End of input (or a signal) detaches
@@ -26,8 +27,9 @@ TRACEPOINTS = ("kfree_skb", "tcp_probe", "inet_sock_set_state")  # bench_agent.N
 def main(argv: list[str]) -> int:
     from bcc import BPF
 
-    ifindexes = [int(arg) for arg in argv]
-    bpf = load_bpf(SOURCE)
+    table = "--table" in argv
+    ifindexes = [int(arg) for arg in argv if arg != "--table"]
+    bpf = load_bpf(SOURCE, [f"-DFLOW_TABLE={int(table)}"])
     prog_fd = int(bpf.load_func("floor_observe", BPF.SCHED_CLS).fd)
     spec = FilterSpec(name="retina_otel_bench_floor", prio=FILTER_SPEC.prio, handle=FILTER_SPEC.handle)
     attacher = make_attacher(spec, "auto")
