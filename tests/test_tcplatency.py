@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from retina_otel.metrics.store import HistogramValue
 from retina_otel.processors.tcplatency import FACTORY as PROCESSOR
 from retina_otel.processors.tcplatency import TcpLatencyProcessor, annotate
 from retina_otel.receivers.tcplatency import FACTORY, TcpLatencyReceiver
-from retina_otel.receivers.tcplatency.receiver import TRACEPOINT_ARGS
+from retina_otel.receivers.tcplatency.receiver import TRACEPOINT_ARGS, bloom_bit
 from retina_otel.sandbox import Pod, Sandbox
 from retina_otel.testing import CollectingConsumer, TestHost
 
@@ -160,9 +161,19 @@ def test_handshakes_and_latency_to_the_apiserver(
 def test_other_destinations_do_not_count_as_apiserver(
     sandbox: Sandbox, receiver: tuple[TcpLatencyReceiver, TestHost]
 ) -> None:
+    """Including an address that shares the API server's bit in the kernel's filter (apiserver_bloom): the
+    filter only turns addresses away, the table decides."""
     r, host = receiver
     client, other = sandbox.add_pod("client"), sandbox.add_pod("other")
-    r.set_apiserver_ips(["198.19.255.254"])
+    r.set_apiserver_ips(["198.19.255.254", "2001:db8:ffff::1"])
+    wanted = bloom_bit(ip_to_bytes(other.ipv4))
+    twin = next(
+        ip
+        for i in range(1, 65536)
+        if (ip := f"198.19.{i >> 8}.{i & 255}") != other.ipv4 and bloom_bit(ip_to_bytes(ip)) == wanted
+    )
+    r.set_apiserver_ips([twin])
+    assert r._bpf["apiserver_bloom"][ct.c_int(0)].value == wanted  # the earlier addresses' bits are gone
     thread, listener = _serve(other, 8080, 3)
     for _ in range(3):
         with client.entered():

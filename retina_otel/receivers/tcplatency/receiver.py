@@ -39,7 +39,14 @@ from retina_otel.receivers._periodic import Worker
 from retina_otel.receivers.tcplatency.config import TcpLatencyConfig
 from retina_otel.receivers.tcplatency.table import LatencyTable
 
-__all__ = ["APISERVER_BUCKETS_MS", "FLOW_KEY_DTYPE", "FLOW_VALUE_DTYPE", "LatencyTable", "TcpLatencyReceiver"]
+__all__ = [
+    "APISERVER_BUCKETS_MS",
+    "FLOW_KEY_DTYPE",
+    "FLOW_VALUE_DTYPE",
+    "LatencyTable",
+    "TcpLatencyReceiver",
+    "bloom_bit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,13 @@ def _btf_cflags() -> list[str]:
     if span > 256:
         raise RuntimeError(f"sock_common members spread over {span} bytes; the program reads at most 256")
     return [f"-D{k}={v}" for k, v in offsets.items()] + [f"-DSKC_BASE={base}", f"-DSKC_SPAN={span}"]
+
+
+def bloom_bit(address: bytes) -> int:
+    """The bit of a 16-byte (IPv4-mapped) address in the kernel's ``apiserver_bloom``: the top 6 bits of
+    the Fibonacci hash of its last 8 bytes, read little-endian as the program reads them (x86-64, arm64)."""
+    low = int.from_bytes(address[8:16], "little")
+    return 1 << (((low * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 58)
 
 
 class TcpLatencyReceiver:
@@ -212,13 +226,22 @@ class TcpLatencyReceiver:
         if self._bpf is None:
             return
         log.info("%s: API server addresses %s", self.id, ", ".join(ips) or "(none)")
+        addresses = [ip_to_bytes(ip) for ip in ips]
+        bits = 0
+        for address in addresses:
+            bits |= bloom_bit(address)
+        bloom = self._bpf["apiserver_bloom"]
+        # The filter stays a superset of the table: the new bits before the table changes, the old ones
+        # dropped only once it has.
+        bloom[ct.c_int(0)] = ct.c_uint64(bloom[ct.c_int(0)].value | bits)
         table = self._bpf["apiserver_ips"]
         table.clear()
         one = ct.c_ubyte(1)
-        for ip in ips:
+        for address in addresses:
             key = table.Key()
-            ct.memmove(ct.byref(key), ip_to_bytes(ip), 16)
+            ct.memmove(ct.byref(key), address, 16)
             table[key] = one
+        bloom[ct.c_int(0)] = ct.c_uint64(bits)
         # Flows decided their API-server flag once; a new generation makes each re-decide on its next
         # segment (after the table above is complete).
         gen = self._bpf["apiserver_gen"]
