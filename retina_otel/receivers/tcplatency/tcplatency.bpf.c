@@ -209,14 +209,19 @@ RAW_TRACEPOINT_PROBE(tcp_probe) {
     bpf_probe_read_kernel(skc, SKC_SPAN, sk + SKC_BASE);
     u16 family = *(u16 *)SKC(skc, OFF_SKC_FAMILY);
     struct flow_key key = {};
-    if (family == AF_INET)
+    if (family == AF_INET) {
+        map_v4(key.saddr, SKC(skc, OFF_SKC_RCV_SADDR));
         map_v4(key.daddr, SKC(skc, OFF_SKC_DADDR));
-    else if (family == AF_INET6)
+    } else if (family == AF_INET6) {
+        __builtin_memcpy(key.saddr, SKC(skc, OFF_SKC_V6_RCV_SADDR), 16);
         __builtin_memcpy(key.daddr, SKC(skc, OFF_SKC_V6_DADDR), 16);
-    else
+    } else {
         return 0;
+    }
+    key.sport = *(u16 *)SKC(skc, OFF_SKC_NUM);
+    key.dport = bpf_ntohs(*(u16 *)SKC(skc, OFF_SKC_DPORT));
     u32 srtt8 = 0;
-    if (!tracking_flows()) {  // API-server connections only: no per-flow state, no rest of the key
+    if (!tracking_flows()) {  // API-server connections only: no per-flow state
         if (!is_apiserver(key.daddr))
             return 0;
         bpf_probe_read_kernel(&srtt8, sizeof(srtt8), sk + OFF_SRTT_US);
@@ -227,12 +232,6 @@ RAW_TRACEPOINT_PROBE(tcp_probe) {
         }
         return 0;
     }
-    if (family == AF_INET)
-        map_v4(key.saddr, SKC(skc, OFF_SKC_RCV_SADDR));
-    else
-        __builtin_memcpy(key.saddr, SKC(skc, OFF_SKC_V6_RCV_SADDR), 16);
-    key.sport = *(u16 *)SKC(skc, OFF_SKC_NUM);
-    key.dport = bpf_ntohs(*(u16 *)SKC(skc, OFF_SKC_DPORT));
     bpf_probe_read_kernel(&srtt8, sizeof(srtt8), sk + OFF_SRTT_US);
     u32 srtt = srtt8 >> 3;  // what the classic tracepoint reports (srtt_us is kept << 3)
     // Last-seen only: jiffies are enough and cost a memory read (ktime_get_ns: ~100 ns in a VM;
